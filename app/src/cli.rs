@@ -1,0 +1,219 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+/// Cinder: train and run transformer language models on any GPU or the CPU.
+#[derive(Parser, Debug)]
+#[command(name = "cinder", version, about)]
+pub struct Cli {
+    /// Where fetched corpora and weights are cached.
+    #[arg(long, global = true, env = "CINDER_CACHE", default_value = "cache")]
+    pub cache_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the GPU adapters wgpu finds and say what each --device picks.
+    Info,
+    /// Fetch and prepare corpora.
+    Data(DataArgs),
+    /// Train a model (defaults: a small GPT on the Tang poems, character tokenizer).
+    Train(Box<TrainArgs>),
+    /// Continue a prompt with a trained or downloaded model.
+    Generate(GenerateArgs),
+    /// Measure speed.
+    Bench(BenchArgs),
+}
+
+/// `cinder data ...`
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// What to do with data.
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+/// Data subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Fetch a corpus into the cache: `tang` (npm chinese-poetry) or `fortunes` (checks Debian's
+    /// package is installed).
+    Fetch {
+        /// tang or fortunes.
+        corpus: String,
+        /// Fetch again even if cached.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `cinder train`
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// tang, fortunes, or the path of a UTF-8 text file.
+    #[arg(long, default_value = "tang")]
+    pub corpus: String,
+    /// char, bpe (8192 entries) or bpe:N.
+    #[arg(long, default_value = "char")]
+    pub tokenizer: String,
+    /// Model size preset: tiny (4 layers x 128), small (6 x 384), gpt2-124m.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Start from this Hugging Face GPT-2 folder instead of random weights (fine-tuning).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Blocks (overrides the preset).
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Attention heads (overrides the preset).
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Width (overrides the preset).
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Dropout on embeddings, attention and residual branches.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
+    /// Optimizer steps [default: 600].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 30)]
+    pub warmup: u64,
+    /// AdamW weight decay (matrices only).
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// AdamW beta1.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// AdamW beta2.
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
+    /// Maximum global gradient norm (0 = no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Evaluate on held-out text every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Print a sample every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub sample_every: u64,
+    /// Tokens per sample.
+    #[arg(long, default_value_t = 48)]
+    pub sample_tokens: usize,
+    /// Text samples start from (default: a fresh line).
+    #[arg(long, default_value = "")]
+    pub sample_prompt: String,
+    /// Checkpoint every N steps (and always at the end).
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
+    /// Seed for initialisation, batches and samples.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// auto, gpu, wgpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Run folder (default: runs/<corpus>, or runs/<corpus>-N if that exists).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder from its latest checkpoint (its saved settings apply;
+    /// --steps may extend it).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many steps of this invocation.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// No progress bar (log lines instead).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `cinder generate`
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A Hugging Face GPT-2 folder, a Cinder checkpoint, or a run folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The text to continue.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 100)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 means greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample among the tokens holding this much probability.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep going past the end-of-text token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// auto, gpu, wgpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// `cinder bench ...`
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// Benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Training throughput on random tokens; the last line is `<workload> <tokens_per_second>`.
+    Train(BenchTrainArgs),
+}
+
+/// `cinder bench train`
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// tiny (4x128, context 64, batch 12, vocab 65) or small (6x384, context 256, batch 8,
+    /// vocab 8192).
+    #[arg(long, default_value = "tiny")]
+    pub workload: String,
+    /// Timed steps.
+    #[arg(long, default_value_t = 30)]
+    pub steps: u64,
+    /// Untimed warmup steps.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// auto, gpu, wgpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}

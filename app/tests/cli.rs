@@ -1,0 +1,195 @@
+//! The `cinder` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cinder(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cinder"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("running cinder: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gpt2-tiny")
+}
+
+#[test]
+fn greedy_generation_prints_the_transformers_continuation() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("reference.json")).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let case = &reference["prompts"][0];
+    let prompt = case["text"].as_str().unwrap_or_default();
+    let expected = case["greedy_text"].as_str().unwrap_or_default();
+    let model = fixture();
+    let out = cinder(
+        &[
+            "generate",
+            "--model",
+            &model.to_string_lossy(),
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+            "--ignore-eos",
+        ],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{expected}\n"));
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let cwd = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = fixture();
+    let out = cinder(
+        &[
+            "generate",
+            "--model",
+            &model.to_string_lossy(),
+            "--device",
+            "tpu",
+        ],
+        cwd,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown device 'tpu'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = cinder(
+        &[
+            "generate",
+            "--model",
+            "/nonexistent/model",
+            "--device",
+            "cpu",
+        ],
+        cwd,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/model"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = cinder(
+        &[
+            "train",
+            "--corpus",
+            "/nonexistent/corpus.txt",
+            "--device",
+            "cpu",
+        ],
+        cwd,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/corpus.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn train_stop_resume_and_generate_from_the_run() {
+    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let corpus = work.path().join("poems.txt");
+    let lines: String = (0..200)
+        .map(|i| format!("line {} of the little corpus.\n", i % 13))
+        .collect();
+    std::fs::write(&corpus, lines).unwrap_or_else(|e| panic!("{e}"));
+    let run = work.path().join("run");
+    let common = [
+        "--corpus",
+        corpus.to_str().unwrap_or_default(),
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--n-head",
+        "2",
+        "--context",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "12",
+        "--eval-every",
+        "6",
+        "--sample-every",
+        "6",
+        "--sample-tokens",
+        "8",
+        "--device",
+        "cpu",
+    ];
+    let mut first: Vec<&str> = vec!["train"];
+    first.extend(common);
+    first.extend([
+        "--out",
+        run.to_str().unwrap_or_default(),
+        "--stop-after",
+        "6",
+    ]);
+    let out = cinder(&first, work.path());
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("held-out loss") && err.contains("sample"),
+        "{err}"
+    );
+    assert!(err.contains("stopped at step 6 of 12"), "{err}");
+
+    let out = cinder(
+        &[
+            "train",
+            "--resume",
+            run.to_str().unwrap_or_default(),
+            "--device",
+            "cpu",
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("resumed from") && err.contains("at step 6"),
+        "{err}"
+    );
+    assert!(text(&out.stdout).contains("Generating from the trained model"));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    assert_eq!(metrics.lines().count(), 12);
+
+    let out = cinder(
+        &[
+            "generate",
+            "--model",
+            run.to_str().unwrap_or_default(),
+            "--prompt",
+            "line",
+            "--max-new-tokens",
+            "10",
+            "--device",
+            "cpu",
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).trim().is_empty());
+}

@@ -1,0 +1,13 @@
+//! Corpora and batches.
+//!
+//! A corpus is UTF-8 text with a held-out split. Batches for language modelling are windows of
+//! `context + 1` tokens taken at positions that are a pure function of (seed, step), so a resumed
+//! run sees exactly the batches it would have seen.
+
+mod batch;
+mod corpus;
+#[cfg(not(target_family = "wasm"))]
+pub mod fetch;
+
+pub use batch::{LmBatch, PaddedBatch, lm_batch, pad_batch};
+pub use corpus::{Corpus, CorpusSource, FORTUNES_DIR, clean_poem, split_held_out};

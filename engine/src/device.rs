@@ -1,0 +1,266 @@
+//! Choosing where tensors live.
+//!
+//! `auto` takes a hardware GPU through wgpu when one exists and falls back to the pure-Rust CPU
+//! backend (burn-flex) otherwise; `wgpu` takes whatever adapter wgpu offers, software renderers
+//! such as Mesa's lavapipe included; `gpu` insists on hardware; `cpu` is burn-flex.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Device, DeviceKind};
+
+use crate::{Error, Result};
+
+/// What the user asked for with `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// A hardware GPU if there is one, else the CPU backend.
+    #[default]
+    Auto,
+    /// A hardware GPU through wgpu; an error when there is none.
+    Gpu,
+    /// wgpu's adapter, whatever it is (a software Vulkan renderer included).
+    Wgpu,
+    /// The pure-Rust CPU backend (burn-flex).
+    Cpu,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "gpu" => Ok(Self::Gpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(Error::Device(format!(
+                "unknown device '{other}': expected one of auto, gpu, wgpu, cpu"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Gpu => "gpu",
+            Self::Wgpu => "wgpu",
+            Self::Cpu => "cpu",
+        })
+    }
+}
+
+/// One adapter wgpu can see.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    /// The adapter's name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// discrete, integrated, virtual, cpu or other.
+    pub kind: String,
+    /// The graphics API: Vulkan, Metal, Dx12, Gl, BrowserWebGpu.
+    pub api: String,
+    /// The driver and its version, when reported.
+    pub driver: String,
+}
+
+impl AdapterInfo {
+    /// Whether this is real GPU hardware (not a software renderer).
+    pub fn is_hardware(&self) -> bool {
+        matches!(self.kind.as_str(), "discrete" | "integrated" | "virtual")
+    }
+}
+
+/// The adapters wgpu finds on this machine. Empty where wgpu has none (or in the browser,
+/// where adapters are requested asynchronously instead).
+pub fn list_adapters() -> Vec<AdapterInfo> {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use burn::tensor::wgpu::wgpu;
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        adapters
+            .iter()
+            .map(|adapter| {
+                let info = adapter.get_info();
+                let kind = match info.device_type {
+                    wgpu::DeviceType::DiscreteGpu => "discrete",
+                    wgpu::DeviceType::IntegratedGpu => "integrated",
+                    wgpu::DeviceType::VirtualGpu => "virtual",
+                    wgpu::DeviceType::Cpu => "cpu",
+                    wgpu::DeviceType::Other => "other",
+                };
+                AdapterInfo {
+                    name: info.name.clone(),
+                    kind: kind.to_string(),
+                    api: format!("{:?}", info.backend),
+                    driver: format!("{} {}", info.driver, info.driver_info)
+                        .trim()
+                        .to_string(),
+                }
+            })
+            .collect()
+    }
+    #[cfg(target_family = "wasm")]
+    {
+        Vec::new()
+    }
+}
+
+/// A device the engine has opened, with a name for humans.
+#[derive(Clone, Debug)]
+pub struct Selected {
+    /// The Burn device.
+    pub device: Device,
+    /// What was chosen, e.g. "wgpu: NVIDIA RTX 4090 (discrete, Vulkan)" or "cpu (burn-flex)".
+    pub description: String,
+    /// Whether the device is a wgpu device (its memory pool can be queried).
+    pub is_wgpu: bool,
+}
+
+fn wgpu_device(adapters: &[AdapterInfo], hardware_only: bool) -> Option<Selected> {
+    let pick = adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.is_hardware() || !hardware_only)
+        // Prefer discrete over integrated over virtual over software.
+        .min_by_key(|(i, a)| {
+            let rank = match a.kind.as_str() {
+                "discrete" => 0,
+                "integrated" => 1,
+                "virtual" => 2,
+                "cpu" => 3,
+                _ => 4,
+            };
+            (rank, *i)
+        })
+        .map(|(_, a)| a.clone())?;
+    let index_of = |kind: &str| {
+        adapters
+            .iter()
+            .take_while(|a| a.name != pick.name)
+            .filter(|a| a.kind == kind)
+            .count()
+    };
+    let kind = match pick.kind.as_str() {
+        "discrete" => DeviceKind::DiscreteGpu(index_of("discrete")),
+        "integrated" => DeviceKind::IntegratedGpu(index_of("integrated")),
+        "virtual" => DeviceKind::VirtualGpu(index_of("virtual")),
+        "cpu" => DeviceKind::Cpu,
+        _ => DeviceKind::DefaultDevice,
+    };
+    Some(Selected {
+        device: Device::wgpu(kind),
+        description: format!("wgpu: {} ({}, {})", pick.name, pick.kind, pick.api),
+        is_wgpu: true,
+    })
+}
+
+fn cpu() -> Selected {
+    Selected {
+        device: Device::flex(),
+        description: "cpu (burn-flex)".into(),
+        is_wgpu: false,
+    }
+}
+
+/// Opens the device for `choice`, given the adapters wgpu reported.
+pub fn select_from(choice: DeviceChoice, adapters: &[AdapterInfo]) -> Result<Selected> {
+    match choice {
+        DeviceChoice::Cpu => Ok(cpu()),
+        DeviceChoice::Auto => Ok(wgpu_device(adapters, true).unwrap_or_else(cpu)),
+        DeviceChoice::Gpu => wgpu_device(adapters, true).ok_or_else(|| {
+            Error::Device(format!(
+                "--device gpu: no hardware GPU found (wgpu sees: {}); use --device wgpu for a \
+                 software renderer or --device cpu",
+                describe(adapters)
+            ))
+        }),
+        DeviceChoice::Wgpu => wgpu_device(adapters, false).ok_or_else(|| {
+            Error::Device(
+                "--device wgpu: wgpu found no adapter; on Debian `apt-get install \
+                 mesa-vulkan-drivers libvulkan1` provides a software Vulkan renderer"
+                    .into(),
+            )
+        }),
+    }
+}
+
+/// Opens the device for `choice` on this machine.
+pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    if choice == DeviceChoice::Cpu {
+        return Ok(cpu());
+    }
+    select_from(choice, &list_adapters())
+}
+
+fn describe(adapters: &[AdapterInfo]) -> String {
+    if adapters.is_empty() {
+        return "nothing".into();
+    }
+    adapters
+        .iter()
+        .map(|a| format!("{} [{}]", a.name, a.kind))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Bytes in use and reserved by the device's memory pool, where the backend reports them.
+pub fn memory_usage(device: &Device) -> Option<(u64, u64)> {
+    device
+        .memory_pool_usage()
+        .map(|u| (u.bytes_in_use, u.bytes_reserved))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(name: &str, kind: &str) -> AdapterInfo {
+        AdapterInfo {
+            name: name.into(),
+            kind: kind.into(),
+            api: "Vulkan".into(),
+            driver: "".into(),
+        }
+    }
+
+    #[test]
+    fn parses_choices_and_rejects_unknown_ones() {
+        assert_eq!(
+            "AUTO".parse::<DeviceChoice>().ok(),
+            Some(DeviceChoice::Auto)
+        );
+        assert_eq!("cpu".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cpu));
+        let err = "tpu"
+            .parse::<DeviceChoice>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown device 'tpu'"), "{err}");
+    }
+
+    #[test]
+    fn auto_skips_software_adapters() {
+        let soft = [adapter("llvmpipe", "cpu")];
+        let picked = select_from(DeviceChoice::Auto, &soft)
+            .map(|s| s.is_wgpu)
+            .ok();
+        assert_eq!(picked, Some(false));
+        let err = select_from(DeviceChoice::Gpu, &soft)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("no hardware GPU"));
+    }
+
+    #[test]
+    fn auto_prefers_discrete_gpus() {
+        let adapters = [adapter("igpu", "integrated"), adapter("dgpu", "discrete")];
+        let desc = select_from(DeviceChoice::Auto, &adapters)
+            .map(|s| s.description)
+            .ok();
+        assert!(desc.unwrap_or_default().contains("dgpu"));
+    }
+}

@@ -1,0 +1,24 @@
+//! Cinder's engine: device choice, tokenizers and data, the training loop, optimizers and
+//! schedules, sampling and generation, checkpoints and weight formats.
+//!
+//! The engine never names a model family. Families implement [`lm::CausalLm`] and
+//! [`weights::Pretrained`]; the trainer and the decoder work with any of them.
+
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+mod error;
+pub mod generate;
+pub mod lm;
+pub mod optim;
+pub mod rng;
+pub mod sampling;
+pub mod schedule;
+pub mod tokenizer;
+pub mod train;
+pub mod weights;
+
+pub use error::{Error, Result};
+
+/// Re-exported so that model crates and the app use exactly the engine's Burn.
+pub use burn;

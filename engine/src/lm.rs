@@ -1,0 +1,50 @@
+//! The interface every decoder-only language model implements.
+//!
+//! B=batch, T=time, V=vocab
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor};
+
+use crate::weights::NamedTensors;
+
+/// A causal language model the trainer can train and the decoder can run.
+pub trait CausalLm: Module + Sized {
+    /// Per-sequence state kept between decoding steps (keys and values of past positions).
+    type Cache;
+
+    /// The model family's name, as written into checkpoints ("gpt2").
+    fn family(&self) -> &'static str;
+
+    /// Number of output classes.
+    fn vocab_size(&self) -> usize;
+
+    /// The longest sequence the model accepts.
+    fn context_length(&self) -> usize;
+
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]`
+    /// - output: `[B, T, V]`
+    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3>;
+
+    /// An empty cache for decoding.
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Positions the cache already holds.
+    fn cache_len(cache: &Self::Cache) -> usize;
+
+    /// Logits for `tokens`, which continue the sequence held in `cache`; the cache grows by `T`.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]`
+    /// - output: `[B, T, V]`
+    fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3>;
+
+    /// The model's configuration in its family's interchange format (a Hugging Face
+    /// `config.json` for the families that have one).
+    fn config_json(&self) -> serde_json::Value;
+
+    /// Every weight under its family's interchange name (Hugging Face keys).
+    fn export_tensors(&self) -> NamedTensors;
+}

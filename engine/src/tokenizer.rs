@@ -1,0 +1,322 @@
+//! Tokenizers, through the Hugging Face `tokenizers` crate.
+//!
+//! Two kinds are built here: a character-level tokenizer (one token per Unicode scalar, right
+//! for Chinese poetry) and a byte-level BPE trained on a corpus. Both are ordinary
+//! `tokenizer.json` files, and any Hugging Face `tokenizer.json` loads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use tokenizers::decoders::byte_level::ByteLevel;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+use crate::checkpoint::write_atomic;
+use crate::{Error, Result};
+
+/// The end-of-text token every tokenizer built here carries.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+/// The unknown-character token of character-level tokenizers.
+pub const UNKNOWN: &str = "<unk>";
+
+/// Which tokenizer to build for a corpus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// One token per character.
+    Char,
+    /// Byte-level BPE with the given vocabulary size.
+    Bpe(usize),
+}
+
+impl FromStr for TokenizerKind {
+    type Err = Error;
+
+    /// `char`, `bpe` (vocabulary 8192) or `bpe:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "char" => Ok(Self::Char),
+            "bpe" => Ok(Self::Bpe(8192)),
+            _ => match s.strip_prefix("bpe:").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 260 => Ok(Self::Bpe(n)),
+                Some(_) => Err(Error::Tokenizer(format!(
+                    "'{s}': a BPE vocabulary needs at least 260 entries (256 bytes + merges)"
+                ))),
+                None => Err(Error::Tokenizer(format!(
+                    "unknown tokenizer '{s}': expected char, bpe or bpe:N"
+                ))),
+            },
+        }
+    }
+}
+
+/// A loaded tokenizer and the ids the engine cares about.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eos: Option<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokenizer(vocab={}, eos={:?})",
+            self.vocab_size(),
+            self.eos
+        )
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    fn wrap(inner: tokenizers::Tokenizer) -> Self {
+        let eos = [END_OF_TEXT, "</s>", "<|im_end|>", "<eos>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t));
+        Self { inner, eos }
+    }
+
+    /// Loads a `tokenizer.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        Ok(Self::wrap(inner))
+    }
+
+    /// Parses a `tokenizer.json` held in memory.
+    pub fn from_json(json: &str) -> Result<Self> {
+        tokenizers::Tokenizer::from_str(json)
+            .map(Self::wrap)
+            .map_err(tok_err)
+    }
+
+    /// The tokenizer as `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tok_err)
+    }
+
+    /// Writes `tokenizer.json`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, self.to_json()?.as_bytes())
+    }
+
+    /// A character-level tokenizer over every character of `text`, most frequent first, after
+    /// the special tokens `<|endoftext|>` (id 0) and `<unk>` (id 1).
+    pub fn train_char(text: &str) -> Result<Self> {
+        let mut counts: HashMap<char, usize> = HashMap::new();
+        for c in text.chars() {
+            *counts.entry(c).or_default() += 1;
+        }
+        let mut chars: Vec<(char, usize)> = counts.into_iter().collect();
+        chars.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        vocab.insert(END_OF_TEXT.into(), 0);
+        vocab.insert(UNKNOWN.into(), 1);
+        for (i, (c, _)) in chars.iter().enumerate() {
+            vocab.insert(c.to_string(), i as u32 + 2);
+        }
+        let model = WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token(UNKNOWN.into())
+            .build();
+        let model = model.map_err(tok_err)?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        let split = Split::new(
+            SplitPattern::Regex(r"(?s).".into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?;
+        inner.with_pre_tokenizer(Some(split));
+        inner.with_decoder(Some(Fuse::new()));
+        inner.add_special_tokens(&[AddedToken::from(END_OF_TEXT, true)]);
+        Ok(Self::wrap(inner))
+    }
+
+    /// A byte-level BPE with `vocab_size` entries trained on `lines`.
+    pub fn train_bpe<'a>(
+        lines: impl Iterator<Item = &'a str> + Send,
+        vocab_size: usize,
+    ) -> Result<Self> {
+        let special = AddedToken::from(END_OF_TEXT, true);
+        let bpe_trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![special.clone()])
+            .initial_alphabet(
+                tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet()
+                    .into_iter()
+                    .collect(),
+            )
+            .build();
+        let mut trainer = TrainerWrapper::BpeTrainer(bpe_trainer);
+        let mut inner = tokenizers::Tokenizer::new(BPE::default());
+        let byte_level = ByteLevel::new(false, true, true);
+        inner.with_pre_tokenizer(Some(byte_level));
+        inner.with_decoder(Some(byte_level));
+        inner.with_post_processor(Some(byte_level));
+        inner.train(&mut trainer, lines).map_err(tok_err)?;
+        inner.add_special_tokens(&[special]);
+        Ok(Self::wrap(inner))
+    }
+
+    /// Builds the tokenizer of `kind` from a training text.
+    pub fn train(kind: TokenizerKind, text: &str) -> Result<Self> {
+        match kind {
+            TokenizerKind::Char => Self::train_char(text),
+            TokenizerKind::Bpe(n) => Self::train_bpe(text.split_inclusive('\n'), n),
+        }
+    }
+
+    /// Token ids of `text`, without special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Token ids of a whole corpus, encoded line by line (newlines kept).
+    pub fn encode_corpus(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            ids.extend(self.encode(line)?);
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(tok_err)
+    }
+
+    /// A decoder that turns ids into text one at a time, holding back incomplete characters.
+    pub fn stream(&self) -> TokenStream<'_> {
+        TokenStream {
+            tokenizer: self,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
+    /// Number of entries, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The end-of-sequence id, if the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// The id of a token string.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// Incremental decoding for streaming output.
+pub struct TokenStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TokenStream<'_> {
+    /// Adds one id; returns the text that became complete, if any.
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        // A byte-level token can end inside a character; wait until it is whole.
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
+            return Ok(String::new());
+        }
+        let fresh = text.get(self.printed..).unwrap_or_default().to_string();
+        self.printed = text.len();
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_tokenizer_round_trips_chinese_and_newlines() {
+        let text = "春眠不覺曉，處處聞啼鳥。\n夜來風雨聲，花落知多少。\n";
+        let tok = Tokenizer::train_char(text).unwrap_or_else(|e| panic!("{e}"));
+        let ids = tok.encode(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids.len(), text.chars().count());
+        assert_eq!(tok.decode(&ids).unwrap_or_default(), text);
+        // '，' and '。' and '\n' occur most, so they get the first ids after the specials.
+        assert!(ids.iter().all(|&i| i >= 2));
+        assert_eq!(tok.eos_id(), Some(0));
+        let unknown = tok.encode("春X").unwrap_or_default();
+        assert_eq!(unknown[1], 1, "unseen characters map to <unk>");
+        let json = tok.to_json().unwrap_or_default();
+        let back = Tokenizer::from_json(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.encode(text).unwrap_or_default(), ids);
+    }
+
+    #[test]
+    fn bpe_tokenizer_learns_merges_and_round_trips() {
+        let text = "the cat sat on the mat. the cat ate the rat.\n".repeat(50);
+        let tok =
+            Tokenizer::train(TokenizerKind::Bpe(300), &text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            tok.vocab_size() > 257 && tok.vocab_size() <= 300,
+            "{}",
+            tok.vocab_size()
+        );
+        let line = "the cat sat on the mat.\n";
+        let ids = tok.encode(line).unwrap_or_default();
+        assert!(
+            ids.len() < line.len(),
+            "merges shorten the sequence: {ids:?}"
+        );
+        assert_eq!(tok.decode(&ids).unwrap_or_default(), line);
+        assert!(tok.eos_id().is_some());
+    }
+
+    #[test]
+    fn stream_holds_back_partial_characters() {
+        let text = "月落烏啼霜滿天\n".repeat(20);
+        let tok =
+            Tokenizer::train(TokenizerKind::Bpe(280), &text).unwrap_or_else(|e| panic!("{e}"));
+        let ids = tok.encode("月落烏啼").unwrap_or_default();
+        let mut stream = tok.stream();
+        let mut out = String::new();
+        for id in ids {
+            let piece = stream.push(id).unwrap_or_default();
+            assert!(!piece.contains('\u{FFFD}'));
+            out.push_str(&piece);
+        }
+        assert_eq!(out, "月落烏啼");
+    }
+
+    #[test]
+    fn parses_kinds() {
+        assert_eq!(
+            "char".parse::<TokenizerKind>().ok(),
+            Some(TokenizerKind::Char)
+        );
+        assert_eq!(
+            "bpe:512".parse::<TokenizerKind>().ok(),
+            Some(TokenizerKind::Bpe(512))
+        );
+        assert!("bpe:10".parse::<TokenizerKind>().is_err());
+        assert!("words".parse::<TokenizerKind>().is_err());
+    }
+}

@@ -1,0 +1,502 @@
+//! The training loop, driven one step at a time.
+//!
+//! [`Trainer::step`] runs one optimizer step (all of its accumulated micro-batches) and reports
+//! what happened, including any evaluation, sample or checkpoint that fell due. A command-line
+//! loop, a UI frame loop or a browser worker can all drive it.
+//!
+//! B=batch, T=time, V=vocab
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    CHECKPOINT_FORMAT, TrainerState, read_trainer_state, set_latest, write_atomic, write_dir_atomic,
+};
+use crate::data::{LmBatch, lm_batch};
+use crate::generate::{GenerateConfig, generate};
+use crate::lm::CausalLm;
+use crate::optim::{AdamW, AdamWConfig, clip_global_norm};
+use crate::sampling::SamplingConfig;
+use crate::schedule::WarmupCosine;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{read_safetensors, to_f32_data, write_safetensors};
+use crate::{Error, Result, rng};
+
+/// Everything that shapes a training run (the model's own shape lives in its config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimizer steps to run.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub context: usize,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    pub accumulate: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f64,
+    /// Steps of linear warmup.
+    pub warmup: u64,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Maximum global gradient norm (0 disables clipping).
+    pub grad_clip: f64,
+    /// Evaluate on the held-out split every this many steps (0 = never).
+    pub eval_every: u64,
+    /// Batches per evaluation.
+    pub eval_batches: usize,
+    /// Sample text every this many steps (0 = never).
+    pub sample_every: u64,
+    /// Tokens per sample.
+    pub sample_tokens: usize,
+    /// Text the samples start from (empty: start from the end-of-text token).
+    pub sample_prompt: String,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Seed for batches, dropout and sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 600,
+            batch_size: 16,
+            context: 64,
+            accumulate: 1,
+            lr: 3e-3,
+            min_lr_ratio: 0.1,
+            warmup: 30,
+            adamw: AdamWConfig::default(),
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 8,
+            sample_every: 100,
+            sample_tokens: 48,
+            sample_prompt: String::new(),
+            checkpoint_every: 200,
+            keep_checkpoints: 2,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values that would otherwise fail deep inside a step.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: &str| Err(Error::Config(m.to_string()));
+        if self.batch_size == 0 {
+            return fail("batch size must be at least 1");
+        }
+        if self.context == 0 {
+            return fail("context must be at least 1");
+        }
+        if self.accumulate == 0 {
+            return fail("accumulate must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return fail("learning rate must be a positive number");
+        }
+        Ok(())
+    }
+
+    fn schedule(&self) -> WarmupCosine {
+        WarmupCosine {
+            peak: self.lr,
+            warmup: self.warmup.min(self.steps.saturating_sub(1)).max(1),
+            total: self.steps,
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    /// Steps completed, this one included.
+    pub step: u64,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second during this step.
+    pub tokens_per_sec: f64,
+    /// Seconds since the trainer was created.
+    pub elapsed_s: f64,
+    /// Held-out loss, when an evaluation fell due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// A sampled text, when one fell due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
+    /// Device memory in use, where the backend reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_in_use: Option<u64>,
+    /// A checkpoint written after this step.
+    #[serde(skip)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Trains a [`CausalLm`] on token streams.
+pub struct Trainer<M: CausalLm> {
+    model: Option<M>,
+    optim: AdamW,
+    config: TrainConfig,
+    tokenizer: Tokenizer,
+    train_tokens: Vec<u32>,
+    val_tokens: Vec<u32>,
+    device: Device,
+    step: u64,
+    tokens_seen: u64,
+    run_dir: Option<PathBuf>,
+    started: std::time::Instant,
+}
+
+fn scalar(t: Tensor<1>) -> Result<f64> {
+    let v = to_f32_data(t)
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
+    Ok(v.first().copied().unwrap_or(f32::NAN) as f64)
+}
+
+/// Cross-entropy of next-token predictions.
+///
+/// # Shapes
+/// - logits: `[B, T, V]`
+/// - targets: `[B, T]`
+pub fn lm_loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    let device = logits.device();
+    CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits.reshape([b * t, v]), targets.reshape([b * t]))
+}
+
+fn batch_tensors(batch: &LmBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let shape = [batch.batch, batch.context];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+    )
+}
+
+impl<M: CausalLm> Trainer<M> {
+    /// A trainer for `model` (whose parameters must live on an autodiff device), starting at
+    /// step 0. With a `run_dir`, metrics, samples and checkpoints are written there.
+    pub fn new(
+        model: M,
+        config: TrainConfig,
+        tokenizer: Tokenizer,
+        train_tokens: Vec<u32>,
+        val_tokens: Vec<u32>,
+        device: &Device,
+        run_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if config.context > model.context_length() {
+            return Err(Error::Config(format!(
+                "context {} exceeds the model's maximum of {}",
+                config.context,
+                model.context_length()
+            )));
+        }
+        if tokenizer.vocab_size() > model.vocab_size() {
+            return Err(Error::Config(format!(
+                "the tokenizer has {} entries but the model only {}",
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            )));
+        }
+        // Fail now, not at the first step, if the corpus cannot fill a window.
+        lm_batch(&train_tokens, 1, config.context, 0, 0, 0)?;
+        if let Some(dir) = &run_dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            write_atomic(&dir.join("train_config.json"), to_json(&config)?.as_bytes())?;
+        }
+        Ok(Self {
+            model: Some(model),
+            optim: AdamW::new(config.adamw),
+            config,
+            tokenizer,
+            train_tokens,
+            val_tokens,
+            device: device.clone(),
+            step: 0,
+            tokens_seen: 0,
+            run_dir,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Continues from the checkpoint folder `ckpt` (whose weights the caller has already loaded
+    /// into the model given to [`new`](Self::new)): optimizer moments, step and data position.
+    pub fn restore(&mut self, ckpt: &Path) -> Result<()> {
+        let state = read_trainer_state(ckpt)?;
+        let family = self.model().family();
+        if state.family != family {
+            return Err(Error::format(
+                ckpt.join("trainer_state.json"),
+                format!(
+                    "checkpoint is for a '{}' model, not '{family}'",
+                    state.family
+                ),
+            ));
+        }
+        let moments = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
+        self.optim.load_state(moments, state.step, &self.device)?;
+        self.step = state.step;
+        self.tokens_seen = state.tokens_seen;
+        self.config.seed = state.seed;
+        if let Some(dir) = &self.run_dir {
+            truncate_metrics(&dir.join("metrics.jsonl"), state.step)?;
+        }
+        Ok(())
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &M {
+        // The model is only taken out for the duration of an update inside `step`.
+        self.model
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("model taken during an update"))
+    }
+
+    /// Steps completed.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Whether all configured steps are done.
+    pub fn finished(&self) -> bool {
+        self.step >= self.config.steps
+    }
+
+    /// Runs one optimizer step and whatever evaluation, sample or checkpoint falls due after it.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t0 = std::time::Instant::now();
+        let c = &self.config;
+        let k = c.accumulate;
+        let model = self
+            .model
+            .take()
+            .ok_or_else(|| Error::Invalid("trainer is broken".into()))?;
+        // Dropout masks are a function of (seed, step) too.
+        self.device.seed(rng::hash3(c.seed, 7, self.step));
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss_sum = 0.0;
+        for micro in 0..k {
+            let counter = self.step * k as u64 + micro as u64;
+            let batch = lm_batch(
+                &self.train_tokens,
+                c.batch_size,
+                c.context,
+                c.seed,
+                0,
+                counter,
+            )?;
+            let (inputs, targets) = batch_tensors(&batch, &self.device);
+            let loss = lm_loss(model.forward(inputs), targets);
+            let scaled = if k > 1 {
+                loss.clone().div_scalar(k as f64)
+            } else {
+                loss.clone()
+            };
+            let grads = GradientsParams::from_grads(scaled.backward(), &model);
+            accumulator.accumulate(&model, grads);
+            loss_sum += scalar(loss.detach())?;
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip)?;
+        let lr = c.schedule().lr(self.step);
+        self.model = Some(self.optim.step(lr, model, grads));
+        self.step += 1;
+        let tokens = (c.batch_size * c.context * k) as u64;
+        self.tokens_seen += tokens;
+        let tokens_per_sec = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+
+        let due = |every: u64, step: u64, last: bool| every > 0 && (step % every == 0 || last);
+        let last = self.finished();
+        let eval_loss = if due(self.config.eval_every, self.step, last) {
+            Some(self.evaluate()?)
+        } else {
+            None
+        };
+        let sample = if due(self.config.sample_every, self.step, last) {
+            Some(self.sample(self.config.seed ^ self.step)?)
+        } else {
+            None
+        };
+        let mut report = StepReport {
+            step: self.step,
+            loss: loss_sum / k as f64,
+            lr,
+            grad_norm,
+            tokens_per_sec,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            eval_loss,
+            sample,
+            memory_in_use: crate::device::memory_usage(&self.device).map(|(used, _)| used),
+            checkpoint: None,
+        };
+        if let Some(dir) = self.run_dir.clone() {
+            append_metrics(&dir.join("metrics.jsonl"), &report)?;
+            let every = self.config.checkpoint_every;
+            if (every > 0 && self.step % every == 0) || last {
+                report.checkpoint = Some(self.save_checkpoint(&dir)?);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Mean loss over the fixed held-out batches.
+    pub fn evaluate(&self) -> Result<f64> {
+        let model = self.model().valid();
+        let device = self.device.clone().without_autodiff();
+        let c = &self.config;
+        let tokens = if self.val_tokens.len() >= c.context + 2 {
+            &self.val_tokens
+        } else {
+            &self.train_tokens
+        };
+        let mut total = 0.0;
+        for i in 0..c.eval_batches.max(1) {
+            let batch = lm_batch(tokens, c.batch_size, c.context, c.seed, 1, i as u64)?;
+            let (inputs, targets) = batch_tensors(&batch, &device);
+            total += scalar(lm_loss(model.forward(inputs), targets))?;
+        }
+        Ok(total / c.eval_batches.max(1) as f64)
+    }
+
+    /// Text sampled from the model, starting at the configured prompt.
+    pub fn sample(&self, seed: u64) -> Result<String> {
+        let model = self.model().valid();
+        let device = self.device.clone().without_autodiff();
+        let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
+        if prompt.is_empty() {
+            prompt = vec![self.tokenizer.eos_id().unwrap_or(0)];
+        }
+        let config = GenerateConfig {
+            max_new_tokens: self.config.sample_tokens,
+            sampling: SamplingConfig {
+                temperature: 0.8,
+                top_k: 40,
+                top_p: 0.95,
+                seed,
+            },
+            eos: None,
+        };
+        let new = generate(&model, &prompt, &config, &device, |_| true)?;
+        let mut all = prompt;
+        all.extend(new);
+        self.tokenizer.decode(&all)
+    }
+
+    /// Writes a complete checkpoint under `run_dir/checkpoints/` and points `latest` at it.
+    pub fn save_checkpoint(&self, run_dir: &Path) -> Result<PathBuf> {
+        let name = format!("checkpoints/step-{:07}", self.step);
+        let dir = run_dir.join(&name);
+        let model = self.model();
+        let state = TrainerState {
+            format: CHECKPOINT_FORMAT,
+            step: self.step,
+            seed: self.config.seed,
+            tokens_seen: self.tokens_seen,
+            family: model.family().to_string(),
+        };
+        write_dir_atomic(&dir, |tmp| {
+            save_model(model, &self.tokenizer, tmp)?;
+            write_safetensors(
+                &tmp.join("optimizer.safetensors"),
+                &self.optim.state_tensors(),
+            )?;
+            write_atomic(&tmp.join("trainer_state.json"), to_json(&state)?.as_bytes())?;
+            write_atomic(
+                &tmp.join("train_config.json"),
+                to_json(&self.config)?.as_bytes(),
+            )?;
+            Ok(())
+        })?;
+        set_latest(run_dir, &name)?;
+        prune_checkpoints(&run_dir.join("checkpoints"), self.config.keep_checkpoints)?;
+        Ok(dir)
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Writes a model folder loadable by Cinder and by Hugging Face transformers:
+/// `config.json`, `model.safetensors` and `tokenizer.json`.
+pub fn save_model<M: CausalLm>(model: &M, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    write_atomic(
+        &dir.join("config.json"),
+        to_json(&model.config_json())?.as_bytes(),
+    )?;
+    write_safetensors(&dir.join("model.safetensors"), &model.export_tensors())?;
+    tokenizer.save(&dir.join("tokenizer.json"))
+}
+
+fn append_metrics(path: &Path, report: &StepReport) -> Result<()> {
+    let line = serde_json::to_string(report).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(file, "{line}").map_err(|e| Error::io(path, e))
+}
+
+/// Drops metric lines past `step` (written after the checkpoint a run resumes from).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
+    let keep = keep.max(1);
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
+        })
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for old in &names[..excess] {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(())
+}

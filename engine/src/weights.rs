@@ -1,0 +1,268 @@
+//! Weight files: safetensors reading and writing, and moving named tensors in and out of
+//! Burn modules.
+//!
+//! Reading validates the whole file (header, dtypes, every offset) before any tensor is used,
+//! and writing goes through a temporary file and a rename, so an output is either complete or
+//! absent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::checkpoint::write_atomic;
+use crate::{Error, Result};
+
+/// Tensors read from a file, by name, converted to f32.
+pub type NamedTensors = BTreeMap<String, TensorData>;
+
+/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 are accepted).
+pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_safetensors(path, &bytes)
+}
+
+/// Parses safetensors bytes; `path` only names the source in errors.
+pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let shape = view.shape().to_vec();
+        let raw = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{name}' has dtype {other:?}; expected F32, F16 or BF16"),
+                ));
+            }
+        };
+        out.insert(name, TensorData::new(values, shape));
+    }
+    Ok(out)
+}
+
+/// Serialises f32 tensors to safetensors bytes, with optional string metadata.
+pub fn safetensors_bytes(
+    tensors: &NamedTensors,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, data) in tensors {
+        let values = data
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Invalid(format!("tensor '{name}' is not f32: {e:?}")))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        buffers.push((name.clone(), data.shape().to_vec(), bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, metadata)
+        .map_err(|e| Error::Invalid(format!("safetensors serialisation failed: {e}")))
+}
+
+/// Writes f32 tensors to a safetensors file, atomically.
+pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_atomic(path, &safetensors_bytes(tensors, Some(metadata))?)
+}
+
+/// Converts a tensor of any float dtype to f32 host data.
+pub fn to_f32_data<const D: usize>(tensor: Tensor<D>) -> TensorData {
+    let tensor = if tensor.dtype() == DType::F32 {
+        tensor
+    } else {
+        tensor.cast(DType::F32)
+    };
+    tensor.into_data()
+}
+
+struct Collector {
+    path: Vec<String>,
+    out: Vec<(String, TensorData)>,
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out
+            .push((self.path.join("."), to_f32_data(param.val())));
+    }
+}
+
+/// Every float parameter of a module with its dotted path (`h.0.attn.c_attn.weight`).
+pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, TensorData)> {
+    let mut collector = Collector {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.out
+}
+
+struct Paths {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>)>,
+}
+
+impl ModuleVisitor for Paths {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.out.push((self.path.join("."), param.shape().to_vec()));
+    }
+}
+
+/// Every float parameter's dotted path and shape, without reading any values.
+pub fn parameter_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut paths = Paths {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut paths);
+    paths.out
+}
+
+struct Loader<'a> {
+    path: Vec<String>,
+    source: &'a Path,
+    tensors: &'a mut NamedTensors,
+    rename: &'a dyn Fn(&str) -> Vec<String>,
+    device: Device,
+    errors: Vec<String>,
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let candidates = (self.rename)(&path);
+        let Some(key) = candidates.iter().find(|k| self.tensors.contains_key(*k)) else {
+            self.errors
+                .push(format!("missing tensor '{}'", candidates.join("' or '")));
+            return param;
+        };
+        let expected = param.shape().to_vec();
+        let Some(data) = self.tensors.remove(key) else {
+            return param;
+        };
+        if data.shape().to_vec() != expected {
+            self.errors.push(format!(
+                "tensor '{key}' has shape {:?}, the model expects {expected:?}",
+                data.shape().to_vec()
+            ));
+            return param;
+        }
+        let (id, old, mapper) = param.consume();
+        let require_grad = old.is_require_grad();
+        let mut tensor = Tensor::<D>::from_data(data, &self.device);
+        if require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// Replaces every float parameter of `module` with the tensor named by `rename(path)` (the first
+/// candidate present wins). Fails, naming `source`, on a missing tensor or a shape mismatch;
+/// tensors left unused are returned so the caller can decide whether they matter.
+pub fn load_parameters<M: Module>(
+    module: M,
+    tensors: &mut NamedTensors,
+    rename: &dyn Fn(&str) -> Vec<String>,
+    source: &Path,
+    device: &Device,
+) -> Result<M> {
+    let mut loader = Loader {
+        path: Vec::new(),
+        source,
+        tensors,
+        rename,
+        device: device.clone(),
+        errors: vec![],
+    };
+    let module = module.map(&mut loader);
+    if !loader.errors.is_empty() {
+        let shown: Vec<_> = loader.errors.iter().take(5).cloned().collect();
+        let more = loader.errors.len().saturating_sub(5);
+        let tail = if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        };
+        return Err(Error::format(
+            loader.source,
+            format!("{}{tail}", shown.join("; ")),
+        ));
+    }
+    Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_truncation() {
+        let dir = tempfile::tempdir()
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("w.safetensors");
+        let mut tensors = NamedTensors::new();
+        tensors.insert(
+            "a".into(),
+            TensorData::new(vec![1.0f32, -2.5, 3.0, 4.0], [2, 2]),
+        );
+        write_safetensors(&path, &tensors).unwrap_or_else(|e| panic!("{e}"));
+        let back = read_safetensors(&path).unwrap_or_else(|e| panic!("{e}"));
+        let values = back["a"].try_to_vec::<f32>().unwrap_or_default();
+        assert_eq!(values, vec![1.0, -2.5, 3.0, 4.0]);
+        assert_eq!(back["a"].shape().to_vec(), vec![2, 2]);
+
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap_or_else(|e| panic!("{e}"));
+        let err = read_safetensors(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("w.safetensors") && err.contains("not a valid safetensors"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,510 @@
+//! GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners") in the
+//! OpenAI layout: learned positions, pre-LayerNorm blocks, a final LayerNorm, GELU with the tanh
+//! approximation, and an output head tied to the token embedding. Matches Hugging Face
+//! `GPT2LMHeadModel`; field names mirror its checkpoint keys (`wte`, `h.N.attn.c_attn`, ...), and
+//! HF's Conv1D weights are `[in, out]`, the same layout as Burn's `Linear`, so no transposes.
+//!
+//! B=batch, T=time, S=past+time, C=channels, H=heads, D=head size, V=vocab
+
+use std::path::Path;
+
+use burn::config::Config;
+use burn::module::{Initializer, Module};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use cinder_engine::Error;
+use cinder_engine::burn;
+use cinder_engine::lm::CausalLm;
+use cinder_engine::weights::{NamedTensors, load_parameters, named_parameters, read_safetensors};
+
+/// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
+type EngineResult<T> = cinder_engine::Result<T>;
+
+/// GPT-2 hyper-parameters, read from and written to a Hugging Face `config.json`.
+#[derive(Config, Debug, PartialEq)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest sequence (number of learned positions).
+    pub n_positions: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Attention heads per block.
+    pub n_head: usize,
+    /// Width of the feed-forward layer (`4 * n_embd` when absent).
+    pub n_inner: Option<usize>,
+    /// `gelu_new` (tanh approximation, GPT-2's own) or `gelu` (exact).
+    #[config(default = "String::from(\"gelu_new\")")]
+    pub activation_function: String,
+    /// Dropout on residual branches.
+    #[config(default = 0.0)]
+    pub resid_pdrop: f64,
+    /// Dropout on the embeddings.
+    #[config(default = 0.0)]
+    pub embd_pdrop: f64,
+    /// Dropout on attention probabilities.
+    #[config(default = 0.0)]
+    pub attn_pdrop: f64,
+    /// LayerNorm epsilon.
+    #[config(default = 1e-5)]
+    pub layer_norm_epsilon: f64,
+    /// Standard deviation of the initial weights.
+    #[config(default = 0.02)]
+    pub initializer_range: f64,
+    /// Beginning-of-sequence token id.
+    pub bos_token_id: Option<usize>,
+    /// End-of-sequence token id.
+    pub eos_token_id: Option<usize>,
+    /// Whether the output head shares the token embedding (the only layout supported).
+    #[config(default = true)]
+    pub tie_word_embeddings: bool,
+}
+
+impl Gpt2Config {
+    /// OpenAI's GPT-2 small: 124M parameters.
+    pub fn gpt2_124m() -> Self {
+        Self::new(50257, 1024, 768, 12, 12)
+            .with_bos_token_id(Some(50256))
+            .with_eos_token_id(Some(50256))
+    }
+
+    /// A model small enough for unit tests.
+    pub fn tiny() -> Self {
+        Self::new(65, 64, 32, 2, 4)
+    }
+
+    /// Reads a Hugging Face `config.json`; a missing required key is an error naming the file.
+    pub fn from_file(path: &Path) -> EngineResult<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a valid GPT-2 config: {e}")))?;
+        config
+            .check()
+            .map_err(|e| Error::format(path, e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Checks values that would make the model impossible to build.
+    pub fn check(&self) -> EngineResult<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return bad(format!(
+                "n_embd {} is not a multiple of n_head {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        if self.vocab_size == 0 || self.n_positions == 0 || self.n_layer == 0 {
+            return bad("vocab_size, n_positions and n_layer must be positive".into());
+        }
+        if !matches!(
+            self.activation_function.as_str(),
+            "gelu_new" | "gelu" | "gelu_pytorch_tanh"
+        ) {
+            return bad(format!(
+                "unsupported activation_function '{}'",
+                self.activation_function
+            ));
+        }
+        for (name, p) in [
+            ("resid_pdrop", self.resid_pdrop),
+            ("embd_pdrop", self.embd_pdrop),
+            ("attn_pdrop", self.attn_pdrop),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} {p} is not in [0, 1)"));
+            }
+        }
+        if !self.tie_word_embeddings {
+            return bad("only tied output heads (tie_word_embeddings = true) are supported".into());
+        }
+        Ok(())
+    }
+
+    /// The config as Hugging Face writes it.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("model_type".into(), "gpt2".into());
+            map.insert(
+                "architectures".into(),
+                serde_json::json!(["GPT2LMHeadModel"]),
+            );
+        }
+        value
+    }
+
+    /// Builds a randomly initialised model (GPT-2's scheme: N(0, 0.02), residual projections
+    /// scaled by 1/sqrt(2 * n_layer), zero biases).
+    pub fn init(&self, device: &Device) -> Gpt2 {
+        let std = self.initializer_range;
+        let normal = Initializer::Normal { mean: 0.0, std };
+        let proj = Initializer::Normal {
+            mean: 0.0,
+            std: std / (2.0 * self.n_layer as f64).sqrt(),
+        };
+        let linear = |i, o, init: &Initializer| {
+            let mut l = LinearConfig::new(i, o)
+                .with_initializer(init.clone())
+                .init(device);
+            l.bias = Some(Initializer::Zeros.init([o], device));
+            l
+        };
+        let c = self.n_embd;
+        let inner = self.n_inner.unwrap_or(4 * c);
+        let ln = || {
+            LayerNormConfig::new(c)
+                .with_epsilon(self.layer_norm_epsilon)
+                .init(device)
+        };
+        let tanh = self.activation_function != "gelu";
+        let blocks = (0..self.n_layer)
+            .map(|_| Block {
+                ln_1: ln(),
+                attn: Attention {
+                    c_attn: linear(c, 3 * c, &normal),
+                    c_proj: linear(c, c, &proj),
+                    attn_dropout: DropoutConfig::new(self.attn_pdrop).init(),
+                    resid_dropout: DropoutConfig::new(self.resid_pdrop).init(),
+                    n_head: self.n_head,
+                },
+                ln_2: ln(),
+                mlp: Mlp {
+                    c_fc: linear(c, inner, &normal),
+                    c_proj: linear(inner, c, &proj),
+                    dropout: DropoutConfig::new(self.resid_pdrop).init(),
+                    tanh,
+                },
+            })
+            .collect();
+        let embedding = |n| {
+            EmbeddingConfig::new(n, c)
+                .with_initializer(normal.clone())
+                .init(device)
+        };
+        Gpt2 {
+            wte: embedding(self.vocab_size),
+            wpe: embedding(self.n_positions),
+            drop: DropoutConfig::new(self.embd_pdrop).init(),
+            h: blocks,
+            ln_f: ln(),
+            config: self.clone(),
+        }
+    }
+}
+
+/// Causal self-attention with fused query/key/value projection.
+#[derive(Module, Debug)]
+pub struct Attention {
+    c_attn: Linear,
+    c_proj: Linear,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
+    n_head: usize,
+}
+
+/// Keys and values of past positions for one block: `[B, H, S, D]` each.
+pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
+impl Attention {
+    /// # Shapes
+    /// - x: `[B, T, C]` -> `[B, T, C]`
+    fn forward(&self, x: Tensor<3>, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let [b, t, c] = x.dims();
+        let h = self.n_head;
+        let d = c / h;
+        let heads = |y: Tensor<3>| y.reshape([b, t, h, d]).swap_dims(1, 2); // [B, H, T, D]
+        let qkv = self.c_attn.forward(x);
+        let mut parts = qkv.chunk(3, 2).into_iter();
+        let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+            unreachable!("chunk(3) yields three parts")
+        };
+        let (q, mut k, mut v) = (heads(q), heads(k), heads(v));
+        let mut past = 0;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = cache.take() {
+                past = pk.dims()[2];
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let s = past + t;
+        let dropout_active = self.attn_dropout.prob > 0.0
+            && self.attn_dropout.training.is_enabled()
+            && q.device().is_autodiff();
+        let y = if dropout_active {
+            // Attention dropout needs the probabilities, so spell the attention out.
+            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+            let mask = causal_mask(t, s, &scores.device())
+                .unsqueeze::<4>()
+                .expand([b, h, t, s]);
+            let probs =
+                burn::tensor::activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+            self.attn_dropout.forward(probs).matmul(v)
+        } else if past == 0 {
+            attention(
+                q,
+                k,
+                v,
+                None,
+                None,
+                AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: t > 1,
+                },
+            )
+        } else if t == 1 {
+            attention(q, k, v, None, None, AttentionModuleOptions::default())
+        } else {
+            let mask = causal_mask(t, s, &q.device())
+                .unsqueeze::<4>()
+                .expand([b, h, t, s]);
+            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+        }; // [B, H, T, D]
+        let y = y.swap_dims(1, 2).reshape([b, t, c]);
+        self.resid_dropout.forward(self.c_proj.forward(y))
+    }
+}
+
+/// `true` where query `i` (at absolute position `s - t + i`) must not see key `j`.
+fn causal_mask(t: usize, s: usize, device: &Device) -> Tensor<2, Bool> {
+    let past = s - t;
+    let data: Vec<bool> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| j > past + i))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [t, s]), device)
+}
+
+/// The position-wise feed-forward layer.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+    dropout: Dropout,
+    tanh: bool,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let hidden = self.c_fc.forward(x);
+        let hidden = if self.tanh {
+            gelu_approximate(hidden)
+        } else {
+            gelu(hidden)
+        };
+        self.dropout.forward(self.c_proj.forward(hidden))
+    }
+}
+
+/// One pre-LayerNorm transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn forward(&self, x: Tensor<3>, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+/// The GPT-2 language model.
+#[derive(Module, Debug)]
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Embedding,
+    drop: Dropout,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    #[module(skip)]
+    config: Gpt2Config,
+}
+
+/// Decoding state: one [`LayerCache`] per block.
+#[derive(Debug, Default)]
+pub struct Gpt2Cache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl Gpt2 {
+    /// The model's configuration.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut Gpt2Cache>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let positions = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
+            .reshape([1, t])
+            .expand([b, t]);
+        let mut x = self
+            .drop
+            .forward(self.wte.forward(tokens) + self.wpe.forward(positions));
+        for (i, block) in self.h.iter().enumerate() {
+            let layer = cache.as_deref_mut().map(|c| {
+                if c.layers.len() <= i {
+                    c.layers.resize_with(i + 1, || None);
+                }
+                &mut c.layers[i]
+            });
+            x = block.forward(x, layer);
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let x = self.ln_f.forward(x);
+        let [_, _, c] = x.dims();
+        let vocab = self.config.vocab_size;
+        // Tied head: logits = x . wte^T
+        x.reshape([b * t, c])
+            .matmul(self.wte.weight.val().transpose())
+            .reshape([b, t, vocab])
+    }
+
+    /// Loads a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`). The tokenizer is
+    /// loaded separately, by the engine.
+    pub fn from_pretrained(dir: &Path, device: &Device) -> EngineResult<Self> {
+        let config = Gpt2Config::from_file(&dir.join("config.json"))?;
+        let weights = dir.join("model.safetensors");
+        let mut tensors = read_safetensors(&weights)?;
+        let model = config.init(device);
+        load_parameters(model, &mut tensors, &hf_names, &weights, device)
+    }
+}
+
+/// Hugging Face names for a module path: `h.0.ln_1.gamma` -> `transformer.h.0.ln_1.weight`
+/// (checkpoints of the bare `GPT2Model` lack the `transformer.` prefix).
+fn hf_names(path: &str) -> Vec<String> {
+    let name = path.replace(".gamma", ".weight").replace(".beta", ".bias");
+    vec![format!("transformer.{name}"), name]
+}
+
+impl CausalLm for Gpt2 {
+    type Cache = Gpt2Cache;
+
+    fn family(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn context_length(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.run(tokens, None)
+    }
+
+    fn new_cache(&self) -> Gpt2Cache {
+        Gpt2Cache::default()
+    }
+
+    fn cache_len(cache: &Gpt2Cache) -> usize {
+        cache.len
+    }
+
+    fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Gpt2Cache) -> Tensor<3> {
+        self.run(tokens, Some(cache))
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        self.config.to_hf_json()
+    }
+
+    fn export_tensors(&self) -> NamedTensors {
+        named_parameters(self)
+            .into_iter()
+            .filter_map(|(path, data)| hf_names(&path).into_iter().next().map(|name| (name, data)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_shapes_and_cache_agree_with_full_forward() {
+        let device = Device::flex();
+        device.seed(3);
+        let model = Gpt2Config::tiny().init(&device);
+        let ids: Vec<i64> = vec![1, 5, 9, 2, 7, 3];
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, 6]), &device);
+        let full = model.forward(tokens);
+        assert_eq!(full.dims(), [1, 6, 65]);
+        let mut cache = model.new_cache();
+        let prefix =
+            Tensor::<2, Int>::from_data(TensorData::new(ids[..4].to_vec(), [1, 4]), &device);
+        let _ = model.forward_cached(prefix, &mut cache);
+        let mut last = None;
+        for &id in &ids[4..] {
+            let one = Tensor::<2, Int>::from_data(TensorData::new(vec![id], [1, 1]), &device);
+            last = Some(model.forward_cached(one, &mut cache));
+        }
+        assert_eq!(Gpt2::cache_len(&cache), 6);
+        let cached = last
+            .map(|l| l.reshape([65]))
+            .unwrap_or_else(|| panic!("no step"));
+        let reference = full.narrow(1, 5, 1).reshape([65]);
+        let diff = (cached - reference).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-4, "cached decoding differs by {diff}");
+    }
+
+    #[test]
+    fn config_round_trips_through_hf_json_and_reports_missing_keys() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("config.json");
+        let json = Gpt2Config::gpt2_124m().to_hf_json();
+        std::fs::write(&path, json.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let back = Gpt2Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, Gpt2Config::gpt2_124m());
+        std::fs::write(
+            &path,
+            r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let err = Gpt2Config::from_file(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("config.json") && err.contains("n_head"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn export_uses_hugging_face_names() {
+        let model = Gpt2Config::tiny().init(&Device::flex());
+        let names: Vec<String> = model.export_tensors().into_keys().collect();
+        assert!(names.contains(&"transformer.wte.weight".to_string()));
+        assert!(names.contains(&"transformer.h.1.attn.c_attn.bias".to_string()));
+        assert!(names.contains(&"transformer.ln_f.weight".to_string()));
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("gamma") || n.contains("lm_head"))
+        );
+        // 2 + 2 per block * 4 linears + 2 * 2 LayerNorms per block + ln_f
+        assert_eq!(names.len(), 2 + 2 * (8 + 4) + 2);
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs what it needs when missing: the Vulkan software
+# renderer (Mesa lavapipe) for the wgpu tests and the wasm32 target for the browser build check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  echo "==> installing the Vulkan software renderer (mesa-vulkan-drivers, libvulkan1)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
+  echo "==> adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/cinder-xdg-$(id -u)}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "==> formatting"
+cargo fmt --all --check
+
+echo "==> engine and models compile for the browser (wasm32-unknown-unknown)"
+cargo check --quiet -p cinder-engine -p cinder-models --target wasm32-unknown-unknown
+
+echo "==> tests (CPU backend, plus the wgpu tests on $(ls /usr/share/vulkan/icd.d/ | tr '\n' ' '))"
+cargo test --workspace --no-fail-fast -- --test-threads=1

@@ -1,0 +1,129 @@
+//! Bad input gets a clear error naming the file and the problem, never a panic.
+
+use std::path::Path;
+
+use cinder_engine::burn::tensor::Device;
+use cinder_engine::device::DeviceChoice;
+use cinder_engine::weights::{read_safetensors, write_safetensors};
+use cinder_models::gpt2::Gpt2;
+
+fn copy_fixture(to: &Path) {
+    let from = cinder_tests::fixtures().join("gpt2-tiny");
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+fn load_error(dir: &Path) -> String {
+    match Gpt2::from_pretrained(dir, &Device::flex()) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_reported() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    copy_fixture(dir.path());
+    let weights = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap_or_default();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tensor_of_the_wrong_shape_is_reported() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    copy_fixture(dir.path());
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = read_safetensors(&weights).unwrap_or_else(|e| panic!("{e}"));
+    let key = "transformer.h.0.attn.c_attn.weight".to_string();
+    let data = tensors
+        .remove(&key)
+        .unwrap_or_else(|| panic!("fixture lacks {key}"));
+    let values = data.try_to_vec::<f32>().unwrap_or_default();
+    let n = values.len();
+    tensors.insert(
+        key.clone(),
+        cinder_engine::burn::tensor::TensorData::new(values, [1, n]),
+    );
+    write_safetensors(&weights, &tensors).unwrap_or_else(|e| panic!("{e}"));
+    let err = load_error(dir.path());
+    assert!(
+        err.contains(&key) && err.contains("shape") && err.contains("model.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_tensor_is_reported() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    copy_fixture(dir.path());
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = read_safetensors(&weights).unwrap_or_else(|e| panic!("{e}"));
+    tensors.remove("transformer.ln_f.weight");
+    write_safetensors(&weights, &tensors).unwrap_or_else(|e| panic!("{e}"));
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("missing tensor") && err.contains("ln_f.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_without_a_needed_key_is_reported() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    copy_fixture(dir.path());
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
+            .unwrap_or_default();
+    config.as_object_mut().map(|m| m.remove("n_embd"));
+    std::fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("config.json") && err.contains("n_embd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_tokenizer_is_reported() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("tokenizer.json");
+    let err = cinder_engine::tokenizer::Tokenizer::from_file(&path)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("No such file"),
+        "{err}"
+    );
+    std::fs::write(&path, "{\"version\": 1}").unwrap_or_else(|e| panic!("{e}"));
+    let err = cinder_engine::tokenizer::Tokenizer::from_file(&path)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not a valid tokenizer.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_device_is_reported() {
+    let err = "quantum"
+        .parse::<DeviceChoice>()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("unknown device 'quantum'") && err.contains("auto, gpu, wgpu, cpu"),
+        "{err}"
+    );
+}

@@ -1,0 +1,125 @@
+//! The GPU path: the same GPT-2 forward, backward, optimizer step and greedy generation on wgpu
+//! (Mesa's lavapipe software Vulkan renderer in CI) agree with the CPU backend.
+
+use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
+use cinder_engine::device::{DeviceChoice, select};
+use cinder_engine::generate::{GenerateConfig, generate};
+use cinder_engine::lm::CausalLm;
+use cinder_engine::sampling::SamplingConfig;
+use cinder_engine::tokenizer::Tokenizer;
+use cinder_engine::train::{TrainConfig, Trainer};
+use cinder_models::gpt2::Gpt2;
+
+fn wgpu() -> Device {
+    select(DeviceChoice::Wgpu)
+        .unwrap_or_else(|e| panic!("the wgpu tests need a Vulkan adapter (lavapipe is fine): {e}"))
+        .device
+}
+
+fn fixture(device: &Device) -> Gpt2 {
+    let dir = cinder_tests::fixtures().join("gpt2-tiny");
+    Gpt2::from_pretrained(&dir, device).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn forward_and_greedy_generation_match_the_cpu() {
+    let (cpu, gpu) = (Device::flex(), wgpu());
+    let ids: Vec<i64> = vec![5, 17, 42, 99, 3, 250, 7, 64];
+    let logits = |device: &Device| {
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), device);
+        fixture(device)
+            .forward(tokens)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let diff = max_diff(&logits(&cpu), &logits(&gpu));
+    assert!(diff < 1e-3, "wgpu logits differ from the CPU by {diff}");
+
+    let prompt: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let config = GenerateConfig {
+        max_new_tokens: 8,
+        sampling: SamplingConfig::greedy(),
+        eos: None,
+    };
+    let run = |device: &Device| {
+        generate(&fixture(device), &prompt, &config, device, |_| true)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(run(&cpu), run(&gpu));
+}
+
+#[test]
+fn training_step_matches_the_cpu() {
+    let dir = cinder_tests::fixtures().join("gpt2-tiny");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
+    let text = "the quick brown fox jumps over the lazy dog. ".repeat(20);
+    let tokens = tok.encode_corpus(&text).unwrap_or_else(|e| panic!("{e}"));
+    let config = TrainConfig {
+        steps: 2,
+        batch_size: 2,
+        context: 16,
+        lr: 1e-3,
+        warmup: 1,
+        eval_every: 0,
+        sample_every: 0,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    let train = |device: Device| {
+        let device = device.autodiff();
+        let mut trainer = Trainer::new(
+            fixture(&device),
+            config.clone(),
+            tok.clone(),
+            tokens.clone(),
+            tokens.clone(),
+            &device,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let reports: Vec<_> = (0..2)
+            .map(|_| trainer.step().unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let weights: Vec<f32> = trainer
+            .model()
+            .export_tensors()
+            .into_values()
+            .flat_map(|d| d.try_to_vec::<f32>().unwrap_or_default())
+            .collect();
+        (reports, weights)
+    };
+    let (cpu_reports, cpu_weights) = train(Device::flex());
+    let (gpu_reports, gpu_weights) = train(wgpu());
+    for (c, g) in cpu_reports.iter().zip(&gpu_reports) {
+        assert!(
+            (c.loss - g.loss).abs() < 1e-3,
+            "step {}: loss {} vs {}",
+            c.step,
+            c.loss,
+            g.loss
+        );
+        let rel = (c.grad_norm - g.grad_norm).abs() / c.grad_norm;
+        assert!(
+            rel < 1e-3,
+            "step {}: gradient norm {} vs {}",
+            c.step,
+            c.grad_norm,
+            g.grad_norm
+        );
+    }
+    let diff = max_diff(&cpu_weights, &gpu_weights);
+    assert!(
+        diff < 1e-3,
+        "weights after two AdamW steps differ by {diff}"
+    );
+}
