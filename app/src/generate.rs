@@ -96,7 +96,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(e) = failed {
         return Err(e.into());
     }
-    println!();
+    println!("{}", stream.finish()?);
     let secs = t1.elapsed().as_secs_f64();
     eprintln!(
         "{} prompt tokens, {} new tokens in {secs:.2}s ({:.1} tokens/s)",

@@ -247,6 +247,15 @@ impl TokenStream<'_> {
         self.printed = text.len();
         Ok(fresh)
     }
+
+    /// The text still held back (bytes that never completed a character decode as U+FFFD),
+    /// so that everything printed equals the decoding of all ids.
+    pub fn finish(&mut self) -> Result<String> {
+        let text = self.tokenizer.decode(&self.ids)?;
+        let rest = text.get(self.printed..).unwrap_or_default().to_string();
+        self.printed = text.len();
+        Ok(rest)
+    }
 }
 
 #[cfg(test)]

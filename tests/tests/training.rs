@@ -73,7 +73,12 @@ fn loss_falls_below_1_5_within_80_steps() {
 fn resumed_run_repeats_the_uninterrupted_losses() {
     let n = 4;
     let device = Device::flex().autodiff();
+    // Both runs start from the same saved weights: Burn's random source is process-wide, so
+    // initialising twice could differ while other tests run in parallel.
+    let init = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (model, tok, tokens, config) = setup(2 * n, &device);
+    save_model(&model, &tok, init.path()).unwrap_or_else(|e| panic!("{e}"));
+    let model = Gpt2::from_pretrained(init.path(), &device).unwrap_or_else(|e| panic!("{e}"));
     let mut straight = Trainer::new(
         model,
         config.clone(),
@@ -89,7 +94,7 @@ fn resumed_run_repeats_the_uninterrupted_losses() {
         .collect();
 
     let run = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (model, tok, tokens, config) = setup(2 * n, &device);
+    let model = Gpt2::from_pretrained(init.path(), &device).unwrap_or_else(|e| panic!("{e}"));
     let mut first = Trainer::new(
         model,
         config.clone(),
