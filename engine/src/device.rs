@@ -43,7 +43,7 @@ impl FromStr for DeviceChoice {
 
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Self::Auto => "auto",
             Self::Gpu => "gpu",
             Self::Wgpu => "wgpu",

@@ -389,7 +389,13 @@ impl<M: CausalLm> Trainer<M> {
         let device = self.device.clone().without_autodiff();
         let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
         if prompt.is_empty() {
-            prompt = vec![self.tokenizer.eos_id().unwrap_or(0)];
+            // Documents are separated by newlines in the corpora, so a fresh line is the natural
+            // start; the end-of-text token where a newline is not a single token.
+            let newline = self.tokenizer.encode("\n")?;
+            prompt = match newline.as_slice() {
+                [id] => vec![*id],
+                _ => vec![self.tokenizer.eos_id().unwrap_or(0)],
+            };
         }
         let config = GenerateConfig {
             max_new_tokens: self.config.sample_tokens,

@@ -14,7 +14,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -297,12 +297,22 @@ impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = self.c_fc.forward(x);
         let hidden = if self.tanh {
-            gelu_approximate(hidden)
+            gelu_tanh(hidden)
         } else {
             gelu(hidden)
         };
         self.dropout.forward(self.c_proj.forward(hidden))
     }
+}
+
+/// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written
+/// through the identity `0.5 (1 + tanh(z)) = sigmoid(2z)`: six element-wise ops and no `powf`,
+/// which on the CPU backend made the textbook form about a fifth of a training step.
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const C1: f64 = 2.0 * 0.797_884_560_802_865_4; // 2 * sqrt(2 / pi)
+    const C2: f64 = C1 * 0.044_715;
+    let z = x.clone() * (x.clone() * x.clone()).mul_scalar(C2).add_scalar(C1);
+    x * sigmoid(z)
 }
 
 /// One pre-LayerNorm transformer block.
