@@ -130,8 +130,10 @@ impl Tokenizer {
             .build();
         let model = model.map_err(tok_err)?;
         let mut inner = tokenizers::Tokenizer::new(model);
+        // `[\s\S]` (any character, newlines included) reads the same in fancy-regex, used here,
+        // and in Oniguruma, used by Python's tokenizers; an inline flag like `(?s).` does not.
         let split = Split::new(
-            SplitPattern::Regex(r"(?s).".into()),
+            SplitPattern::Regex(r"[\s\S]".into()),
             SplitDelimiterBehavior::Isolated,
             false,
         )

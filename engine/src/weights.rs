@@ -126,33 +126,6 @@ pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, TensorData)> {
     collector.out
 }
 
-struct Paths {
-    path: Vec<String>,
-    out: Vec<(String, Vec<usize>)>,
-}
-
-impl ModuleVisitor for Paths {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out.push((self.path.join("."), param.shape().to_vec()));
-    }
-}
-
-/// Every float parameter's dotted path and shape, without reading any values.
-pub fn parameter_shapes<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
-    let mut paths = Paths {
-        path: Vec::new(),
-        out: Vec::new(),
-    };
-    module.visit(&mut paths);
-    paths.out
-}
-
 struct Loader<'a> {
     path: Vec<String>,
     source: &'a Path,
