@@ -28,4 +28,11 @@ echo "==> engine and models compile for the browser (wasm32-unknown-unknown)"
 cargo check --quiet -p cinder-engine -p cinder-models --target wasm32-unknown-unknown
 
 echo "==> tests (CPU backend, plus the wgpu tests on $(ls /usr/share/vulkan/icd.d/ | tr '\n' ' '))"
-cargo test --workspace --no-fail-fast -- --test-threads=1
+log="$(mktemp)"
+status=0
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
+echo "tests: $passed passed, $failed failed"
+exit "$status"

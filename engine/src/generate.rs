@@ -1,11 +1,17 @@
-//! Autoregressive decoding with a KV cache, shared by every decoder family.
+//! Autoregressive decoding with a KV cache, shared by every decoder family: sampling (greedy,
+//! temperature, top-k, top-p, min-p, repetition penalty), beam search, stop tokens and stop
+//! strings, streaming.
 //!
-//! B=batch, T=time, V=vocab
+//! B=batch (beams), T=time, V=vocab
 
+use std::time::{Duration, Instant};
+
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::lm::CausalLm;
-use crate::sampling::{SamplingConfig, sample};
+use crate::sampling::{SamplingConfig, sample_next};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// What to generate and when to stop.
@@ -15,37 +21,62 @@ pub struct GenerateConfig {
     pub max_new_tokens: usize,
     /// How each token is chosen.
     pub sampling: SamplingConfig,
-    /// Stop when this token is produced (it is not returned).
-    pub eos: Option<u32>,
+    /// Stop when one of these tokens is produced (it is not returned).
+    pub stop_tokens: Vec<u32>,
 }
 
-/// Last-position logits of `[1, T, V]` on the host.
-fn last_logits(logits: Tensor<3>) -> Result<Vec<f32>> {
-    let [_, t, v] = logits.dims();
-    let last = logits.narrow(1, t - 1, 1).reshape([v]);
-    crate::weights::to_f32_data(last)
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("reading logits back: {e:?}")))
+impl GenerateConfig {
+    /// Settings with one end-of-sequence token (or none).
+    pub fn new(max_new_tokens: usize, sampling: SamplingConfig, eos: Option<u32>) -> Self {
+        Self {
+            max_new_tokens,
+            sampling,
+            stop_tokens: eos.into_iter().collect(),
+        }
+    }
 }
 
-fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+/// Timings of one generation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenerateStats {
+    /// Prompt tokens processed in the prefill pass.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// Time of the prefill pass, up to the first token.
+    pub prefill: Duration,
+    /// Time of the later steps.
+    pub decode: Duration,
+}
+
+impl GenerateStats {
+    /// Prompt tokens per second in the prefill pass.
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second after the first.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.new_tokens.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// `[1, T]` token ids on `device`.
+pub fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
     let data = TensorData::new(
-        ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(),
         [1, ids.len()],
     );
     Tensor::from_data(data, device)
 }
 
-/// Continues `prompt`. Each new token is passed to `on_token`, which returns `false` to stop.
-/// Returns the new tokens. The prompt is processed in one pass (prefill); each later step
-/// feeds one token. When the context fills up, the cache is rebuilt from the newest half.
-pub fn generate<M: CausalLm>(
-    model: &M,
-    prompt: &[u32],
-    config: &GenerateConfig,
-    device: &Device,
-    mut on_token: impl FnMut(u32) -> bool,
-) -> Result<Vec<u32>> {
+/// Last-position logits of `[B, T, V]` as `[B, V]`.
+fn last_position(logits: Tensor<3>) -> Tensor<2> {
+    let [b, t, v] = logits.dims();
+    logits.narrow(1, t - 1, 1).reshape([b, v])
+}
+
+fn check_prompt<M: CausalLm>(model: &M, prompt: &[u32]) -> Result<()> {
     let ctx = model.context_length();
     if prompt.is_empty() {
         return Err(Error::Invalid(
@@ -64,13 +95,39 @@ pub fn generate<M: CausalLm>(
             "token id {bad} is outside the vocabulary ({vocab})"
         )));
     }
+    Ok(())
+}
+
+/// Continues `prompt`. Each new token is passed to `on_token`, which returns `false` to stop.
+/// Returns the new tokens and timings. The prompt is processed in one pass (prefill); each later
+/// step feeds one token and reads back one id. When the context fills up, the cache is rebuilt
+/// from the newest half of the sequence.
+pub fn generate<M: CausalLm>(
+    model: &M,
+    prompt: &[u32],
+    config: &GenerateConfig,
+    device: &Device,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerateStats)> {
+    check_prompt(model, prompt)?;
+    config.sampling.check()?;
+    let ctx = model.context_length();
+    let mut stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        ..GenerateStats::default()
+    };
+    let start = Instant::now();
     let mut all: Vec<u32> = prompt.to_vec();
     let mut new = Vec::new();
     let mut cache = model.new_cache();
-    let mut logits = last_logits(model.forward_cached(token_tensor(prompt, device), &mut cache))?;
+    let mut logits = last_position(model.forward_cached(token_tensor(prompt, device), &mut cache));
     for i in 0..config.max_new_tokens {
-        let next = sample(&logits, &config.sampling, i as u64) as u32;
-        if Some(next) == config.eos {
+        let [_, v] = logits.dims();
+        let next = sample_next(logits.reshape([v]), &all, &config.sampling, i as u64)?;
+        if i == 0 {
+            stats.prefill = start.elapsed();
+        }
+        if config.stop_tokens.contains(&next) {
             break;
         }
         new.push(next);
@@ -85,7 +142,258 @@ pub fn generate<M: CausalLm>(
         } else {
             model.forward_cached(token_tensor(&[next], device), &mut cache)
         };
-        logits = last_logits(step)?;
+        logits = last_position(step);
     }
-    Ok(new)
+    stats.new_tokens = new.len();
+    stats.decode = start.elapsed().saturating_sub(stats.prefill);
+    Ok((new, stats))
+}
+
+/// Why a text generation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token (end of sequence) was produced.
+    StopToken,
+    /// A stop string appeared in the text (it is cut off).
+    StopString(String),
+    /// The token budget ran out.
+    MaxTokens,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+/// The result of [`generate_text`].
+#[derive(Clone, Debug)]
+pub struct TextGeneration {
+    /// The generated text, stop string excluded.
+    pub text: String,
+    /// The generated ids (up to the one that completed a stop string).
+    pub ids: Vec<u32>,
+    /// Why it ended.
+    pub stop: StopReason,
+    /// Timings.
+    pub stats: GenerateStats,
+}
+
+/// Continues `prompt` and streams text: `on_text` receives each piece as soon as it cannot be
+/// the beginning of a stop string, and returns `false` to stop. Generation ends at a stop token,
+/// at a stop string (which is not emitted), at `max_new_tokens`, or when the caller stops it.
+pub fn generate_text<M: CausalLm>(
+    model: &M,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    config: &GenerateConfig,
+    stop_strings: &[String],
+    device: &Device,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<TextGeneration> {
+    let mut stream = tokenizer.stream();
+    let mut text = String::new();
+    let mut emitted = 0;
+    let mut stop = None;
+    let mut failure = None;
+    let (ids, stats) = generate(model, prompt, config, device, |id| {
+        match stream.push(id) {
+            Ok(piece) => text.push_str(&piece),
+            Err(e) => {
+                failure = Some(e);
+                return false;
+            }
+        }
+        if let Some((at, s)) = stop_strings
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at)
+        {
+            text.truncate(at);
+            stop = Some(StopReason::StopString(s.clone()));
+        }
+        // Hold back a tail that could still grow into a stop string.
+        let mut safe = text.len();
+        for s in stop_strings.iter().filter(|_| stop.is_none()) {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && text.ends_with(&s[..k]) {
+                    safe = safe.min(text.len() - k);
+                    break;
+                }
+            }
+        }
+        if safe > emitted {
+            let keep_going = on_text(&text[emitted..safe]);
+            emitted = safe;
+            if !keep_going && stop.is_none() {
+                stop = Some(StopReason::Cancelled);
+            }
+        }
+        stop.is_none()
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if stop.is_none() {
+        text.push_str(&stream.finish()?);
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
+        }
+    }
+    let stop = stop.unwrap_or(if ids.len() < config.max_new_tokens {
+        StopReason::StopToken
+    } else {
+        StopReason::MaxTokens
+    });
+    Ok(TextGeneration {
+        text,
+        ids,
+        stop,
+        stats,
+    })
+}
+
+/// Beam search settings.
+#[derive(Clone, Debug)]
+pub struct BeamConfig {
+    /// Beams kept at each step.
+    pub width: usize,
+    /// How many tokens to add at most.
+    pub max_new_tokens: usize,
+    /// Finished sequences are ranked by `sum log p / len^length_penalty` (`len` = new tokens,
+    /// the stop token included): above 0 favours longer ones, below 0 shorter ones.
+    pub length_penalty: f32,
+    /// Stop as soon as `width` sequences have finished, instead of when no live beam can still
+    /// beat the finished ones.
+    pub early_stopping: bool,
+    /// Tokens that finish a sequence.
+    pub stop_tokens: Vec<u32>,
+}
+
+/// One finished or live sequence of a beam search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hypothesis {
+    /// New tokens (a final stop token is not included).
+    pub tokens: Vec<u32>,
+    /// Sum of the log-probabilities of the new tokens (the stop token's included).
+    pub log_prob: f32,
+    /// The length-penalised score the search ranks by.
+    pub score: f32,
+}
+
+fn penalised(log_prob: f32, len: usize, penalty: f32) -> f32 {
+    log_prob / (len.max(1) as f32).powf(penalty)
+}
+
+/// Beam search: keeps the `width` most likely partial sequences at each step and returns the
+/// finished ones, best first. All beams run as one batch; the KV cache follows the surviving
+/// beams through [`CausalLm::reorder_cache`].
+pub fn beam_search<M: CausalLm>(
+    model: &M,
+    prompt: &[u32],
+    config: &BeamConfig,
+    device: &Device,
+) -> Result<Vec<Hypothesis>> {
+    check_prompt(model, prompt)?;
+    if config.width == 0 {
+        return Err(Error::Invalid("the beam width must be at least 1".into()));
+    }
+    if prompt.len() + config.max_new_tokens > model.context_length() {
+        return Err(Error::Invalid(format!(
+            "beam search needs the prompt ({}) plus --max-new-tokens ({}) within the context ({})",
+            prompt.len(),
+            config.max_new_tokens,
+            model.context_length()
+        )));
+    }
+    let width = config.width;
+    let mut cache = model.new_cache();
+    let mut logits = last_position(model.forward_cached(token_tensor(prompt, device), &mut cache));
+    // Live beams: (tokens, summed log-probability).
+    let mut beams: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
+    let mut finished: Vec<Hypothesis> = Vec::new();
+    for step in 0..config.max_new_tokens {
+        let [b, v] = logits.dims();
+        let scores: Vec<f32> = beams.iter().map(|(_, s)| *s).collect();
+        let scores = Tensor::<2>::from_data(TensorData::new(scores, [b, 1]), device);
+        let total = (log_softmax(logits, 1) + scores).reshape([b * v]);
+        let n = (2 * width).min(b * v);
+        let (top, idx) = total.topk_with_indices(n, 0);
+        let top = top
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Invalid(format!("reading beam scores: {e:?}")))?;
+        let idx = idx
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .map_err(|e| Error::Invalid(format!("reading beam tokens: {e:?}")))?;
+        let mut next: Vec<(usize, u32, f32)> = Vec::with_capacity(width);
+        for (&score, &flat) in top.iter().zip(&idx) {
+            let (parent, token) = (flat as usize / v, (flat as usize % v) as u32);
+            if config.stop_tokens.contains(&token) {
+                let tokens = beams[parent].0.clone();
+                let len = tokens.len() + 1;
+                finished.push(Hypothesis {
+                    tokens,
+                    log_prob: score,
+                    score: penalised(score, len, config.length_penalty),
+                });
+            } else {
+                next.push((parent, token, score));
+            }
+            if next.len() == width {
+                break;
+            }
+        }
+        finished.sort_by(|a, b| b.score.total_cmp(&a.score));
+        finished.truncate(width);
+        let last_step = step + 1 == config.max_new_tokens;
+        let done = if finished.len() < width {
+            false
+        } else if config.early_stopping {
+            true
+        } else {
+            // The best a live beam can still reach, for a non-positive log-probability.
+            let best_live = next.first().map_or(f32::NEG_INFINITY, |&(_, _, s)| {
+                let len = beams[0].0.len() + 1;
+                let longest = len + config.max_new_tokens - step - 1;
+                if config.length_penalty > 0.0 {
+                    penalised(s, longest, config.length_penalty)
+                } else {
+                    penalised(s, len, config.length_penalty)
+                }
+            });
+            finished
+                .last()
+                .is_some_and(|worst| worst.score >= best_live)
+        };
+        beams = next
+            .iter()
+            .map(|&(parent, token, score)| {
+                let mut tokens = beams[parent].0.clone();
+                tokens.push(token);
+                (tokens, score)
+            })
+            .collect();
+        if done || beams.is_empty() {
+            break;
+        }
+        if last_step {
+            for (tokens, log_prob) in &beams {
+                finished.push(Hypothesis {
+                    score: penalised(*log_prob, tokens.len(), config.length_penalty),
+                    tokens: tokens.clone(),
+                    log_prob: *log_prob,
+                });
+            }
+            break;
+        }
+        let parents: Vec<usize> = next.iter().map(|&(p, _, _)| p).collect();
+        M::reorder_cache(&mut cache, &parents, device);
+        let tokens: Vec<i64> = next.iter().map(|&(_, t, _)| i64::from(t)).collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [next.len(), 1]), device);
+        logits = last_position(model.forward_cached(tokens, &mut cache));
+    }
+    finished.sort_by(|a, b| b.score.total_cmp(&a.score));
+    finished.truncate(width);
+    Ok(finished)
 }

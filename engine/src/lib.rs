@@ -4,11 +4,13 @@
 //! The engine never names a model family. Families implement [`lm::CausalLm`] and
 //! [`weights::Pretrained`]; the trainer and the decoder work with any of them.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
 mod error;
 pub mod generate;
+pub mod gguf;
 pub mod lm;
 pub mod optim;
 pub mod rng;

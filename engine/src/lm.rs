@@ -3,7 +3,7 @@
 //! B=batch, T=time, V=vocab
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::weights::NamedTensors;
 
@@ -33,6 +33,9 @@ pub trait CausalLm: Module + Sized {
 
     /// Positions the cache already holds.
     fn cache_len(cache: &Self::Cache) -> usize;
+
+    /// Keeps, for each row `i` of the next batch, the cached row `rows[i]` (beam search).
+    fn reorder_cache(cache: &mut Self::Cache, rows: &[usize], device: &Device);
 
     /// Logits for `tokens`, which continue the sequence held in `cache`; the cache grows by `T`.
     ///

@@ -1,18 +1,41 @@
-//! Choosing the next token from logits: greedy, temperature, top-k and top-p.
+//! Choosing the next token from logits, on the device: repetition penalty, greedy, temperature,
+//! top-k, top-p and min-p.
+//!
+//! Everything runs as tensor operations where the logits live, so a decoding step reads back a
+//! single token id instead of a vocabulary of logits. Random draws use the Gumbel-max trick
+//! (`argmax(logits + g)`, `g = -ln(-ln(u))` is a draw from the softmax of `logits`) with noise
+//! that is a pure function of the seed and the step, so a seeded generation is the same on every
+//! device and every run.
+//!
+//! V=vocab
 
+use burn::tensor::activation::softmax;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::rng;
+use crate::{Error, Result, rng};
 
-/// How the next token is chosen.
+fn one() -> f32 {
+    1.0
+}
+
+/// How the next token is chosen. The filters apply in the order Hugging Face applies them:
+/// repetition penalty, temperature, top-k, top-p, min-p.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplingConfig {
     /// Softmax temperature; 0 means greedy (argmax).
     pub temperature: f32,
     /// Keep only the `k` most likely tokens (0 = no limit).
     pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches `p` (1.0 = no limit).
+    /// Keep the smallest set of most likely tokens whose probability reaches `p` (1.0 = no limit).
     pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one (0 = off).
+    #[serde(default)]
+    pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of tokens already in the sequence by
+    /// this (1.0 = off; CTRL, Keskar et al. 2019).
+    #[serde(default = "one")]
+    pub repetition_penalty: f32,
     /// Seed for the random choices.
     pub seed: u64,
 }
@@ -23,6 +46,8 @@ impl Default for SamplingConfig {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
             seed: 0,
         }
     }
@@ -35,145 +60,256 @@ impl SamplingConfig {
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,
-            seed: 0,
+            ..Self::default()
         }
+    }
+
+    /// Checks the values are in range.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature {} must be >= 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top-p {} must be in (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min-p {} must be in [0, 1]", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition penalty {} must be positive",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
     }
 }
 
-/// Index of the largest value (the first one on ties).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best
+/// Reads one integer back from the device.
+pub fn read_id(t: Tensor<1, Int>) -> Result<u32> {
+    t.into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .map(|v| v as u32)
+        .ok_or_else(|| Error::Invalid("reading a token id back from the device failed".into()))
 }
 
-/// The probability of each token after temperature, top-k and top-p (zero for removed tokens).
-pub fn filtered_probs(logits: &[f32], config: &SamplingConfig) -> Vec<f32> {
-    let t = config.temperature.max(1e-6);
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let keep_k = if config.top_k == 0 {
-        logits.len()
-    } else {
-        config.top_k.min(logits.len())
-    };
-    let max = logits[order[0]];
-    let mut probs = vec![0f32; logits.len()];
-    let mut total = 0f64;
-    for &i in &order[..keep_k] {
-        let p = (((logits[i] - max) / t) as f64).exp();
-        probs[i] = p as f32;
-        total += p;
+/// Applies the repetition penalty to the logits of the tokens in `history`.
+///
+/// # Shapes
+/// - logits: `[V]` -> `[V]`
+pub fn apply_repetition_penalty(logits: Tensor<1>, history: &[u32], penalty: f32) -> Tensor<1> {
+    if (penalty - 1.0).abs() < f32::EPSILON || history.is_empty() {
+        return logits;
     }
-    for &i in &order[..keep_k] {
-        probs[i] = (probs[i] as f64 / total) as f32;
-    }
-    if config.top_p < 1.0 {
-        // Keep tokens in order of probability until their mass reaches top_p; the token that
-        // crosses the threshold is kept, so at least one token always survives.
-        let mut mass = 0f32;
-        let mut cut = keep_k;
-        for (rank, &i) in order[..keep_k].iter().enumerate() {
-            mass += probs[i];
-            if mass >= config.top_p {
-                cut = rank + 1;
-                break;
-            }
-        }
-        for &i in &order[cut..keep_k] {
-            probs[i] = 0.0;
-        }
-        let kept: f32 = order[..cut].iter().map(|&i| probs[i]).sum();
-        for &i in &order[..cut] {
-            probs[i] /= kept;
-        }
-    }
-    probs
+    let mut seen: Vec<i64> = history.iter().map(|&i| i64::from(i)).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let device = logits.device();
+    let n = seen.len();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(seen, [n]), &device);
+    let picked = logits.clone().select(0, idx.clone());
+    let positive = picked.clone().greater_equal_elem(0.0);
+    let penalised = picked
+        .clone()
+        .mul_scalar(penalty)
+        .mask_where(positive, picked.clone().div_scalar(penalty));
+    // The ids are unique, so adding (new - old) replaces them on every backend.
+    logits.select_assign(0, idx, penalised - picked, IndexingUpdateOp::Add)
 }
 
-/// Picks the next token. `counter` distinguishes successive draws of one sequence.
-pub fn sample(logits: &[f32], config: &SamplingConfig, counter: u64) -> usize {
+/// The logits after temperature, top-k, top-p and min-p, sorted from the most likely token
+/// down, removed tokens set to minus infinity, with the token id of each sorted position.
+/// Requires a positive temperature.
+///
+/// # Shapes
+/// - logits: `[V]`
+/// - output: `[V]` sorted logits and `[V]` token ids
+pub fn filter(logits: Tensor<1>, config: &SamplingConfig) -> (Tensor<1>, Tensor<1, Int>) {
+    let [v] = logits.dims();
+    let device = logits.device();
+    let (sorted, order) = logits
+        .div_scalar(config.temperature.max(1e-6))
+        .sort_descending_with_indices(0);
+    let rank = Tensor::<1, Int>::arange(0..v as i64, &device);
+    let k = if config.top_k == 0 { v } else { config.top_k };
+    let mut removed = rank.greater_equal_elem(k as i64);
+    if config.top_p < 1.0 || config.min_p > 0.0 {
+        let probs = softmax(
+            sorted.clone().mask_fill(removed.clone(), f32::NEG_INFINITY),
+            0,
+        );
+        if config.top_p < 1.0 {
+            // Keep a token while the mass of the tokens before it is below p: the token that
+            // crosses p stays, so at least one token always survives.
+            let before = probs.clone().cumsum(0) - probs.clone();
+            removed = removed.bool_or(before.greater_equal_elem(config.top_p));
+        }
+        if config.min_p > 0.0 {
+            let threshold = probs
+                .clone()
+                .narrow(0, 0, 1)
+                .mul_scalar(config.min_p)
+                .expand([v]);
+            removed = removed.bool_or(probs.lower(threshold));
+        }
+    }
+    (sorted.mask_fill(removed, f32::NEG_INFINITY), order)
+}
+
+/// Gumbel noise for draw `counter` of a seeded sequence.
+fn gumbel(seed: u64, counter: u64, v: usize, device: &burn::tensor::Device) -> Tensor<1> {
+    let noise: Vec<f32> = (0..v as u64)
+        .map(|i| {
+            let u = rng::uniform(seed, counter, i).max(1e-300);
+            -(-u.ln()).ln() as f32
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(noise, [v]), device)
+}
+
+/// Picks the next token from `[V]` logits on their device and reads back its id. `history` is
+/// the sequence so far (for the repetition penalty); `counter` numbers the draws of one
+/// sequence.
+pub fn sample_next(
+    logits: Tensor<1>,
+    history: &[u32],
+    config: &SamplingConfig,
+    counter: u64,
+) -> Result<u32> {
+    let logits = apply_repetition_penalty(logits, history, config.repetition_penalty);
     if config.temperature <= 0.0 {
-        return argmax(logits);
+        return read_id(logits.argmax(0));
     }
-    let probs = filtered_probs(logits, config);
-    let u = rng::uniform(config.seed, 0x5A3B_1E, counter) as f32;
-    let mut acc = 0f32;
-    let mut last = 0;
-    for (i, &p) in probs.iter().enumerate() {
-        if p > 0.0 {
-            acc += p;
-            last = i;
-            if u < acc {
-                return i;
-            }
-        }
-    }
-    last
+    let [v] = logits.dims();
+    let device = logits.device();
+    let (kept, order) = filter(logits, config);
+    let position = (kept + gumbel(config.seed, counter, v, &device)).argmax(0);
+    read_id(order.select(0, position))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Device;
 
-    fn cfg(temperature: f32, top_k: usize, top_p: f32) -> SamplingConfig {
+    fn cfg(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingConfig {
         SamplingConfig {
             temperature,
             top_k,
             top_p,
+            min_p,
+            repetition_penalty: 1.0,
             seed: 1,
         }
     }
 
+    fn logits(v: &[f32]) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
+    }
+
+    /// The ids that survive filtering, most likely first.
+    fn kept(v: &[f32], config: &SamplingConfig) -> Vec<i64> {
+        let (sorted, order) = filter(logits(v), config);
+        let sorted = sorted.into_data().try_to_vec::<f32>().unwrap_or_default();
+        let order = order
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
+        order
+            .into_iter()
+            .zip(sorted)
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     #[test]
     fn greedy_takes_the_argmax() {
-        assert_eq!(sample(&[0.1, 3.0, -1.0, 2.9], &cfg(0.0, 0, 1.0), 0), 1);
+        let id = sample_next(
+            logits(&[0.1, 3.0, -1.0, 2.9]),
+            &[],
+            &cfg(0.0, 0, 1.0, 0.0),
+            0,
+        );
+        assert_eq!(id.ok(), Some(1));
     }
 
     #[test]
     fn top_k_keeps_exactly_k_tokens() {
-        let logits = [1.0, 4.0, 3.0, 2.0, 0.0];
-        let probs = filtered_probs(&logits, &cfg(1.0, 2, 1.0));
-        let kept: Vec<usize> = (0..5).filter(|&i| probs[i] > 0.0).collect();
-        assert_eq!(kept, vec![1, 2]);
-        // Renormalised softmax over {4, 3}: e / (e + 1).
-        let e = std::f32::consts::E;
-        assert!((probs[1] - e / (e + 1.0)).abs() < 1e-6);
+        assert_eq!(
+            kept(&[1.0, 4.0, 3.0, 2.0, 0.0], &cfg(1.0, 2, 1.0, 0.0)),
+            vec![1, 2]
+        );
+        assert_eq!(kept(&[1.0, 4.0, 3.0], &cfg(1.0, 0, 1.0, 0.0)).len(), 3);
     }
 
     #[test]
     fn top_p_keeps_the_smallest_set_reaching_p() {
         // Probabilities 0.5, 0.3, 0.2 (as logits of their logs).
-        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
-        let probs = filtered_probs(&logits, &cfg(1.0, 0, 0.75));
-        assert!(
-            probs[0] > 0.0 && probs[1] > 0.0 && probs[2] == 0.0,
-            "{probs:?}"
+        let l = [0.2f32.ln(), 0.5f32.ln(), 0.3f32.ln()];
+        assert_eq!(kept(&l, &cfg(1.0, 0, 0.75, 0.0)), vec![1, 2]);
+        assert_eq!(kept(&l, &cfg(1.0, 0, 0.4, 0.0)), vec![1]);
+        assert_eq!(kept(&l, &cfg(1.0, 0, 0.85, 0.0)), vec![1, 2, 0]);
+        // After top-k = 2 the kept mass renormalises to 0.625 / 0.375.
+        assert_eq!(kept(&l, &cfg(1.0, 2, 0.6, 0.0)), vec![1]);
+        assert_eq!(kept(&l, &cfg(1.0, 2, 0.65, 0.0)), vec![1, 2]);
+    }
+
+    #[test]
+    fn min_p_drops_tokens_below_a_fraction_of_the_best() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05: min-p 0.25 keeps p >= 0.125.
+        let l = [0.05f32.ln(), 0.15f32.ln(), 0.5f32.ln(), 0.3f32.ln()];
+        assert_eq!(kept(&l, &cfg(1.0, 0, 1.0, 0.25)), vec![2, 3, 1]);
+        assert_eq!(kept(&l, &cfg(1.0, 0, 1.0, 0.7)), vec![2]);
+    }
+
+    #[test]
+    fn temperature_scales_the_logits() {
+        let (sorted, _) = filter(logits(&[1.0, 2.0]), &cfg(0.5, 0, 1.0, 0.0));
+        let sorted = sorted.into_data().try_to_vec::<f32>().unwrap_or_default();
+        assert!((sorted[0] - 4.0).abs() < 1e-6 && (sorted[1] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let out = apply_repetition_penalty(logits(&[2.0, -1.0, 3.0, 0.5]), &[0, 1, 1], 2.0)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        let expected = [1.0, -2.0, 3.0, 0.5];
+        for (a, b) in out.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+        // The penalty can flip the greedy choice.
+        let id = sample_next(
+            logits(&[2.0, 1.5]),
+            &[0],
+            &SamplingConfig {
+                repetition_penalty: 2.0,
+                ..SamplingConfig::greedy()
+            },
+            0,
         );
-        assert!((probs[0] - 0.625).abs() < 1e-5);
-        let probs = filtered_probs(&logits, &cfg(1.0, 0, 0.4));
-        assert_eq!(probs.iter().filter(|&&p| p > 0.0).count(), 1);
+        assert_eq!(id.ok(), Some(1));
     }
 
     #[test]
-    fn temperature_sharpens_the_distribution() {
-        let logits = [1.0, 2.0];
-        let hot = filtered_probs(&logits, &cfg(2.0, 0, 1.0));
-        let cold = filtered_probs(&logits, &cfg(0.5, 0, 1.0));
-        assert!(cold[1] > hot[1]);
-        // softmax([2, 4]) for T = 0.5.
-        assert!((cold[1] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
-    }
-
-    #[test]
-    fn sampling_follows_the_probabilities() {
-        let logits = [0.25f32.ln(), 0.75f32.ln()];
-        let c = cfg(1.0, 0, 1.0);
-        let ones = (0..4000).filter(|&i| sample(&logits, &c, i) == 1).count();
-        assert!((ones as f32 / 4000.0 - 0.75).abs() < 0.03, "{ones}");
+    fn sampling_follows_the_probabilities_and_is_seeded() {
+        let l = [0.25f32.ln(), 0.75f32.ln()];
+        let c = cfg(1.0, 0, 1.0, 0.0);
+        let draws: Vec<u32> = (0..2000)
+            .map(|i| sample_next(logits(&l), &[], &c, i).unwrap_or(9))
+            .collect();
+        let ones = draws.iter().filter(|&&d| d == 1).count();
+        assert!((ones as f32 / 2000.0 - 0.75).abs() < 0.04, "{ones}");
+        let again: Vec<u32> = (0..50)
+            .map(|i| sample_next(logits(&l), &[], &c, i).unwrap_or(9))
+            .collect();
+        assert_eq!(again, draws[..50]);
     }
 }

@@ -92,6 +92,113 @@ impl Tokenizer {
         Ok(Self::wrap(inner))
     }
 
+    /// Rebuilds the tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata: a
+    /// byte-level BPE (`tokenizer.ggml.model = gpt2`) with its vocabulary and merges, tokens
+    /// marked as control kept whole as special tokens and user-defined ones kept whole as added
+    /// tokens, split before merging as the `tokenizer.ggml.pre` type asks. This is the tokenizer
+    /// transformers builds from the same file, so both give the same ids.
+    pub fn from_gguf(file: &crate::gguf::GgufFile) -> Result<Self> {
+        let path = file.path();
+        let model = file.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tokenizer.ggml.model '{model}' is not supported (gpt2, a byte-level BPE, is)"
+                ),
+            ));
+        }
+        let tokens = file.get_strings("tokenizer.ggml.tokens")?;
+        let merges = file.get_strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = match file.metadata.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .as_array()
+                .map(|a| a.iter().map(|t| t.as_u64().unwrap_or(1)).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let alphabet = byte_alphabet();
+        let in_alphabet: std::collections::HashSet<char> = alphabet.iter().copied().collect();
+        // Tokens spelled outside the byte alphabet (raw UTF-8) are respelled byte by byte.
+        let spell = |t: &str| -> String {
+            if t.chars().all(|c| in_alphabet.contains(&c)) {
+                t.to_string()
+            } else {
+                t.bytes().map(|b| alphabet[b as usize]).collect()
+            }
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (spell(t), i as u32))
+            .collect();
+        let merges = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::format(path, format!("merge '{m}' is not two tokens")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| Error::format(path, format!("the BPE vocabulary is unusable: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        match file.get_str("tokenizer.ggml.pre").unwrap_or("gpt2") {
+            "gpt2" | "default" | "smollm" | "starcoder" | "refact" | "olmo" => {
+                inner.with_pre_tokenizer(Some(byte_level));
+            }
+            pre => {
+                let Some(regex) = split_regex(pre) else {
+                    return Err(Error::format(
+                        path,
+                        format!("tokenizer.ggml.pre '{pre}' is not a pre-tokenizer Cinder knows"),
+                    ));
+                };
+                let split = Split::new(
+                    SplitPattern::Regex(regex.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(tok_err)?;
+                inner.with_pre_tokenizer(Some(
+                    tokenizers::pre_tokenizers::sequence::Sequence::new(vec![
+                        split.into(),
+                        ByteLevel::new(false, true, false).into(),
+                    ]),
+                ));
+            }
+        }
+        inner.with_decoder(Some(byte_level));
+        let alphabet_set = &in_alphabet;
+        let kept = |kind: u64| {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(move |&(t, &k)| k == kind && t.chars().all(|c| alphabet_set.contains(&c)))
+                .map(|(t, _)| t.to_string())
+        };
+        let control: Vec<AddedToken> = kept(3)
+            .map(|t| AddedToken::from(t, true).normalized(false))
+            .collect();
+        inner.add_special_tokens(&control);
+        let user: Vec<AddedToken> = kept(4)
+            .map(|t| AddedToken::from(t, false).normalized(false))
+            .collect();
+        inner.add_tokens(&user);
+        let eos = file
+            .get_u64("tokenizer.ggml.eos_token_id")
+            .ok()
+            .map(|v| v as u32);
+        let mut tokenizer = Self::wrap(inner);
+        if eos.is_some() {
+            tokenizer.eos = eos;
+        }
+        Ok(tokenizer)
+    }
+
     /// Parses a `tokenizer.json` held in memory.
     pub fn from_json(json: &str) -> Result<Self> {
         tokenizers::Tokenizer::from_str(json)
@@ -223,6 +330,11 @@ impl Tokenizer {
         self.eos
     }
 
+    /// The string of a token id.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The id of a token string.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -329,5 +441,33 @@ mod tests {
         );
         assert!("bpe:10".parse::<TokenizerKind>().is_err());
         assert!("words".parse::<TokenizerKind>().is_err());
+    }
+}
+
+/// GPT-2's byte-to-character table: printable bytes stand for themselves, the rest are mapped
+/// to code points from U+0100 on, so every byte string is spelled in visible characters.
+fn byte_alphabet() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let mut next = 256u32;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap_or('?')
+            }
+        })
+        .collect()
+}
+
+/// The split expression of the byte-level pre-tokenizers that differ from GPT-2's.
+fn split_regex(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
+        _ => None,
     }
 }

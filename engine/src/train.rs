@@ -397,17 +397,12 @@ impl<M: CausalLm> Trainer<M> {
                 _ => vec![self.tokenizer.eos_id().unwrap_or(0)],
             };
         }
-        let config = GenerateConfig {
-            max_new_tokens: self.config.sample_tokens,
-            sampling: SamplingConfig {
-                temperature: 0.8,
-                top_k: 40,
-                top_p: 0.95,
-                seed,
-            },
-            eos: None,
+        let sampling = SamplingConfig {
+            seed,
+            ..SamplingConfig::default()
         };
-        let new = generate(&model, &prompt, &config, &device, |_| true)?;
+        let config = GenerateConfig::new(self.config.sample_tokens, sampling, None);
+        let (new, _) = generate(&model, &prompt, &config, &device, |_| true)?;
         let mut all = prompt;
         all.extend(new);
         self.tokenizer.decode(&all)

@@ -57,6 +57,64 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// Reads the weights of a Hugging Face model folder: `model.safetensors`, or every shard that
+/// `model.safetensors.index.json` lists.
+pub fn read_safetensors_dir(dir: &Path) -> Result<NamedTensors> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return read_safetensors(&single);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(Error::format(
+            dir,
+            "no model.safetensors (nor model.safetensors.index.json) in this folder",
+        ));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| Error::format(&index, "missing the 'weight_map' object"))?;
+    let shards: std::collections::BTreeSet<&str> =
+        map.values().filter_map(serde_json::Value::as_str).collect();
+    let mut out = NamedTensors::new();
+    for shard in shards {
+        if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+            return Err(Error::format(
+                &index,
+                format!("shard name '{shard}' leaves the folder"),
+            ));
+        }
+        out.append(&mut read_safetensors(&dir.join(shard))?);
+    }
+    Ok(out)
+}
+
+/// The transpose of a 2-D f32 tensor (Hugging Face's `[out, in]` projections to Burn's
+/// `[in, out]` and back); `source` and `name` only label errors.
+pub fn transpose_2d(data: &TensorData, source: &Path, name: &str) -> Result<TensorData> {
+    let shape = data.shape().to_vec();
+    let [rows, cols] = shape[..] else {
+        return Err(Error::format(
+            source,
+            format!("tensor '{name}' has shape {shape:?}; expected a matrix"),
+        ));
+    };
+    let values = data
+        .as_slice::<f32>()
+        .map_err(|e| Error::format(source, format!("tensor '{name}' is not f32: {e:?}")))?;
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    Ok(TensorData::new(out, [cols, rows]))
+}
+
 /// Serialises f32 tensors to safetensors bytes, with optional string metadata.
 pub fn safetensors_bytes(
     tensors: &NamedTensors,

@@ -15,13 +15,13 @@ use burn::nn::{
     LinearConfig,
 };
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::lm::CausalLm;
 use cinder_engine::weights::{NamedTensors, load_parameters, named_parameters, read_safetensors};
+
+use crate::blocks::{causal_attention, causal_mask, extend_cache};
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
 type EngineResult<T> = cinder_engine::Result<T>;
@@ -84,8 +84,9 @@ impl Gpt2Config {
     /// Reads a Hugging Face `config.json`; a missing required key is an error naming the file.
     pub fn from_file(path: &Path) -> EngineResult<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("not a valid GPT-2 config: {e}")))?;
+        let required = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head"];
+        let defaults = Self::new(0, 0, 0, 0, 0);
+        let config: Self = crate::parse_config(path, &text, &defaults, &required, "GPT-2")?;
         config
             .check()
             .map_err(|e| Error::format(path, e.to_string()))?;
@@ -227,16 +228,10 @@ impl Attention {
             unreachable!("chunk(3) yields three parts")
         };
         let (q, mut k, mut v) = (heads(q), heads(k), heads(v));
-        let mut past = 0;
         if let Some(cache) = cache {
-            if let Some((pk, pv)) = cache.take() {
-                past = pk.dims()[2];
-                k = Tensor::cat(vec![pk, k], 2);
-                v = Tensor::cat(vec![pv, v], 2);
-            }
-            *cache = Some((k.clone(), v.clone()));
+            (k, v) = extend_cache(cache, k, v);
         }
-        let s = past + t;
+        let s = k.dims()[2];
         let dropout_active = self.attn_dropout.prob > 0.0
             && self.attn_dropout.training.is_enabled()
             && q.device().is_autodiff();
@@ -249,39 +244,12 @@ impl Attention {
             let probs =
                 burn::tensor::activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
             self.attn_dropout.forward(probs).matmul(v)
-        } else if past == 0 {
-            attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions {
-                    scale: None,
-                    softcap: None,
-                    is_causal: t > 1,
-                },
-            )
-        } else if t == 1 {
-            attention(q, k, v, None, None, AttentionModuleOptions::default())
         } else {
-            let mask = causal_mask(t, s, &q.device())
-                .unsqueeze::<4>()
-                .expand([b, h, t, s]);
-            attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+            causal_attention(q, k, v)
         }; // [B, H, T, D]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
-}
-
-/// `true` where query `i` (at absolute position `s - t + i`) must not see key `j`.
-fn causal_mask(t: usize, s: usize, device: &Device) -> Tensor<2, Bool> {
-    let past = s - t;
-    let data: Vec<bool> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| j > past + i))
-        .collect();
-    Tensor::from_data(TensorData::new(data, [t, s]), device)
 }
 
 /// The position-wise feed-forward layer.
@@ -432,6 +400,10 @@ impl CausalLm for Gpt2 {
         cache.len
     }
 
+    fn reorder_cache(cache: &mut Gpt2Cache, rows: &[usize], device: &Device) {
+        crate::blocks::reorder_layers(&mut cache.layers, rows, device);
+    }
+
     fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Gpt2Cache) -> Tensor<3> {
         self.run(tokens, Some(cache))
     }
@@ -451,6 +423,7 @@ impl CausalLm for Gpt2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     #[test]
     fn forward_shapes_and_cache_agree_with_full_forward() {

