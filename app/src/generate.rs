@@ -10,6 +10,7 @@ use cinder_engine::device::{DeviceChoice, select};
 use cinder_engine::generate::{
     BeamConfig, GenerateConfig, StopReason, TextGeneration, beam_search, generate_text,
 };
+use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_models::auto::{LoadedModel, load};
 use cinder_models::with_model;
@@ -37,15 +38,33 @@ fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
 /// Opens `--model` on `--device`, saying what was loaded and how long it took.
 pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::tensor::Device)> {
     let choice: DeviceChoice = args.device.parse().context("--device")?;
+    let dtype: Option<WeightDtype> = match args.dtype.as_str() {
+        "auto" => None,
+        other => Some(other.parse()?),
+    };
     let path = model_path(&args.model, cache_dir)?;
     let selected = select(choice)?;
     let t0 = Instant::now();
-    let loaded = load(&path, &selected.device)
+    let on_cpu = selected.description.starts_with("cpu");
+    // The quantized kernel runs on the host: on a GPU, automatic precision means f32.
+    let dtype = if on_cpu {
+        dtype
+    } else {
+        dtype.or(Some(WeightDtype::F32))
+    };
+    if dtype.is_some_and(|d| d != WeightDtype::F32) && !on_cpu {
+        eprintln!(
+            "note: --dtype {} runs its matrix products on the CPU; on {} --dtype f32 is faster",
+            args.dtype, selected.description
+        );
+    }
+    let loaded = load(&path, &selected.device, dtype)
         .with_context(|| format!("--model {}", args.model.display()))?;
     eprintln!(
-        "loaded {} ({}) on {} in {:.2}s",
+        "loaded {} ({}, {:?} weights) on {} in {:.2}s",
         path.display(),
         loaded.family(),
+        loaded.dtype,
         selected.description,
         t0.elapsed().as_secs_f64()
     );

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod lm;
 pub mod optim;
+pub mod quant;
 pub mod rng;
 pub mod sampling;
 pub mod schedule;

@@ -9,6 +9,7 @@ use cinder_engine::burn;
 use cinder_engine::chat::ChatTemplate;
 use cinder_engine::checkpoint::resolve_model_dir;
 use cinder_engine::gguf::GgufFile;
+use cinder_engine::quant::WeightDtype;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::{Error, Result};
 
@@ -48,6 +49,8 @@ pub struct LoadedModel {
     pub stop_tokens: Vec<u32>,
     /// Where it was loaded from.
     pub source: PathBuf,
+    /// The precision the weights were loaded in.
+    pub dtype: WeightDtype,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -85,8 +88,10 @@ fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> String {
         .unwrap_or_default()
 }
 
-/// Opens the model at `path` on `device`.
-pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+/// Opens the model at `path` on `device`, its weights in `dtype`; `None` keeps the file's own
+/// precision where the quantized kernel can (a Q4_0/Q4_1 GGUF stays 4-bit, a Q8_0 one 8-bit,
+/// anything else f32).
+pub fn load(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<LoadedModel> {
     if path.is_file() {
         if !is_gguf(path) {
             return Err(Error::format(
@@ -94,7 +99,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
                 "not a GGUF file; give a .gguf file or a model folder",
             ));
         }
-        return load_gguf(path, device);
+        return load_gguf(path, device, dtype);
     }
     let dir = resolve_model_dir(path)?;
     let config_path = dir.join("config.json");
@@ -116,12 +121,19 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
     let (model, mut stop_tokens) = match family {
         "gpt2" => {
+            if dtype.is_some_and(|d| d != WeightDtype::F32) {
+                return Err(Error::Invalid(format!(
+                    "--dtype {dtype:?}: quantized weights are implemented for LLaMA models; \
+                     GPT-2 runs in f32"
+                )));
+            }
             let model = Gpt2::from_pretrained(&dir, device)?;
             let eos = model.config().eos_token_id.map(|e| e as u32);
             (AnyModel::Gpt2(model), eos.into_iter().collect::<Vec<_>>())
         }
         "llama" => {
-            let model = Llama::from_pretrained(&dir, device)?;
+            let dtype = dtype.unwrap_or_default();
+            let model = Llama::from_pretrained(&dir, device)?.quantize(dtype, None)?;
             let eos = model.config().eos_ids();
             (AnyModel::Llama(model), eos)
         }
@@ -147,6 +159,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         chat_template,
         stop_tokens,
         source: dir,
+        dtype: dtype.unwrap_or_default(),
     })
 }
 
@@ -184,10 +197,29 @@ fn folder_chat_template(dir: &Path, tokenizer: &Tokenizer) -> Result<Option<Chat
         .transpose()
 }
 
-fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
+/// The precision a GGUF file's projections are stored in, as the closest [`WeightDtype`].
+pub fn native_dtype(file: &GgufFile) -> WeightDtype {
+    use cinder_engine::gguf::GgmlType;
+    let mut counts = [0usize; 3];
+    for t in file.tensors.iter().filter(|t| t.dims.len() == 2) {
+        match t.ggml_type {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => counts[2] += 1,
+            GgmlType::Q8_0 => counts[1] += 1,
+            _ => counts[0] += 1,
+        }
+    }
+    match (0..3).max_by_key(|&i| (counts[i], i)) {
+        Some(2) => WeightDtype::Q4,
+        Some(1) => WeightDtype::Q8,
+        _ => WeightDtype::F32,
+    }
+}
+
+fn load_gguf(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<LoadedModel> {
     let file = GgufFile::open(path)?;
+    let dtype = dtype.unwrap_or_else(|| native_dtype(&file));
     let tokenizer = Tokenizer::from_gguf(&file)?;
-    let model = Llama::from_gguf(&file, device)?;
+    let model = Llama::from_gguf(&file, device)?.quantize(dtype, Some(&file))?;
     let id = |key: &str| file.get_u64(key).ok().map(|v| v as u32);
     let bos = token_text(&tokenizer, id("tokenizer.ggml.bos_token_id"));
     let eos = token_text(&tokenizer, id("tokenizer.ggml.eos_token_id"));
@@ -214,5 +246,6 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
         chat_template,
         stop_tokens,
         source: path.to_path_buf(),
+        dtype,
     })
 }

@@ -12,6 +12,7 @@
 //! F=feed-forward width, V=vocab
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::config::Config;
 use burn::module::{Initializer, Module};
@@ -22,6 +23,7 @@ use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::gguf::GgufFile;
 use cinder_engine::lm::CausalLm;
+use cinder_engine::quant::{BlockKind, QuantMatrix, WeightDtype};
 use cinder_engine::weights::{
     NamedTensors, load_parameters, named_parameters, read_safetensors_dir, transpose_2d,
 };
@@ -303,6 +305,7 @@ impl LlamaConfig {
                     o_proj: linear(h * d, c),
                     n_head: h,
                     n_kv_head: k,
+                    head_dim: d,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
@@ -321,6 +324,7 @@ impl LlamaConfig {
             lm_head: (!self.tie_word_embeddings).then(|| linear(c, self.vocab_size)),
             inv_freq: inverse_frequencies(self.rope_base(), d),
             config: self.clone(),
+            quant: None,
         }
     }
 }
@@ -380,6 +384,51 @@ pub struct Attention {
     o_proj: Linear,
     n_head: usize,
     n_kv_head: usize,
+    head_dim: usize,
+}
+
+/// A projection through its dense weights, or through quantized ones when the model has them.
+///
+/// # Shapes
+/// - x: `[B, T, in]` -> `[B, T, out]`
+fn project(linear: &Linear, quant: Option<&QuantMatrix>, x: Tensor<3>) -> Tensor<3> {
+    match quant {
+        Some(q) => quant_project(q, x),
+        None => linear.forward(x),
+    }
+}
+
+/// `x · qᵀ` through the quantized kernel, which runs on the host: the activations are read back
+/// (a few kilobytes per decoded token) and the result uploaded again.
+fn quant_project(q: &QuantMatrix, x: Tensor<3>) -> Tensor<3> {
+    let [b, t, _] = x.dims();
+    let device = x.device();
+    let values = x
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let y = q.matmul(&values, b * t);
+    Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
+}
+
+/// One layer's projections in block-quantized form, `[out, in]`.
+#[derive(Clone, Debug)]
+struct LayerQuant {
+    q: QuantMatrix,
+    k: QuantMatrix,
+    v: QuantMatrix,
+    o: QuantMatrix,
+    gate: QuantMatrix,
+    up: QuantMatrix,
+    down: QuantMatrix,
+}
+
+/// Every projection and the output head of a quantized model.
+#[derive(Clone, Debug)]
+struct QuantWeights {
+    layers: Vec<LayerQuant>,
+    head: QuantMatrix,
 }
 
 /// Keys and values of past positions for one layer, after rotation: `[B, K, S, D]` each.
@@ -402,20 +451,29 @@ fn repeat_kv(x: Tensor<4>, n: usize) -> Tensor<4> {
 impl Attention {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]`
-    fn forward(&self, x: Tensor<3>, rotary: &Rotary, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rotary: &Rotary,
+        cache: Option<&mut LayerCache>,
+        quant: Option<&LayerQuant>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let (h, k) = (self.n_head, self.n_kv_head);
-        let d = self.q_proj.weight.dims()[1] / h;
+        let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2); // [B, n, T, D]
-        let q = rotary.apply(heads(self.q_proj.forward(x.clone()), h));
-        let mut key = rotary.apply(heads(self.k_proj.forward(x.clone()), k));
-        let mut value = heads(self.v_proj.forward(x), k);
+        let q = rotary.apply(heads(
+            project(&self.q_proj, quant.map(|w| &w.q), x.clone()),
+            h,
+        ));
+        let key = project(&self.k_proj, quant.map(|w| &w.k), x.clone());
+        let mut key = rotary.apply(heads(key, k));
+        let mut value = heads(project(&self.v_proj, quant.map(|w| &w.v), x), k);
         if let Some(cache) = cache {
             (key, value) = extend_cache(cache, key, value);
         }
         let y = causal_attention(q, repeat_kv(key, h / k), repeat_kv(value, h / k)); // [B, H, T, D]
-        self.o_proj
-            .forward(y.swap_dims(1, 2).reshape([b, t, h * d]))
+        let y = y.swap_dims(1, 2).reshape([b, t, h * d]);
+        project(&self.o_proj, quant.map(|w| &w.o), y)
     }
 }
 
@@ -428,9 +486,10 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<3>, quant: Option<&LayerQuant>) -> Tensor<3> {
+        let gate = silu(project(&self.gate_proj, quant.map(|w| &w.gate), x.clone()));
+        let up = project(&self.up_proj, quant.map(|w| &w.up), x);
+        project(&self.down_proj, quant.map(|w| &w.down), gate * up)
     }
 }
 
@@ -444,12 +503,24 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, rotary: &Rotary, cache: Option<&mut LayerCache>) -> Tensor<3> {
-        let x = x.clone()
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rotary: &Rotary,
+        cache: Option<&mut LayerCache>,
+        quant: Option<&LayerQuant>,
+    ) -> Tensor<3> {
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            rotary,
+            cache,
+            quant,
+        );
+        let x = x + attn;
+        x.clone()
             + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rotary, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+                .mlp
+                .forward(self.post_attention_layernorm.forward(x), quant)
     }
 }
 
@@ -464,6 +535,9 @@ pub struct Llama {
     inv_freq: Vec<f32>,
     #[module(skip)]
     config: LlamaConfig,
+    /// Block-quantized projections and head; when present the dense ones are placeholders.
+    #[module(skip)]
+    quant: Option<Arc<QuantWeights>>,
 }
 
 /// Decoding state: one [`LayerCache`] per layer.
@@ -507,12 +581,16 @@ impl Llama {
                 }
                 &mut c.layers[i]
             });
-            x = layer.forward(x, &rotary, layer_cache);
+            let quant = self.quant.as_ref().map(|q| &q.layers[i]);
+            x = layer.forward(x, &rotary, layer_cache, quant);
         }
         if let Some(c) = cache {
             c.len += t;
         }
         let x = self.norm.forward(x);
+        if let Some(q) = &self.quant {
+            return quant_project(&q.head, x);
+        }
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => {
@@ -591,6 +669,144 @@ impl Llama {
         }
         Self::from_hf_tensors(&config, tensors, file.path(), device)
     }
+}
+
+impl Llama {
+    /// Replaces every projection and the output head by block-quantized weights (the token
+    /// embedding stays f32 for lookups). With `file`, GGUF tensors already in the requested
+    /// format (Q8_0 for q8; Q4_0 or Q4_1 for q4) are kept bit for bit; anything else is quantized
+    /// from the f32 weights. The head is always 8-bit. A quantized model is for inference: its
+    /// dense projections become placeholders, so it cannot be trained or exported.
+    pub fn quantize(mut self, dtype: WeightDtype, file: Option<&GgufFile>) -> EngineResult<Self> {
+        let kind = match dtype {
+            WeightDtype::F32 => return Ok(self),
+            WeightDtype::Q8 => BlockKind::Q8,
+            WeightDtype::Q4 => BlockKind::Q4,
+        };
+        let device = self.embed_tokens.weight.device();
+        let d = self.config.head_size();
+        let from_file = |gguf: &str, heads: Option<usize>| -> Option<QuantMatrix> {
+            let (info, raw) = file?.raw(gguf).ok()?;
+            let wanted = match (info.ggml_type, kind) {
+                (cinder_engine::gguf::GgmlType::Q8_0, BlockKind::Q8) => true,
+                (
+                    cinder_engine::gguf::GgmlType::Q4_0 | cinder_engine::gguf::GgmlType::Q4_1,
+                    BlockKind::Q4,
+                ) => true,
+                _ => false,
+            };
+            if !wanted {
+                return None;
+            }
+            let shape = info.shape();
+            let mut q = QuantMatrix::from_gguf(info.ggml_type, raw, shape[0], shape[1])?;
+            if let Some(heads) = heads {
+                // Row h*D + s*D/2 + i of the model is row h*D + 2i + s of the file.
+                let order: Vec<usize> = (0..heads * d)
+                    .map(|r| {
+                        let (h, rest) = (r / d, r % d);
+                        let (s, i) = (rest / (d / 2), rest % (d / 2));
+                        h * d + 2 * i + s
+                    })
+                    .collect();
+                q.permute_rows(&order);
+            }
+            Some(q)
+        };
+        // Burn keeps `[in, out]`; the kernel wants `[out, in]` rows.
+        let dense = |linear: &Linear, kind: BlockKind| -> EngineResult<QuantMatrix> {
+            let [i, o] = linear.weight.dims();
+            let w = linear
+                .weight
+                .val()
+                .transpose()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Invalid(format!("reading weights: {e:?}")))?;
+            QuantMatrix::quantize(kind, &w, o, i)
+        };
+        let placeholder = || LinearConfig::new(1, 1).with_bias(false).init(&device);
+        let (h, kv) = (self.config.num_attention_heads, self.config.kv_heads());
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (n, layer) in self.layers.iter_mut().enumerate() {
+            let g = |s: &str| format!("blk.{n}.{s}.weight");
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let pick = |name: &str, heads, linear: &Linear| match from_file(&g(name), heads) {
+                Some(q) => Ok(q),
+                None => dense(linear, kind),
+            };
+            layers.push(LayerQuant {
+                q: pick("attn_q", Some(h), &a.q_proj)?,
+                k: pick("attn_k", Some(kv), &a.k_proj)?,
+                v: pick("attn_v", None, &a.v_proj)?,
+                o: pick("attn_output", None, &a.o_proj)?,
+                gate: pick("ffn_gate", None, &m.gate_proj)?,
+                up: pick("ffn_up", None, &m.up_proj)?,
+                down: pick("ffn_down", None, &m.down_proj)?,
+            });
+            for linear in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                *linear = placeholder();
+            }
+        }
+        let head = match self.lm_head.take() {
+            Some(head) => match file.and_then(|_| from_file_q8(file, "output.weight")) {
+                Some(q) => q,
+                None => dense(&head, BlockKind::Q8)?,
+            },
+            None => match from_file_q8(file, "token_embd.weight") {
+                Some(q) => q,
+                None => {
+                    let [v, c] = self.embed_tokens.weight.dims();
+                    let w = self
+                        .embed_tokens
+                        .weight
+                        .val()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| Error::Invalid(format!("reading weights: {e:?}")))?;
+                    QuantMatrix::quantize(BlockKind::Q8, &w, v, c)?
+                }
+            },
+        };
+        self.lm_head = None;
+        self.quant = Some(Arc::new(QuantWeights { layers, head }));
+        Ok(self)
+    }
+
+    /// Bytes held by the quantized weights, if the model is quantized.
+    pub fn quantized_bytes(&self) -> Option<usize> {
+        self.quant.as_ref().map(|q| {
+            q.head.bytes()
+                + q.layers
+                    .iter()
+                    .map(|l| {
+                        [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                            .iter()
+                            .map(|m| m.bytes())
+                            .sum::<usize>()
+                    })
+                    .sum::<usize>()
+        })
+    }
+}
+
+/// A GGUF tensor that is already Q8_0, kept as it is.
+fn from_file_q8(file: Option<&GgufFile>, name: &str) -> Option<QuantMatrix> {
+    let (info, raw) = file?.raw(name).ok()?;
+    let shape = info.shape();
+    QuantMatrix::from_gguf(info.ggml_type, raw, shape[0], shape[1])
+        .filter(|_| info.ggml_type == cinder_engine::gguf::GgmlType::Q8_0)
 }
 
 /// llama.cpp stores each head's query/key rows interleaved (`[x0, y0, x1, y1, ...]`, rotated in

@@ -8,6 +8,7 @@ use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::generate::{BeamConfig, GenerateConfig, beam_search, generate};
 use cinder_engine::gguf::GgufFile;
 use cinder_engine::lm::CausalLm;
+use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::weights::read_safetensors;
 use cinder_models::auto::{AnyModel, load};
@@ -100,7 +101,8 @@ fn llama(any: AnyModel) -> Llama {
 #[test]
 fn hugging_face_folder_matches_transformers() {
     let device = Device::flex();
-    let loaded = load(&fixture(), &device).unwrap_or_else(|e| panic!("{e}"));
+    let loaded =
+        load(&fixture(), &device, Some(WeightDtype::F32)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.family(), "llama");
     let case = &reference()[0];
     let text = "the quick brown fox";
@@ -219,7 +221,7 @@ fn gguf_with_permuted_rotary_rows_matches_transformers() {
     let path = dir.path().join("tiny.gguf");
     std::fs::write(&path, fixture_as_gguf()).unwrap_or_else(|e| panic!("{e}"));
     let device = Device::flex();
-    let loaded = load(&path, &device).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = load(&path, &device, Some(WeightDtype::F32)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.stop_tokens, vec![0]);
     // The tokenizer rebuilt from GGUF metadata gives the ids of the original tokenizer.json.
     let case = &reference()[1];
@@ -368,5 +370,44 @@ impl cinder_engine::burn::module::ModuleMapper for Scale {
     ) -> cinder_engine::burn::module::Param<Tensor<D>> {
         let (id, tensor, mapper) = param.consume();
         cinder_engine::burn::module::Param::from_mapped_value(id, tensor.mul_scalar(self.0), mapper)
+    }
+}
+
+#[test]
+fn quantized_weights_stay_close_to_f32() {
+    let device = Device::flex();
+    let dense = llama(
+        load(&fixture(), &device, Some(WeightDtype::F32))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .model,
+    );
+    let case = &reference()[1];
+    let exact = logits_of(&dense, &case.ids, &device);
+    let scale = exact.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    // Mean absolute difference as a fraction of the largest logit; this random tiny network
+    // amplifies weight noise (measured: 0.75% for q8, 9% for q4).
+    for (dtype, tolerance) in [(WeightDtype::Q8, 0.02), (WeightDtype::Q4, 0.15)] {
+        let loaded = load(&fixture(), &device, Some(dtype)).unwrap_or_else(|e| panic!("{e}"));
+        let model = llama(loaded.model);
+        let bytes = model
+            .quantized_bytes()
+            .unwrap_or_else(|| panic!("{dtype:?}: not quantized"));
+        assert!(bytes > 0);
+        let got = logits_of(&model, &case.ids, &device);
+        let mean = got
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / got.len() as f32;
+        assert!(
+            mean < tolerance * scale,
+            "{dtype:?}: logits differ by {mean} on average (scale {scale})"
+        );
+        // The cache path goes through the same kernel.
+        let config = GenerateConfig::new(4, SamplingConfig::greedy(), None);
+        let (new, _) = generate(&model, &case.ids, &config, &device, |_| true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new.len(), 4);
     }
 }

@@ -6,6 +6,7 @@ use cinder_engine::burn::tensor::Device;
 use cinder_engine::chat::Message;
 use cinder_engine::data::fetch;
 use cinder_engine::generate::{GenerateConfig, generate};
+use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_models::auto::load;
 use cinder_models::with_model;
@@ -13,9 +14,20 @@ use serde_json::Value;
 
 #[test]
 fn greedy_chat_answers_match_transformers() {
+    check(WeightDtype::F32);
+}
+
+/// 4-bit keeps the file's Q4_1 projections and its Q8_0 head bit for bit, so the answers must
+/// not change.
+#[test]
+fn greedy_chat_answers_match_transformers_with_4_bit_weights() {
+    check(WeightDtype::Q4);
+}
+
+fn check(dtype: WeightDtype) {
     let path = fetch::smollm2(&cinder_tests::cache_dir(), false).unwrap_or_else(|e| panic!("{e}"));
     let device = Device::flex();
-    let loaded = load(&path, &device).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = load(&path, &device, Some(dtype)).unwrap_or_else(|e| panic!("{e}"));
     let template = loaded
         .chat_template
         .as_ref()
@@ -70,7 +82,7 @@ fn greedy_chat_answers_match_transformers() {
             .position(|t| loaded.stop_tokens.contains(t))
             .unwrap_or(expected.len());
         let expected = &expected[..end];
-        assert_eq!(new, expected, "greedy answer to {prompt:?}");
+        assert_eq!(new, expected, "{dtype:?} greedy answer to {prompt:?}");
         let answer = loaded.tokenizer.decode(&new).unwrap_or_default();
         assert_eq!(answer, case["greedy_text"].as_str().unwrap_or_default());
     }

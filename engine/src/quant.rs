@@ -1,0 +1,431 @@
+//! Block-quantized weight matrices and the matrix product that reads them without expanding
+//! them: 8-bit (Q8_0's layout: 32 signed values and one scale per block) and 4-bit (Q4_1's: 32
+//! nibbles, a scale and a minimum per block). Blocks run along the input dimension, as in GGUF,
+//! so GGUF Q8_0, Q4_0 and Q4_1 tensors are kept exactly as the file stores them.
+//!
+//! Burn 0.22's CPU backend dequantizes a quantized weight in full on every matmul, which makes
+//! quantized decoding slower than f32. Decoding is bound by reading weights, so this kernel
+//! streams each block once, rebuilds its 32 values in registers and takes the dot products with
+//! every input row there; on native targets the output rows are split across threads.
+//!
+//! N=outputs (rows), K=inputs (columns), T=input rows
+
+use std::str::FromStr;
+
+use crate::gguf::{GgmlType, QK};
+use crate::{Error, Result};
+
+/// Weight precision of a loaded model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    /// Every weight in f32.
+    #[default]
+    F32,
+    /// Projections in 8 bits (blocks of 32, one scale each).
+    Q8,
+    /// Projections in 4 bits (blocks of 32, a scale and a minimum each); the output head in
+    /// 8 bits.
+    Q4,
+}
+
+impl FromStr for WeightDtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8" => Ok(Self::Q8),
+            "q4" => Ok(Self::Q4),
+            other => Err(Error::Invalid(format!(
+                "unknown --dtype '{other}': expected f32, q8 or q4"
+            ))),
+        }
+    }
+}
+
+/// The two block formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    /// `x = d * q`, `q` in -128..=127.
+    Q8,
+    /// `x = d * q + m`, `q` in 0..=15.
+    Q4,
+}
+
+/// An `[N, K]` matrix stored in blocks of 32 along K.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    rows: usize,
+    cols: usize,
+    kind: BlockKind,
+    /// Q8: one byte per value; Q4: 16 bytes per block, value `i` in the low nibble of byte `i`
+    /// and value `i + 16` in its high nibble.
+    q: Vec<u8>,
+    /// One scale per block.
+    d: Vec<f32>,
+    /// One minimum per block (Q4 only).
+    m: Vec<f32>,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QuantMatrix({:?}, {}x{})",
+            self.kind, self.rows, self.cols
+        )
+    }
+}
+
+fn check_shape(rows: usize, cols: usize) -> Result<()> {
+    if cols == 0 || cols % QK != 0 || rows == 0 {
+        return Err(Error::Invalid(format!(
+            "a {rows}x{cols} matrix cannot be block-quantized: the inputs must be a positive \
+             multiple of {QK}"
+        )));
+    }
+    Ok(())
+}
+
+impl QuantMatrix {
+    /// Outputs.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.q.len() + 4 * (self.d.len() + self.m.len())
+    }
+
+    /// Quantizes a row-major `[rows, cols]` f32 matrix: Q8 symmetric by the block's largest
+    /// magnitude, Q4 affine between the block's minimum and maximum.
+    pub fn quantize(kind: BlockKind, values: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        check_shape(rows, cols)?;
+        if values.len() != rows * cols {
+            return Err(Error::Invalid(format!(
+                "{} values do not make a {rows}x{cols} matrix",
+                values.len()
+            )));
+        }
+        let blocks = rows * cols / QK;
+        let mut out = Self {
+            rows,
+            cols,
+            kind,
+            q: Vec::with_capacity(match kind {
+                BlockKind::Q8 => rows * cols,
+                BlockKind::Q4 => rows * cols / 2,
+            }),
+            d: Vec::with_capacity(blocks),
+            m: Vec::new(),
+        };
+        for block in values.chunks_exact(QK) {
+            match kind {
+                BlockKind::Q8 => {
+                    let amax = block.iter().fold(0f32, |a, &x| a.max(x.abs()));
+                    let d = amax / 127.0;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.d.push(d);
+                    out.q.extend(
+                        block
+                            .iter()
+                            .map(|&x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8),
+                    );
+                }
+                BlockKind::Q4 => {
+                    let min = block.iter().copied().fold(f32::INFINITY, f32::min);
+                    let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (max - min) / 15.0;
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.d.push(d);
+                    out.m.push(min);
+                    let level = |x: f32| ((x - min) * inv).round().clamp(0.0, 15.0) as u8;
+                    out.q.extend(
+                        (0..QK / 2).map(|i| level(block[i]) | (level(block[i + QK / 2]) << 4)),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes a GGUF tensor's blocks as they are (Q8_0 as Q8, Q4_0 and Q4_1 as Q4); `None` for
+    /// other types.
+    pub fn from_gguf(kind: GgmlType, raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        check_shape(rows, cols).ok()?;
+        let half = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+        let (block_bytes, kind_out) = match kind {
+            GgmlType::Q8_0 => (2 + QK, BlockKind::Q8),
+            GgmlType::Q4_0 => (2 + QK / 2, BlockKind::Q4),
+            GgmlType::Q4_1 => (4 + QK / 2, BlockKind::Q4),
+            _ => return None,
+        };
+        if raw.len() != rows * cols / QK * block_bytes {
+            return None;
+        }
+        let mut out = Self {
+            rows,
+            cols,
+            kind: kind_out,
+            q: Vec::new(),
+            d: Vec::new(),
+            m: Vec::new(),
+        };
+        for b in raw.chunks_exact(block_bytes) {
+            let d = half(b, 0);
+            out.d.push(d);
+            match kind {
+                GgmlType::Q8_0 => out.q.extend_from_slice(&b[2..]),
+                GgmlType::Q4_0 => {
+                    // x = d * (q - 8): the same nibbles with a minimum of -8d.
+                    out.m.push(-8.0 * d);
+                    out.q.extend_from_slice(&b[2..]);
+                }
+                _ => {
+                    out.m.push(half(b, 2));
+                    out.q.extend_from_slice(&b[4..]);
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Reorders the rows: row `i` of the result is row `order[i]` of `self`.
+    pub fn permute_rows(&mut self, order: &[usize]) {
+        let row_q = self.q.len() / self.rows;
+        let row_b = self.cols / QK;
+        let (q, d, m) = (self.q.clone(), self.d.clone(), self.m.clone());
+        for (i, &from) in order.iter().enumerate() {
+            self.q[i * row_q..(i + 1) * row_q]
+                .copy_from_slice(&q[from * row_q..(from + 1) * row_q]);
+            self.d[i * row_b..(i + 1) * row_b]
+                .copy_from_slice(&d[from * row_b..(from + 1) * row_b]);
+            if !m.is_empty() {
+                self.m[i * row_b..(i + 1) * row_b]
+                    .copy_from_slice(&m[from * row_b..(from + 1) * row_b]);
+            }
+        }
+    }
+
+    /// The matrix as row-major f32 values.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        let mut block = [0f32; QK];
+        for b in 0..self.d.len() {
+            self.unpack(b, &mut block);
+            out.extend_from_slice(&block);
+        }
+        out
+    }
+
+    /// Block `b`'s 32 values.
+    #[inline]
+    fn unpack(&self, b: usize, out: &mut [f32; QK]) {
+        let d = self.d[b];
+        match self.kind {
+            BlockKind::Q8 => {
+                let q = &self.q[b * QK..(b + 1) * QK];
+                for (o, &v) in out.iter_mut().zip(q) {
+                    *o = d * f32::from(v as i8);
+                }
+            }
+            BlockKind::Q4 => {
+                let m = self.m[b];
+                let q = &self.q[b * QK / 2..(b + 1) * QK / 2];
+                let (lo, hi) = out.split_at_mut(QK / 2);
+                for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
+                    *l = d * f32::from(v & 0x0F) + m;
+                    *h = d * f32::from(v >> 4) + m;
+                }
+            }
+        }
+    }
+
+    /// Block `at`'s raw levels as f32 (`q` for Q8, the nibble for Q4).
+    #[inline(always)]
+    fn levels(&self, at: usize, w: &mut [f32; QK]) {
+        match self.kind {
+            BlockKind::Q8 => {
+                if let Some(q) = self.q[at * QK..].first_chunk::<QK>() {
+                    for i in 0..QK {
+                        w[i] = f32::from(q[i] as i8);
+                    }
+                }
+            }
+            BlockKind::Q4 => {
+                if let Some(q) = self.q[at * QK / 2..].first_chunk::<{ QK / 2 }>() {
+                    for i in 0..QK / 2 {
+                        w[i] = f32::from(q[i] & 0x0F);
+                        w[i + QK / 2] = f32::from(q[i] >> 4);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `x · selfᵀ` for `t` input rows: `x` is row-major `[T, K]`, the result `[T, N]`.
+    pub fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let n = self.rows;
+        let x_sums: Vec<f32> = if self.kind == BlockKind::Q4 {
+            x.chunks_exact(QK).map(|c| c.iter().sum()).collect()
+        } else {
+            Vec::new()
+        };
+        // Output rows computed together by one task (row-major per task, transposed below).
+        const CHUNK: usize = 64;
+        let work = |start: usize| -> Vec<f32> {
+            let end = (start + CHUNK).min(n);
+            let mut part = vec![0f32; (end - start) * t];
+            // Compiled for the CPU's widest vector unit (AVX2 and FMA), detected at run time.
+            pulp::Arch::new().dispatch(RowDots {
+                matrix: self,
+                x,
+                x_sums: &x_sums,
+                t,
+                rows: start..end,
+                out: &mut part,
+            });
+            part
+        };
+        let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
+        #[cfg(not(target_family = "wasm"))]
+        let parts: Vec<Vec<f32>> = {
+            use rayon::prelude::*;
+            starts.par_iter().map(|&s| work(s)).collect()
+        };
+        #[cfg(target_family = "wasm")]
+        let parts: Vec<Vec<f32>> = starts.iter().map(|&s| work(s)).collect();
+        let mut out = vec![0f32; t * n];
+        for (&start, part) in starts.iter().zip(&parts) {
+            for (i, row) in part.chunks_exact(t).enumerate() {
+                for (r, &v) in row.iter().enumerate() {
+                    out[r * n + start + i] = v;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Output rows `rows` of `matrix · x` for every input row, row-major `[rows, T]` into `out`.
+/// Each block's levels are rebuilt once and dotted with every input row in vector registers;
+/// the block scale is applied to the vector of partial sums, and for Q4 the block minimum
+/// times the block sum of the inputs (`x_sums`) is added separately.
+struct RowDots<'a> {
+    matrix: &'a QuantMatrix,
+    x: &'a [f32],
+    x_sums: &'a [f32],
+    t: usize,
+    rows: std::ops::Range<usize>,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for RowDots<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let m = self.matrix;
+        let (k, t) = (m.cols, self.t);
+        let blocks = k / QK;
+        let mut w = [0f32; QK];
+        let mut acc = vec![simd.splat_f32s(0.0); t];
+        for (i, row) in self.rows.clone().enumerate() {
+            acc.fill(simd.splat_f32s(0.0));
+            let mut offsets = vec![0f32; t];
+            for b in 0..blocks {
+                let at = row * blocks + b;
+                m.levels(at, &mut w);
+                let (wv, _) = S::as_simd_f32s(&w);
+                let d = simd.splat_f32s(m.d[at]);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let start = r * k + b * QK;
+                    let (xv, _) = S::as_simd_f32s(&self.x[start..start + QK]);
+                    let mut dot = simd.splat_f32s(0.0);
+                    for (wl, xl) in wv.iter().zip(xv) {
+                        dot = simd.mul_add_e_f32s(*wl, *xl, dot);
+                    }
+                    *a = simd.mul_add_e_f32s(d, dot, *a);
+                    if m.kind == BlockKind::Q4 {
+                        offsets[r] += m.m[at] * self.x_sums[r * blocks + b];
+                    }
+                }
+            }
+            for r in 0..t {
+                self.out[i * t + r] = simd.reduce_sum_f32s(acc[r]) + offsets[r];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3)
+            .collect()
+    }
+
+    #[test]
+    fn quantization_error_is_within_half_a_step() {
+        let w = matrix(4, 64);
+        for (kind, levels) in [(BlockKind::Q8, 254.0), (BlockKind::Q4, 15.0)] {
+            let q = QuantMatrix::quantize(kind, &w, 4, 64).unwrap_or_else(|e| panic!("{e}"));
+            let back = q.dequantize();
+            let step = 0.6 / levels; // values span at most [-0.3, 0.3]
+            let worst = w
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= step / 2.0 + 1e-6,
+                "{kind:?}: {worst} > {}",
+                step / 2.0
+            );
+        }
+    }
+
+    #[test]
+    fn matmul_equals_the_product_with_the_dequantized_matrix() {
+        let (n, k, t) = (130, 96, 3);
+        let w = matrix(n, k);
+        let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        for kind in [BlockKind::Q8, BlockKind::Q4] {
+            let q = QuantMatrix::quantize(kind, &w, n, k).unwrap_or_else(|e| panic!("{e}"));
+            let dense = q.dequantize();
+            let y = q.matmul(&x, t);
+            for r in 0..t {
+                for c in 0..n {
+                    let expected: f32 = (0..k).map(|i| dense[c * k + i] * x[r * k + i]).sum();
+                    assert!(
+                        (y[r * n + c] - expected).abs() < 1e-4,
+                        "{kind:?} [{r}, {c}]"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gguf_blocks_are_kept_exactly() {
+        // One Q4_1 block: d = 0.5, m = -1, nibbles 0..15 then 15..0.
+        let mut raw = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+        raw.extend(half::f16::from_f32(-1.0).to_le_bytes());
+        raw.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        let q = QuantMatrix::from_gguf(GgmlType::Q4_1, &raw, 1, 32)
+            .unwrap_or_else(|| panic!("not decoded"));
+        let values = q.dequantize();
+        assert_eq!(values, crate::gguf::dequantize(GgmlType::Q4_1, &raw));
+        assert!((values[0] + 1.0).abs() < 1e-6 && (values[16] - 6.5).abs() < 1e-6);
+        assert!(QuantMatrix::quantize(BlockKind::Q8, &[0.0; 20], 1, 20).is_err());
+    }
+}

@@ -1,0 +1,60 @@
+"""transformers peer for `cinder bench decode`: greedy decoding of a LLaMA-family model read from
+the same GGUF file (dequantized to float32 by transformers), printing prefill and decode tokens/s
+in the same last-line format.
+
+    pip install torch transformers gguf accelerate
+    python3 scripts/bench_decode_torch.py --model cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2
+
+A random prompt of --prompt-tokens tokens, then --tokens new tokens with a KV cache. Prefill is
+timed as the generation of one token; decode as the time of the remaining tokens. One untimed
+warmup run, then the best of --runs.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    folder, name = os.path.split(os.path.abspath(args.model))
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+    prompt = torch.randint(0, vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(prompt)
+
+    def run(n):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(prompt, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                           min_new_tokens=n, pad_token_id=0)
+        return time.perf_counter() - t0
+
+    run(args.tokens)
+    best_prefill, best_decode = float("inf"), float("inf")
+    for i in range(args.runs):
+        prefill = run(1)
+        total = run(args.tokens)
+        decode = total - prefill
+        best_prefill, best_decode = min(best_prefill, prefill), min(best_decode, decode)
+        print(f"run {i + 1}: prefill {args.prompt_tokens / prefill:.1f} tokens/s, "
+              f"decode {(args.tokens - 1) / decode:.1f} tokens/s", file=sys.stderr)
+    print(f"decode transformers prompt {args.prompt_tokens} tokens {args.tokens} "
+          f"prefill_tokens_per_second {args.prompt_tokens / best_prefill:.1f} "
+          f"decode_tokens_per_second {(args.tokens - 1) / best_decode:.1f}")
+
+
+if __name__ == "__main__":
+    main()
