@@ -336,9 +336,10 @@ impl pulp::WithSimd for RowDots<'_> {
         let blocks = k / QK;
         let mut w = [0f32; QK];
         let mut acc = vec![simd.splat_f32s(0.0); t];
+        let mut offsets = vec![0f32; t];
         for (i, row) in self.rows.clone().enumerate() {
             acc.fill(simd.splat_f32s(0.0));
-            let mut offsets = vec![0f32; t];
+            offsets.fill(0.0);
             for b in 0..blocks {
                 let at = row * blocks + b;
                 m.levels(at, &mut w);
