@@ -164,9 +164,9 @@ pub struct ModelArgs {
     /// A .gguf file, a Hugging Face folder, a Cinder checkpoint or run folder, or `smollm2`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Weight precision: auto, f32, q8 (8-bit blocks) or q4 (4-bit blocks, 8-bit head). auto
-    /// keeps a GGUF file's own 4- or 8-bit blocks on the CPU, f32 otherwise. Quantized
-    /// projections run on a CPU kernel (LLaMA models only).
+    /// Weight precision: auto, f32, f16, q8 (8-bit blocks) or q4 (4-bit blocks, 8-bit head).
+    /// auto keeps a GGUF file's own f16, 8- or 4-bit weights on the CPU, f32 otherwise. Reduced
+    /// precision projections run on a CPU kernel (LLaMA models only).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// auto, gpu, wgpu or cpu.

@@ -149,6 +149,14 @@ fn respond(
 
 fn speed_line(out: &TextGeneration) -> String {
     let s = out.stats;
+    if s.prefill.is_zero() {
+        return format!(
+            "{} prompt tokens, {} new tokens in {:.2}s (beam search)",
+            s.prompt_tokens,
+            s.new_tokens,
+            s.decode.as_secs_f64()
+        );
+    }
     format!(
         "{} prompt tokens, {} new tokens; prefill {:.1} tokens/s, decode {:.1} tokens/s",
         s.prompt_tokens,

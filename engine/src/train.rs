@@ -330,7 +330,8 @@ impl<M: CausalLm> Trainer<M> {
         self.tokens_seen += tokens;
         let tokens_per_sec = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
 
-        let due = |every: u64, step: u64, last: bool| every > 0 && (step % every == 0 || last);
+        let due =
+            |every: u64, step: u64, last: bool| every > 0 && (step.is_multiple_of(every) || last);
         let last = self.finished();
         let eval_loss = if due(self.config.eval_every, self.step, last) {
             Some(self.evaluate()?)
@@ -357,7 +358,7 @@ impl<M: CausalLm> Trainer<M> {
         if let Some(dir) = self.run_dir.clone() {
             append_metrics(&dir.join("metrics.jsonl"), &report)?;
             let every = self.config.checkpoint_every;
-            if (every > 0 && self.step % every == 0) || last {
+            if (every > 0 && self.step.is_multiple_of(every)) || last {
                 report.checkpoint = Some(self.save_checkpoint(&dir)?);
             }
         }

@@ -200,17 +200,19 @@ fn folder_chat_template(dir: &Path, tokenizer: &Tokenizer) -> Result<Option<Chat
 /// The precision a GGUF file's projections are stored in, as the closest [`WeightDtype`].
 pub fn native_dtype(file: &GgufFile) -> WeightDtype {
     use cinder_engine::gguf::GgmlType;
-    let mut counts = [0usize; 3];
+    let mut counts = [0usize; 4];
     for t in file.tensors.iter().filter(|t| t.dims.len() == 2) {
         match t.ggml_type {
-            GgmlType::Q4_0 | GgmlType::Q4_1 => counts[2] += 1,
-            GgmlType::Q8_0 => counts[1] += 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 => counts[3] += 1,
+            GgmlType::Q8_0 => counts[2] += 1,
+            GgmlType::F16 => counts[1] += 1,
             _ => counts[0] += 1,
         }
     }
-    match (0..3).max_by_key(|&i| (counts[i], i)) {
-        Some(2) => WeightDtype::Q4,
-        Some(1) => WeightDtype::Q8,
+    match (0..4).max_by_key(|&i| (counts[i], i)) {
+        Some(3) => WeightDtype::Q4,
+        Some(2) => WeightDtype::Q8,
+        Some(1) => WeightDtype::F16,
         _ => WeightDtype::F32,
     }
 }

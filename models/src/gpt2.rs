@@ -96,7 +96,7 @@ impl Gpt2Config {
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd {} is not a multiple of n_head {}",
                 self.n_embd, self.n_head

@@ -224,13 +224,13 @@ impl LlamaConfig {
                 "num_attention_heads {h} is not a multiple of num_key_value_heads {k}"
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % h != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(h) {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {h}",
                 self.hidden_size
             ));
         }
-        if self.head_size() % 2 != 0 {
+        if !self.head_size().is_multiple_of(2) {
             return bad(format!(
                 "head size {} is odd; rotary embeddings need it even",
                 self.head_size()
@@ -689,22 +689,20 @@ impl Llama {
     pub fn quantize(mut self, dtype: WeightDtype, file: Option<&GgufFile>) -> EngineResult<Self> {
         let kind = match dtype {
             WeightDtype::F32 => return Ok(self),
+            WeightDtype::F16 => BlockKind::F16,
             WeightDtype::Q8 => BlockKind::Q8,
             WeightDtype::Q4 => BlockKind::Q4,
+        };
+        // 4-bit heads cost answers; the head stays 8-bit unless f16 was asked for.
+        let head_kind = match kind {
+            BlockKind::F16 => BlockKind::F16,
+            _ => BlockKind::Q8,
         };
         let device = self.embed_tokens.weight.device();
         let d = self.config.head_size();
         let from_file = |gguf: &str, heads: Option<usize>| -> Option<QuantMatrix> {
             let (info, raw) = file?.raw(gguf).ok()?;
-            let wanted = match (info.ggml_type, kind) {
-                (cinder_engine::gguf::GgmlType::Q8_0, BlockKind::Q8) => true,
-                (
-                    cinder_engine::gguf::GgmlType::Q4_0 | cinder_engine::gguf::GgmlType::Q4_1,
-                    BlockKind::Q4,
-                ) => true,
-                _ => false,
-            };
-            if !wanted {
+            if !file_matches(info.ggml_type, kind) {
                 return None;
             }
             let shape = info.shape();
@@ -768,11 +766,11 @@ impl Llama {
             }
         }
         let head = match self.lm_head.take() {
-            Some(head) => match file.and_then(|_| from_file_q8(file, "output.weight")) {
+            Some(head) => match from_file_as(file, "output.weight", head_kind) {
                 Some(q) => q,
-                None => dense(&head, BlockKind::Q8)?,
+                None => dense(&head, head_kind)?,
             },
-            None => match from_file_q8(file, "token_embd.weight") {
+            None => match from_file_as(file, "token_embd.weight", head_kind) {
                 Some(q) => q,
                 None => {
                     let [v, c] = self.embed_tokens.weight.dims();
@@ -784,7 +782,7 @@ impl Llama {
                         .convert::<f32>()
                         .try_into_vec::<f32>()
                         .map_err(|e| Error::Invalid(format!("reading weights: {e:?}")))?;
-                    QuantMatrix::quantize(BlockKind::Q8, &w, v, c)?
+                    QuantMatrix::quantize(head_kind, &w, v, c)?
                 }
             },
         };
@@ -810,12 +808,25 @@ impl Llama {
     }
 }
 
-/// A GGUF tensor that is already Q8_0, kept as it is.
-fn from_file_q8(file: Option<&GgufFile>, name: &str) -> Option<QuantMatrix> {
+/// Whether a GGUF tensor type is stored exactly as `kind` keeps it.
+fn file_matches(ggml: cinder_engine::gguf::GgmlType, kind: BlockKind) -> bool {
+    use cinder_engine::gguf::GgmlType;
+    matches!(
+        (ggml, kind),
+        (GgmlType::Q8_0, BlockKind::Q8)
+            | (GgmlType::Q4_0 | GgmlType::Q4_1, BlockKind::Q4)
+            | (GgmlType::F16, BlockKind::F16)
+    )
+}
+
+/// A GGUF tensor already stored the way `kind` keeps it, taken as it is.
+fn from_file_as(file: Option<&GgufFile>, name: &str, kind: BlockKind) -> Option<QuantMatrix> {
     let (info, raw) = file?.raw(name).ok()?;
+    if !file_matches(info.ggml_type, kind) {
+        return None;
+    }
     let shape = info.shape();
     QuantMatrix::from_gguf(info.ggml_type, raw, shape[0], shape[1])
-        .filter(|_| info.ggml_type == cinder_engine::gguf::GgmlType::Q8_0)
 }
 
 /// llama.cpp stores each head's query/key rows interleaved (`[x0, y0, x1, y1, ...]`, rotated in

@@ -115,12 +115,12 @@ pub mod gguf {
             out.extend(t.kind.to_le_bytes());
             out.extend(off.to_le_bytes());
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for t in tensors {
             out.extend(&t.data);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
         }
