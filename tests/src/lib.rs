@@ -8,6 +8,25 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// A JSON file, or a panic naming it (for reference fixtures).
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A JSON array of token ids.
+pub fn json_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(serde_json::Value::as_u64)
+                .map(|x| x as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The git-ignored cache where fetched corpora and weights live (`CINDER_CACHE` overrides it,
 /// as it does for the `cinder` command).
 pub fn cache_dir() -> PathBuf {

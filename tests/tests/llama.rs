@@ -28,18 +28,8 @@ struct Case {
 
 fn reference() -> Vec<Case> {
     let path = fixture().join("reference.json");
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|x| x as u32)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let json = cinder_tests::read_json(&path);
+    let ids = cinder_tests::json_ids;
     json["prompts"]
         .as_array()
         .unwrap_or_else(|| panic!("no prompts in {}", path.display()))

@@ -10,7 +10,6 @@ use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_models::auto::load;
 use cinder_models::with_model;
-use serde_json::Value;
 
 #[test]
 fn greedy_chat_answers_match_transformers() {
@@ -33,19 +32,8 @@ fn check(dtype: WeightDtype) {
         .as_ref()
         .unwrap_or_else(|| panic!("no chat template in {}", path.display()));
     let reference = cinder_tests::fixtures().join("smollm2-greedy.json");
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(&reference).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{}: {e}", reference.display()));
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|x| x as u32)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let json = cinder_tests::read_json(&reference);
+    let ids = cinder_tests::json_ids;
     let cases = json["cases"].as_array().cloned().unwrap_or_default();
     assert!(!cases.is_empty());
     for case in cases {
