@@ -165,8 +165,9 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Weight precision: auto, f32, f16, q8 (8-bit blocks) or q4 (4-bit blocks, 8-bit head).
-    /// auto keeps a GGUF file's own f16, 8- or 4-bit weights on the CPU, f32 otherwise. Reduced
-    /// precision projections run on a CPU kernel (LLaMA models only).
+    /// auto keeps a GGUF file's own f16, 8- or 4-bit weights on the CPU, f32 otherwise. On the
+    /// CPU reduced precision runs on Cinder's block kernel; on a GPU q8/q4 use Burn's quantized
+    /// tensors (LLaMA models only).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// auto, gpu, wgpu or cpu.

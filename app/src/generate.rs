@@ -46,16 +46,16 @@ pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::te
     let selected = select(choice)?;
     let t0 = Instant::now();
     let on_cpu = selected.description.starts_with("cpu");
-    // The quantized kernel runs on the host: on a GPU, automatic precision means f32.
+    // On a GPU, automatic precision means f32; q8/q4 use Burn's quantized tensors there.
     let dtype = if on_cpu {
         dtype
     } else {
         dtype.or(Some(WeightDtype::F32))
     };
-    if dtype.is_some_and(|d| d != WeightDtype::F32) && !on_cpu {
+    if dtype == Some(WeightDtype::F16) && !on_cpu {
         eprintln!(
-            "note: --dtype {} runs its matrix products on the CPU; on {} --dtype f32 is faster",
-            args.dtype, selected.description
+            "note: --dtype f16 runs its matrix products on the CPU; on {} --dtype f32 is faster",
+            selected.description
         );
     }
     let loaded = load(&path, &selected.device, dtype)

@@ -699,6 +699,9 @@ impl Llama {
             _ => BlockKind::Q8,
         };
         let device = self.embed_tokens.weight.device();
+        if device != Device::flex() && kind != BlockKind::F16 {
+            return Ok(self.quantize_on_device(kind));
+        }
         let d = self.config.head_size();
         let from_file = |gguf: &str, heads: Option<usize>| -> Option<QuantMatrix> {
             let (info, raw) = file?.raw(gguf).ok()?;
@@ -789,6 +792,44 @@ impl Llama {
         self.lm_head = None;
         self.quant = Some(Arc::new(QuantWeights { layers, head }));
         Ok(self)
+    }
+
+    /// Quantizes the projection weights in place with Burn's own block quantization (blocks of
+    /// 32 along the output dimension, symmetric, f32 scales), which GPU backends multiply
+    /// without expanding. The head and embedding stay f32; f16 stays on the host kernel.
+    fn quantize_on_device(mut self, kind: BlockKind) -> Self {
+        use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
+        let value = match kind {
+            BlockKind::Q4 => QuantValue::Q4S,
+            _ => QuantValue::Q8S,
+        };
+        // Blocks of 32 output columns, or the largest smaller power of two that divides them.
+        let scheme = |outputs: usize| {
+            let block = [32u8, 16, 8, 4, 2, 1]
+                .into_iter()
+                .find(|&b| outputs.is_multiple_of(b as usize))
+                .unwrap_or(1);
+            QuantScheme::default()
+                .with_value(value)
+                .per_block([block], ScaleDtype::F32)
+        };
+        for layer in self.layers.iter_mut() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for linear in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                let scheme = scheme(linear.weight.dims()[1]);
+                linear.weight = linear.weight.clone().map(|w| w.quantize_dynamic(&scheme));
+            }
+        }
+        self
     }
 
     /// Bytes held by the quantized weights, if the model is quantized.
