@@ -253,27 +253,12 @@ impl QuantMatrix {
         out
     }
 
-    /// Block `b`'s 32 values.
-    #[inline]
+    /// Block `b`'s 32 values: its levels, scaled, plus its minimum (Q4).
     fn unpack(&self, b: usize, out: &mut [f32; QK]) {
-        let d = self.d[b];
-        match self.kind {
-            BlockKind::Q8 => {
-                let q = &self.q[b * QK..(b + 1) * QK];
-                for (o, &v) in out.iter_mut().zip(q) {
-                    *o = d * f32::from(v as i8);
-                }
-            }
-            BlockKind::Q4 => {
-                let m = self.m[b];
-                let q = &self.q[b * QK / 2..(b + 1) * QK / 2];
-                let (lo, hi) = out.split_at_mut(QK / 2);
-                for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
-                    *l = d * f32::from(v & 0x0F) + m;
-                    *h = d * f32::from(v >> 4) + m;
-                }
-            }
-            BlockKind::F16 => self.levels(b, out),
+        self.levels(b, out);
+        let (d, m) = (self.d[b], self.m.get(b).copied().unwrap_or(0.0));
+        for v in out.iter_mut() {
+            *v = d * *v + m;
         }
     }
 

@@ -23,12 +23,15 @@ use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::gguf::GgufFile;
 use cinder_engine::lm::CausalLm;
-use cinder_engine::quant::{BlockKind, QuantMatrix, WeightDtype};
 use cinder_engine::weights::{
     NamedTensors, load_parameters, named_parameters, read_safetensors_dir, transpose_2d,
 };
 
 use crate::blocks::{causal_attention, extend_cache};
+
+mod quant;
+
+use quant::{LayerQuant, QuantWeights, project, quant_project};
 
 type EngineResult<T> = cinder_engine::Result<T>;
 
@@ -395,50 +398,6 @@ pub struct Attention {
     head_dim: usize,
 }
 
-/// A projection through its dense weights, or through quantized ones when the model has them.
-///
-/// # Shapes
-/// - x: `[B, T, in]` -> `[B, T, out]`
-fn project(linear: &Linear, quant: Option<&QuantMatrix>, x: Tensor<3>) -> Tensor<3> {
-    match quant {
-        Some(q) => quant_project(q, x),
-        None => linear.forward(x),
-    }
-}
-
-/// `x · qᵀ` through the quantized kernel, which runs on the host: the activations are read back
-/// (a few kilobytes per decoded token) and the result uploaded again.
-fn quant_project(q: &QuantMatrix, x: Tensor<3>) -> Tensor<3> {
-    let [b, t, _] = x.dims();
-    let device = x.device();
-    let values = x
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    let y = q.matmul(&values, b * t);
-    Tensor::from_data(TensorData::new(y, [b, t, q.rows()]), &device)
-}
-
-/// One layer's projections in block-quantized form, `[out, in]`.
-#[derive(Clone, Debug)]
-struct LayerQuant {
-    q: QuantMatrix,
-    k: QuantMatrix,
-    v: QuantMatrix,
-    o: QuantMatrix,
-    gate: QuantMatrix,
-    up: QuantMatrix,
-    down: QuantMatrix,
-}
-
-/// Every projection and the output head of a quantized model.
-#[derive(Clone, Debug)]
-struct QuantWeights {
-    layers: Vec<LayerQuant>,
-    head: QuantMatrix,
-}
-
 /// Keys and values of past positions for one layer, after rotation: `[B, K, S, D]` each.
 pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
 
@@ -469,19 +428,16 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2); // [B, n, T, D]
-        let q = rotary.apply(heads(
-            project(&self.q_proj, quant.map(|w| &w.q), x.clone()),
-            h,
-        ));
-        let key = project(&self.k_proj, quant.map(|w| &w.k), x.clone());
+        let q = rotary.apply(heads(project(&self.q_proj, quant, quant::Q, x.clone()), h));
+        let key = project(&self.k_proj, quant, quant::K, x.clone());
         let mut key = rotary.apply(heads(key, k));
-        let mut value = heads(project(&self.v_proj, quant.map(|w| &w.v), x), k);
+        let mut value = heads(project(&self.v_proj, quant, quant::V, x), k);
         if let Some(cache) = cache {
             (key, value) = extend_cache(cache, key, value);
         }
         let y = causal_attention(q, repeat_kv(key, h / k), repeat_kv(value, h / k)); // [B, H, T, D]
         let y = y.swap_dims(1, 2).reshape([b, t, h * d]);
-        project(&self.o_proj, quant.map(|w| &w.o), y)
+        project(&self.o_proj, quant, quant::O, y)
     }
 }
 
@@ -495,9 +451,9 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>, quant: Option<&LayerQuant>) -> Tensor<3> {
-        let gate = silu(project(&self.gate_proj, quant.map(|w| &w.gate), x.clone()));
-        let up = project(&self.up_proj, quant.map(|w| &w.up), x);
-        project(&self.down_proj, quant.map(|w| &w.down), gate * up)
+        let gate = silu(project(&self.gate_proj, quant, quant::GATE, x.clone()));
+        let up = project(&self.up_proj, quant, quant::UP, x);
+        project(&self.down_proj, quant, quant::DOWN, gate * up)
     }
 }
 
@@ -511,6 +467,20 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The seven projections, in the order of [`quant::GGUF_NAMES`].
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     fn forward(
         &self,
         x: Tensor<3>,
@@ -680,196 +650,6 @@ impl Llama {
     }
 }
 
-impl Llama {
-    /// Replaces every projection and the output head by block-quantized weights (the token
-    /// embedding stays f32 for lookups). With `file`, GGUF tensors already in the requested
-    /// format (Q8_0 for q8; Q4_0 or Q4_1 for q4) are kept bit for bit; anything else is quantized
-    /// from the f32 weights. The head is always 8-bit. A quantized model is for inference: its
-    /// dense projections become placeholders, so it cannot be trained or exported.
-    pub fn quantize(mut self, dtype: WeightDtype, file: Option<&GgufFile>) -> EngineResult<Self> {
-        let kind = match dtype {
-            WeightDtype::F32 => return Ok(self),
-            WeightDtype::F16 => BlockKind::F16,
-            WeightDtype::Q8 => BlockKind::Q8,
-            WeightDtype::Q4 => BlockKind::Q4,
-        };
-        // 4-bit heads cost answers; the head stays 8-bit unless f16 was asked for.
-        let head_kind = match kind {
-            BlockKind::F16 => BlockKind::F16,
-            _ => BlockKind::Q8,
-        };
-        let device = self.embed_tokens.weight.device();
-        if device != Device::flex() && kind != BlockKind::F16 {
-            return Ok(self.quantize_on_device(kind));
-        }
-        let d = self.config.head_size();
-        let from_file = |gguf: &str, heads: Option<usize>| -> Option<QuantMatrix> {
-            let (info, raw) = file?.raw(gguf).ok()?;
-            if !file_matches(info.ggml_type, kind) {
-                return None;
-            }
-            let shape = info.shape();
-            let mut q = QuantMatrix::from_gguf(info.ggml_type, raw, shape[0], shape[1])?;
-            if let Some(heads) = heads {
-                // Row h*D + s*D/2 + i of the model is row h*D + 2i + s of the file.
-                let order: Vec<usize> = (0..heads * d)
-                    .map(|r| {
-                        let (h, rest) = (r / d, r % d);
-                        let (s, i) = (rest / (d / 2), rest % (d / 2));
-                        h * d + 2 * i + s
-                    })
-                    .collect();
-                q.permute_rows(&order);
-            }
-            Some(q)
-        };
-        // Burn keeps `[in, out]`; the kernel wants `[out, in]` rows.
-        let dense = |linear: &Linear, kind: BlockKind| -> EngineResult<QuantMatrix> {
-            let [i, o] = linear.weight.dims();
-            let w = linear
-                .weight
-                .val()
-                .transpose()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| Error::Invalid(format!("reading weights: {e:?}")))?;
-            QuantMatrix::quantize(kind, &w, o, i)
-        };
-        let placeholder = || LinearConfig::new(1, 1).with_bias(false).init(&device);
-        let (h, kv) = (self.config.num_attention_heads, self.config.kv_heads());
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (n, layer) in self.layers.iter_mut().enumerate() {
-            let g = |s: &str| format!("blk.{n}.{s}.weight");
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            let pick = |name: &str, heads, linear: &Linear| match from_file(&g(name), heads) {
-                Some(q) => Ok(q),
-                None => dense(linear, kind),
-            };
-            layers.push(LayerQuant {
-                q: pick("attn_q", Some(h), &a.q_proj)?,
-                k: pick("attn_k", Some(kv), &a.k_proj)?,
-                v: pick("attn_v", None, &a.v_proj)?,
-                o: pick("attn_output", None, &a.o_proj)?,
-                gate: pick("ffn_gate", None, &m.gate_proj)?,
-                up: pick("ffn_up", None, &m.up_proj)?,
-                down: pick("ffn_down", None, &m.down_proj)?,
-            });
-            for linear in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
-                *linear = placeholder();
-            }
-        }
-        let head = match self.lm_head.take() {
-            Some(head) => match from_file_as(file, "output.weight", head_kind) {
-                Some(q) => q,
-                None => dense(&head, head_kind)?,
-            },
-            None => match from_file_as(file, "token_embd.weight", head_kind) {
-                Some(q) => q,
-                None => {
-                    let [v, c] = self.embed_tokens.weight.dims();
-                    let w = self
-                        .embed_tokens
-                        .weight
-                        .val()
-                        .into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .map_err(|e| Error::Invalid(format!("reading weights: {e:?}")))?;
-                    QuantMatrix::quantize(head_kind, &w, v, c)?
-                }
-            },
-        };
-        self.lm_head = None;
-        self.quant = Some(Arc::new(QuantWeights { layers, head }));
-        Ok(self)
-    }
-
-    /// Quantizes the projection weights in place with Burn's own block quantization (blocks of
-    /// 32 along the output dimension, symmetric, f32 scales), which GPU backends multiply
-    /// without expanding. The head and embedding stay f32; f16 stays on the host kernel.
-    fn quantize_on_device(mut self, kind: BlockKind) -> Self {
-        use burn::tensor::quantization::{QuantScheme, QuantValue, ScaleDtype};
-        let value = match kind {
-            BlockKind::Q4 => QuantValue::Q4S,
-            _ => QuantValue::Q8S,
-        };
-        // Blocks of 32 output columns, or the largest smaller power of two that divides them.
-        let scheme = |outputs: usize| {
-            let block = [32u8, 16, 8, 4, 2, 1]
-                .into_iter()
-                .find(|&b| outputs.is_multiple_of(b as usize))
-                .unwrap_or(1);
-            QuantScheme::default()
-                .with_value(value)
-                .per_block([block], ScaleDtype::F32)
-        };
-        for layer in self.layers.iter_mut() {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for linear in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
-                let scheme = scheme(linear.weight.dims()[1]);
-                linear.weight = linear.weight.clone().map(|w| w.quantize_dynamic(&scheme));
-            }
-        }
-        self
-    }
-
-    /// Bytes held by the quantized weights, if the model is quantized.
-    pub fn quantized_bytes(&self) -> Option<usize> {
-        self.quant.as_ref().map(|q| {
-            q.head.bytes()
-                + q.layers
-                    .iter()
-                    .map(|l| {
-                        [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                            .iter()
-                            .map(|m| m.bytes())
-                            .sum::<usize>()
-                    })
-                    .sum::<usize>()
-        })
-    }
-}
-
-/// Whether a GGUF tensor type is stored exactly as `kind` keeps it.
-fn file_matches(ggml: cinder_engine::gguf::GgmlType, kind: BlockKind) -> bool {
-    use cinder_engine::gguf::GgmlType;
-    matches!(
-        (ggml, kind),
-        (GgmlType::Q8_0, BlockKind::Q8)
-            | (GgmlType::Q4_0 | GgmlType::Q4_1, BlockKind::Q4)
-            | (GgmlType::F16, BlockKind::F16)
-    )
-}
-
-/// A GGUF tensor already stored the way `kind` keeps it, taken as it is.
-fn from_file_as(file: Option<&GgufFile>, name: &str, kind: BlockKind) -> Option<QuantMatrix> {
-    let (info, raw) = file?.raw(name).ok()?;
-    if !file_matches(info.ggml_type, kind) {
-        return None;
-    }
-    let shape = info.shape();
-    QuantMatrix::from_gguf(info.ggml_type, raw, shape[0], shape[1])
-}
-
 /// llama.cpp stores each head's query/key rows interleaved (`[x0, y0, x1, y1, ...]`, rotated in
 /// adjacent pairs) where Hugging Face keeps the halves apart (`[x0, x1, ..., y0, y1, ...]`).
 /// Row `h*D + 2i + s` of the file becomes row `h*D + s*D/2 + i`.
@@ -898,16 +678,19 @@ pub fn unpermute_rotary_rows(
         .try_into_vec::<f32>()
         .map_err(|e| Error::format(source, format!("tensor '{name}': {e:?}")))?;
     let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for s in 0..2 {
-                let from = (h * d + 2 * i + s) * cols;
-                let to = (h * d + s * d / 2 + i) * cols;
-                out[to..to + cols].copy_from_slice(&values[from..from + cols]);
-            }
-        }
+    for (to, row) in out.chunks_exact_mut(cols).enumerate() {
+        let from = rotary_file_row(to, d) * cols;
+        row.copy_from_slice(&values[from..from + cols]);
     }
     Ok(TensorData::new(out, shape))
+}
+
+/// The file row that holds model row `r` of a rotated projection with heads of size `d`:
+/// model row `h*D + s*D/2 + i` is file row `h*D + 2i + s`.
+fn rotary_file_row(r: usize, d: usize) -> usize {
+    let (h, rest) = (r / d, r % d);
+    let (s, i) = (rest / (d / 2), rest % (d / 2));
+    h * d + 2 * i + s
 }
 
 impl CausalLm for Llama {
