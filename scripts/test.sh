@@ -11,6 +11,12 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
+if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
+  || ! command -v import >/dev/null || ! command -v xdpyinfo >/dev/null; then
+  echo "==> installing Xvfb, xdotool, ImageMagick and x11-utils for the desktop-window test"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool imagemagick x11-utils >/dev/null
+fi
 if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   echo "==> adding the wasm32-unknown-unknown target"
   rustup target add wasm32-unknown-unknown
@@ -31,6 +37,15 @@ echo "==> tests (CPU backend, plus the wgpu tests on $(ls /usr/share/vulkan/icd.
 log="$(mktemp)"
 status=0
 cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 2>&1 | tee "$log" || status=$?
+
+echo "==> the desktop window under Xvfb: a training run started from the UI, screenshots in out/gui/"
+cargo build --quiet -p cinder --bin cinder
+if scripts/gui_smoke.sh "${CARGO_TARGET_DIR:-target}/debug/cinder" 2>&1 | tee -a "$log"; then
+  echo "gui window: 1 passed" >>"$log"
+else
+  echo "gui window: 1 failed" >>"$log"
+  status=1
+fi
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
 rm -f "$log"

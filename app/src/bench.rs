@@ -19,6 +19,7 @@ fn workload(name: &str) -> Result<(Gpt2Config, usize, usize)> {
     })
 }
 
+/// `cinder bench train`: training tokens per second on random data.
 pub fn train(args: BenchTrainArgs) -> Result<()> {
     let (config, context, batch) = workload(&args.workload)?;
     let choice: DeviceChoice = args.device.parse()?;

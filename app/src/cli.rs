@@ -34,6 +34,42 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Measure speed.
     Bench(BenchArgs),
+    /// Open the desktop app: train with live curves, or chat with a model.
+    Gui(GuiArgs),
+}
+
+/// `cinder gui`
+#[derive(Args, Debug, Clone, Default)]
+pub struct GuiArgs {
+    /// The GPU the app computes on, shared with its window: auto (a hardware GPU if there is
+    /// one), wgpu (any adapter, software renderers included) or cpu (compute on the CPU only).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Open on this view: train or chat.
+    #[arg(long)]
+    pub view: Option<String>,
+    /// Training form: corpus (tang, fortunes or a text file).
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Training form: model preset (tiny, small, gpt2-124m).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Training form: optimizer steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Training form: sample text every N steps.
+    #[arg(long)]
+    pub sample_every: Option<u64>,
+    /// Training form: run folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Chat view: the model to load (a .gguf file, a Hugging Face folder, a Cinder checkpoint,
+    /// or smollm2).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Start with default settings instead of the ones remembered from the last session.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// `cinder data ...`
@@ -59,7 +95,7 @@ pub enum DataCommand {
 }
 
 /// `cinder train`
-#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainArgs {
     /// tang, fortunes, or the path of a UTF-8 text file.
     #[arg(long, default_value = "tang")]
@@ -310,4 +346,16 @@ pub struct BenchTrainArgs {
     /// auto, gpu, wgpu or cpu.
     #[arg(long, default_value = "auto")]
     pub device: String,
+}
+
+impl Default for TrainArgs {
+    /// The command line's defaults.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        Wrapper::parse_from(["cinder"]).args
+    }
 }

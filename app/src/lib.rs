@@ -1,0 +1,8 @@
+//! The `cinder` command's library: the CLI subcommands and the desktop app, so that integration
+//! tests can drive the app's views directly.
+
+pub mod bench;
+pub mod cli;
+pub mod generate;
+pub mod gui;
+pub mod train;

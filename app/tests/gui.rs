@@ -1,0 +1,282 @@
+//! The desktop app driven through its widgets (egui_kittest, no window): training with live
+//! curves and samples, pause and resume, reopening a run, chat with streaming, a broken model.
+
+// A set-up step that fails (a temporary folder, a file write) should fail the test loudly.
+#![allow(clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cinder::gui::{CinderApp, Devices, RunStatus, Settings, View};
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// A small text corpus: enough distinct lines for a held-out split.
+fn corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    let text: String = (0..400)
+        .map(|i| {
+            format!(
+                "the quick brown fox {i} jumps over the lazy dog {}\n",
+                i * 7 % 13
+            )
+        })
+        .collect();
+    std::fs::write(&path, text).expect("write corpus");
+    path
+}
+
+/// Settings for a run that takes a fraction of a second per step on the CPU.
+fn tiny_run(dir: &Path, steps: u64) -> Settings {
+    let mut s = Settings::default();
+    let a = &mut s.train.args;
+    a.corpus = corpus(dir).display().to_string();
+    a.n_layer = Some(1);
+    a.n_head = Some(2);
+    a.n_embd = Some(32);
+    a.context = 32;
+    a.batch_size = 4;
+    a.steps = Some(steps);
+    a.eval_every = 5;
+    a.eval_batches = 2;
+    a.sample_every = 5;
+    a.sample_tokens = 12;
+    a.checkpoint_every = 0;
+    a.warmup = 2;
+    a.device = "cpu".into();
+    a.out = Some(dir.join("run"));
+    s
+}
+
+fn harness<'a>(settings: Settings, cache: &Path) -> Harness<'a, CinderApp> {
+    let app = CinderApp::new(settings, Devices::cpu_only(), cache);
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        // A random model's text and the Tang poems hold characters the test fonts lack.
+        .allow_missing_glyphs()
+        .build_ui_state(|ui, app: &mut CinderApp| app.show(ui), app)
+}
+
+/// Steps frames (letting the workers run) until `done` holds; fails after `secs`.
+fn wait_for(
+    h: &mut Harness<'_, CinderApp>,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&CinderApp) -> bool,
+) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}; train status {:?}, log {:?}, chat error {:?}",
+            h.state().train.status,
+            h.state().train.run.log,
+            h.state().chat.error
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    h.step();
+}
+
+#[test]
+fn training_from_the_form_draws_curves_and_samples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(tiny_run(dir.path(), 12), dir.path());
+    h.get_by_label("Start").click();
+    h.step();
+    wait_for(&mut h, 120, "the run to finish", |app| {
+        app.train.status == RunStatus::Finished
+    });
+    let run = &h.state().train.run;
+    assert_eq!(run.reports.len(), 12);
+    assert!(run.reports.iter().all(|r| r.loss.is_finite()));
+    assert!(
+        run.reports[11].loss < run.reports[0].loss,
+        "loss did not fall: {} -> {}",
+        run.reports[0].loss,
+        run.reports[11].loss
+    );
+    // Samples at steps 5, 10 and the last; shown newest first, tagged with the step.
+    let steps: Vec<u64> = run.samples.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, vec![5, 10, 12]);
+    assert!(run.reports.iter().all(|r| r.process_memory.is_some()));
+    h.get_by_label("step 12");
+    h.get_by_label_contains("loss ");
+    h.get_by_label_contains("process resident ");
+    assert!(run.checkpoint.as_ref().is_some_and(|c| c.is_dir()));
+    assert!(dir.path().join("run/metrics.jsonl").is_file());
+}
+
+#[test]
+fn pause_resume_stop_and_continue_from_the_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(tiny_run(dir.path(), 400), dir.path());
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    h.step();
+    wait_for(&mut h, 120, "a few steps", |app| {
+        app.train.run.reports.len() >= 3
+    });
+    h.get_by_label("Pause").click();
+    h.step();
+    wait_for(&mut h, 60, "the pause", |app| {
+        app.train.status == RunStatus::Paused
+    });
+    let paused_at = h.state().train.run.reports.len();
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(20));
+        h.step();
+    }
+    assert_eq!(
+        h.state().train.run.reports.len(),
+        paused_at,
+        "steps taken while paused"
+    );
+    h.get_by_label("Resume").click();
+    h.step();
+    wait_for(&mut h, 60, "steps after resuming", |app| {
+        app.train.run.reports.len() >= paused_at + 3
+    });
+    // Ctrl+S saves a checkpoint of the running run.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::S);
+    h.step();
+    wait_for(&mut h, 60, "the checkpoint", |app| {
+        app.train.run.checkpoint.is_some()
+    });
+    h.get_by_label("Stop").click();
+    h.step();
+    wait_for(&mut h, 60, "the stop", |app| {
+        app.train.status == RunStatus::Stopped
+    });
+    let stopped_at = h
+        .state()
+        .train
+        .run
+        .reports
+        .last()
+        .map(|r| r.step)
+        .unwrap_or(0);
+    assert!(stopped_at < 400);
+
+    // A fresh app opens the run from its folder, with its curves, and continues it.
+    let mut h = harness(tiny_run(dir.path(), 400), dir.path());
+    let folder = h.get_by_role_and_label(Role::TextInput, "Run folder");
+    folder.focus();
+    folder.type_text(&dir.path().join("run").display().to_string());
+    h.step();
+    h.get_by_label("Open").click();
+    h.step();
+    assert_eq!(
+        h.state().train.status,
+        RunStatus::Opened,
+        "{:?} (path '{}')",
+        h.state().train.error,
+        h.state().train.form.open_path
+    );
+    assert_eq!(h.state().train.run.reports.len() as u64, stopped_at);
+    h.state_mut().train.run.total_steps = stopped_at + 3;
+    h.step();
+    h.get_by_label("Continue training").click();
+    h.step();
+    wait_for(&mut h, 120, "the continued run", |app| {
+        app.train.status == RunStatus::Finished
+    });
+    let run = &h.state().train.run;
+    let last = run.reports.last().map(|r| r.step);
+    assert_eq!(last, Some(stopped_at + 3));
+    // Curves hold each step once: the continued steps replaced nothing twice.
+    let mut steps: Vec<u64> = run.reports.iter().map(|r| r.step).collect();
+    steps.dedup();
+    assert_eq!(steps.len(), run.reports.len());
+}
+
+#[test]
+fn chat_streams_tokens_and_survives_a_broken_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.gguf");
+    std::fs::write(&broken, b"GGUF\x03\x00\x00\x00 this is not a model").expect("write");
+    let mut settings = Settings {
+        view: View::Chat,
+        ..Settings::default()
+    };
+    settings.chat.device = "cpu".into();
+    settings.chat.model = broken.display().to_string();
+    settings.chat.max_tokens = 12;
+    settings.chat.temperature = 1.0;
+    settings.chat.seed = 3;
+    let mut h = harness(settings, dir.path());
+
+    h.get_by_label("Load").click();
+    h.step();
+    wait_for(&mut h, 60, "the load error", |app| app.chat.error.is_some());
+    let error = h.state().chat.error.clone().unwrap_or_default();
+    assert!(error.contains("broken.gguf"), "{error}");
+    assert!(h.state().chat.model.is_none());
+    h.get_by_label_contains("broken.gguf");
+
+    // The app is still usable: load a working model and chat.
+    let model = fixtures().join("llama-tiny");
+    h.state_mut().chat.settings.model = model.display().to_string();
+    h.step();
+    h.get_by_label("Load").click();
+    h.step();
+    wait_for(&mut h, 60, "the model", |app| app.chat.model.is_some());
+    assert!(h.state().chat.error.is_none());
+    let input = h.get_by_role_and_label(Role::TextInput, "Message");
+    input.focus();
+    input.type_text("hello there");
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    assert!(h.state().chat.generating, "Enter did not send");
+    wait_for(&mut h, 60, "the answer", |app| !app.chat.generating);
+    let chat = &h.state().chat;
+    assert_eq!(chat.transcript.len(), 2);
+    assert_eq!(chat.transcript[0].text, "hello there");
+    assert!(!chat.transcript[1].text.is_empty());
+    assert!(chat.streamed_pieces >= 2, "{} pieces", chat.streamed_pieces);
+    assert!(
+        chat.last_speed
+            .as_deref()
+            .is_some_and(|s| s.contains("tokens/s"))
+    );
+    // A second turn goes on from the first.
+    let input = h.get_by_role_and_label(Role::TextInput, "Message");
+    input.focus();
+    input.type_text("and again");
+    h.step();
+    h.get_by_label("Send").click();
+    h.step();
+    wait_for(&mut h, 60, "the second answer", |app| !app.chat.generating);
+    assert_eq!(h.state().chat.transcript.len(), 4);
+}
+
+#[test]
+fn theme_and_views_switch_and_settings_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Settings::default(), dir.path());
+    assert!(h.state().dark);
+    h.get_by_label("Light theme").click();
+    h.step();
+    h.step();
+    assert!(!h.state().dark);
+    assert_eq!(h.ctx.theme(), egui::Theme::Light);
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Num2);
+    h.step();
+    assert_eq!(h.state().view, View::Chat);
+    h.get_by_label("Train").click();
+    h.step();
+    assert_eq!(h.state().view, View::Train);
+    let saved = serde_json::to_string(&h.state().settings()).expect("serialize");
+    let back: Settings = serde_json::from_str(&saved).expect("deserialize");
+    assert!(!back.dark);
+    assert_eq!(back.train.args, h.state().train.form.args);
+    // Older or partial settings fall back to defaults field by field.
+    let partial: Settings = serde_json::from_str(r#"{"dark": false}"#).expect("partial");
+    assert_eq!(partial.train.args, Settings::default().train.args);
+}
