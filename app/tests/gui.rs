@@ -233,7 +233,8 @@ fn chat_streams_tokens_and_survives_a_broken_model() {
     h.step();
     h.key_press(egui::Key::Enter);
     h.step();
-    assert!(h.state().chat.generating, "Enter did not send");
+    // The question is in the transcript at once (the tiny model may already have answered).
+    assert_eq!(h.state().chat.transcript.len(), 2, "Enter did not send");
     wait_for(&mut h, 60, "the answer", |app| !app.chat.generating);
     let chat = &h.state().chat;
     assert_eq!(chat.transcript.len(), 2);
