@@ -63,8 +63,8 @@ pub struct GuiArgs {
     /// Training form: run folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Chat view: the model to load (a .gguf file, a Hugging Face folder, a Cinder checkpoint,
-    /// or smollm2).
+    /// Chat view: load this model at start (a .gguf file, a Hugging Face folder, a Cinder
+    /// checkpoint, or smollm2).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Start with default settings instead of the ones remembered from the last session.

@@ -53,7 +53,7 @@ impl Default for ChatSettings {
         Self {
             model: "smollm2".into(),
             dtype: "auto".into(),
-            device: "cpu".into(),
+            device: "gpu".into(),
             system: String::new(),
             temperature: 0.7,
             top_k: 40,
@@ -174,8 +174,15 @@ impl ChatView {
                 .name("cinder-chat".into())
                 .spawn(move || {
                     let send = |event: Event| {
+                        // Streamed text is drawn at most ~25 times a second: on a software
+                        // renderer every frame costs CPU the decoder needs.
+                        let soon = matches!(event, Event::Text(_));
                         let _ = event_tx.send(event);
-                        ctx.request_repaint();
+                        if soon {
+                            ctx.request_repaint_after(std::time::Duration::from_millis(40));
+                        } else {
+                            ctx.request_repaint();
+                        }
                     };
                     run_worker(&cache_dir, &command_rx, &cancel, &send);
                 });

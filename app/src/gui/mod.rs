@@ -14,7 +14,7 @@ mod widgets;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cinder_engine::device::{DeviceChoice, Selected, list_adapters};
 use egui::{Key, KeyboardShortcut, Modifiers};
 use serde::{Deserialize, Serialize};
@@ -87,7 +87,11 @@ impl Devices {
     pub fn choices(&self) -> Vec<(&'static str, String)> {
         let mut out = vec![("cpu", "CPU (burn-flex)".to_string())];
         if let Some(gpu) = &self.gpu {
-            out.push(("gpu", gpu.description.clone()));
+            // "wgpu: NVIDIA GeForce RTX 4090 (discrete, Vulkan)" -> "GPU: NVIDIA GeForce RTX 4090"
+            let name = gpu.description.trim_start_matches("wgpu: ");
+            let name = name.split(" (").next().unwrap_or(name);
+            let short: String = name.chars().take(32).collect();
+            out.push(("gpu", format!("GPU: {short}")));
         }
         out
     }
@@ -110,6 +114,7 @@ pub struct CinderApp {
     pub chat: ChatView,
     devices: Devices,
     memory: widgets::MemoryProbe,
+    load_at_start: bool,
 }
 
 impl CinderApp {
@@ -128,7 +133,14 @@ impl CinderApp {
             chat: ChatView::new(settings.chat, cache_dir.to_path_buf()),
             devices,
             memory: widgets::MemoryProbe::default(),
+            load_at_start: false,
         }
+    }
+
+    /// Loads the chat view's model on the first frame (for `cinder gui --model ...`).
+    pub fn load_model_at_start(mut self) -> Self {
+        self.load_at_start = true;
+        self
     }
 
     /// The settings to remember.
@@ -149,6 +161,9 @@ impl CinderApp {
             egui::Theme::Light
         });
         self.shortcuts(ui);
+        if std::mem::take(&mut self.load_at_start) {
+            self.chat.load(&self.devices, ui.ctx());
+        }
         self.train.poll(ui.ctx());
         self.chat.poll(ui.ctx());
         egui::Panel::top("top-bar").show(ui, |ui| {
@@ -256,6 +271,48 @@ fn open_shared_gpu(choice: DeviceChoice) -> Option<(Selected, eframe::egui_wgpu:
     }
 }
 
+/// System fonts with CJK glyphs, tried in order (egui's own fonts have none, and the Tang poems
+/// and many chat answers need them): Noto/Source Han, WenQuanYi, Droid on Linux; PingFang and
+/// Hiragino on macOS; Microsoft YaHei and SimSun on Windows.
+const CJK_FONTS: &[&str] = &[
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/source-han-sans/SourceHanSans-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/truetype/droid/DroidSansFallback.ttf",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Hiragino Sans GB.ttc",
+    "C:\\Windows\\Fonts\\msyh.ttc",
+    "C:\\Windows\\Fonts\\simsun.ttc",
+];
+
+/// Adds the first CJK font found on this system as a fallback for all text; says so when none
+/// is found (those characters then show as boxes).
+fn install_cjk_fallback(ctx: &egui::Context) {
+    use egui::epaint::text::{FontData, FontInsert, FontPriority, InsertFontFamily};
+    let Some((path, bytes)) = CJK_FONTS
+        .iter()
+        .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))
+    else {
+        eprintln!(
+            "note: no CJK font found; Chinese text will show as boxes (on Debian: apt-get install \
+             fonts-noto-cjk or fonts-droid-fallback)"
+        );
+        return;
+    };
+    let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
+        .into_iter()
+        .map(|family| InsertFontFamily {
+            family,
+            priority: FontPriority::Lowest,
+        })
+        .collect();
+    ctx.add_font(FontInsert::new(path, FontData::from_owned(bytes), families));
+}
+
 fn native_options(setup: Option<eframe::egui_wgpu::WgpuSetup>) -> eframe::NativeOptions {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -274,7 +331,12 @@ fn native_options(setup: Option<eframe::egui_wgpu::WgpuSetup>) -> eframe::Native
 
 /// Opens the window and runs until it is closed.
 pub fn run(args: GuiArgs, cache_dir: &Path) -> Result<()> {
-    let choice: DeviceChoice = args.device.parse()?;
+    let choice: DeviceChoice = args.device.parse().context("--device")?;
+    if let Some(view) = args.view.as_deref()
+        && !matches!(view, "train" | "chat")
+    {
+        anyhow::bail!("--view '{view}': expected train or chat");
+    }
     let shared = open_shared_gpu(choice);
     let devices = Devices {
         gpu: shared.as_ref().map(|(s, _)| s.clone()),
@@ -296,9 +358,12 @@ pub fn run(args: GuiArgs, cache_dir: &Path) -> Result<()> {
                     .unwrap_or_default()
             };
             apply_args(&mut settings, &args);
-            Ok(Box::new(EframeApp {
-                app: CinderApp::new(settings, devices, &cache_dir),
-            }))
+            install_cjk_fallback(&cc.egui_ctx);
+            let mut app = CinderApp::new(settings, devices, &cache_dir);
+            if args.model.is_some() {
+                app = app.load_model_at_start();
+            }
+            Ok(Box::new(EframeApp { app }))
         }),
     )
     .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))

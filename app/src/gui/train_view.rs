@@ -38,7 +38,8 @@ impl Default for TrainForm {
                 steps: Some(DEFAULT_STEPS),
                 sample_every: 50,
                 eval_every: 50,
-                device: "cpu".into(),
+                // The GPU shared with the window; the CPU where there is none.
+                device: "gpu".into(),
                 ..TrainArgs::default()
             },
             smoothing: 0.6,
@@ -252,8 +253,14 @@ impl TrainView {
             .name("cinder-train".into())
             .spawn(move || {
                 let send = |event: Event| {
+                    // Fast steps are drawn at most ~10 times a second.
+                    let soon = matches!(event, Event::Step(_));
                     let _ = event_tx.send(event);
-                    ctx.request_repaint();
+                    if soon {
+                        ctx.request_repaint_after(std::time::Duration::from_millis(100));
+                    } else {
+                        ctx.request_repaint();
+                    }
                 };
                 run_worker(args, &cache_dir, &selected, &command_rx, &send);
             });
