@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use cinder_engine::device::{DeviceChoice, select};
-use cinder_engine::optim::AdamWConfig;
+use cinder_engine::optim::{AdamWConfig, OptimizerConfig};
 use cinder_engine::rng;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::{TrainConfig, Trainer};
@@ -49,10 +49,10 @@ pub fn train(args: BenchTrainArgs) -> Result<()> {
         context,
         lr: 3e-4,
         warmup: 1,
-        adamw: AdamWConfig {
+        optimizer: OptimizerConfig::AdamW(AdamWConfig {
             weight_decay: 0.1,
             ..AdamWConfig::default()
-        },
+        }),
         eval_every: 0,
         sample_every: 0,
         checkpoint_every: 0,

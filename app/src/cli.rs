@@ -142,15 +142,36 @@ pub struct TrainArgs {
     /// Warmup steps.
     #[arg(long, default_value_t = 30)]
     pub warmup: u64,
-    /// AdamW weight decay (matrices only).
+    /// Optimizer: adamw, sgd (momentum, --nesterov), adafactor (factored second moments,
+    /// relative steps), lion (sign of momentum; use a 3-10x smaller --lr).
+    #[arg(long, default_value = "adamw")]
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
+    /// Decoupled weight decay (matrices only; AdamW, SGD, Lion).
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
-    /// AdamW beta1.
+    /// AdamW and Lion beta1.
     #[arg(long, default_value_t = 0.9)]
     pub beta1: f64,
-    /// AdamW beta2.
+    /// AdamW and Lion beta2 (Lion's usual value is 0.99).
     #[arg(long, default_value_t = 0.95)]
     pub beta2: f64,
+    /// SGD momentum (0 = plain SGD).
+    #[arg(long, default_value_t = 0.9)]
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// SGD with Nesterov momentum.
+    #[arg(long)]
+    #[serde(default)]
+    pub nesterov: bool,
+    /// AdaFactor momentum on the update (0 = none, the memory-saving default).
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub adafactor_beta1: f64,
+    /// AdaFactor: ignore --lr and the schedule and step by min(1/sqrt(t), 1e-2).
+    #[arg(long)]
+    #[serde(default)]
+    pub relative_step: bool,
     /// Maximum global gradient norm (0 = no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
@@ -358,4 +379,12 @@ impl Default for TrainArgs {
         }
         Wrapper::parse_from(["cinder"]).args
     }
+}
+
+fn default_optimizer() -> String {
+    "adamw".into()
+}
+
+fn default_momentum() -> f64 {
+    0.9
 }

@@ -9,7 +9,7 @@ use cinder_engine::burn::module::Module;
 use cinder_engine::checkpoint::{resolve_model_dir, write_atomic};
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected, select};
-use cinder_engine::optim::AdamWConfig;
+use cinder_engine::optim::{AdaFactorConfig, AdamWConfig, LionConfig, OptimizerConfig, SgdConfig};
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
 use cinder_engine::train::{TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
@@ -27,8 +27,39 @@ pub fn preset(name: &str) -> Result<Gpt2Config> {
     })
 }
 
-fn train_config(a: &TrainArgs) -> TrainConfig {
-    TrainConfig {
+/// The optimizer `--optimizer` and its flags name.
+pub fn optimizer_config(a: &TrainArgs) -> Result<OptimizerConfig> {
+    Ok(match a.optimizer.as_str() {
+        "adamw" => OptimizerConfig::AdamW(AdamWConfig {
+            beta1: a.beta1,
+            beta2: a.beta2,
+            epsilon: 1e-8,
+            weight_decay: a.weight_decay,
+        }),
+        "sgd" => OptimizerConfig::Sgd(SgdConfig {
+            momentum: a.momentum,
+            nesterov: a.nesterov,
+            weight_decay: a.weight_decay,
+        }),
+        "adafactor" => OptimizerConfig::AdaFactor(AdaFactorConfig {
+            beta1: a.adafactor_beta1,
+            relative_step: a.relative_step,
+            ..AdaFactorConfig::default()
+        }),
+        "lion" => OptimizerConfig::Lion(LionConfig {
+            beta1: a.beta1,
+            beta2: a.beta2,
+            weight_decay: a.weight_decay,
+        }),
+        other => bail!(
+            "unknown --optimizer '{other}': expected one of {}",
+            OptimizerConfig::NAMES.join(", ")
+        ),
+    })
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    Ok(TrainConfig {
         steps: a.steps.unwrap_or(DEFAULT_STEPS),
         batch_size: a.batch_size,
         context: a.context,
@@ -36,12 +67,7 @@ fn train_config(a: &TrainArgs) -> TrainConfig {
         lr: a.lr,
         min_lr_ratio: a.min_lr_ratio,
         warmup: a.warmup,
-        adamw: AdamWConfig {
-            beta1: a.beta1,
-            beta2: a.beta2,
-            epsilon: 1e-8,
-            weight_decay: a.weight_decay,
-        },
+        optimizer: optimizer_config(a)?,
         grad_clip: a.grad_clip,
         eval_every: a.eval_every,
         eval_batches: a.eval_batches,
@@ -51,7 +77,7 @@ fn train_config(a: &TrainArgs) -> TrainConfig {
         checkpoint_every: a.checkpoint_every,
         keep_checkpoints: 2,
         seed: a.seed,
-    }
+    })
 }
 
 fn free_run_dir(corpus: &str) -> PathBuf {
@@ -124,6 +150,8 @@ pub fn prepare(
         }
         None => None,
     };
+    // Bad optimizer settings fail before the corpus is read.
+    optimizer_config(&args)?;
     let run_dir = args
         .out
         .clone()
@@ -195,7 +223,7 @@ pub fn prepare(
         t0.elapsed().as_secs_f64()
     ));
 
-    let config = train_config(&args);
+    let config = train_config(&args)?;
     let mut trainer = Trainer::new(
         model,
         config,

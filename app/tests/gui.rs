@@ -53,6 +53,25 @@ fn tiny_run(dir: &Path, steps: u64) -> Settings {
     s
 }
 
+#[test]
+fn the_optimizer_picker_offers_every_optimizer_and_trains_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = tiny_run(dir.path(), 6);
+    settings.train.args.optimizer = "adafactor".into();
+    settings.train.args.lr = 0.3;
+    let mut h = harness(settings, dir.path());
+    h.get_by_label("Relative step");
+    h.get_by_label("Start").click();
+    h.step();
+    wait_for(&mut h, 120, "the AdaFactor run", |app| {
+        app.train.status == RunStatus::Finished
+    });
+    let saved = std::fs::read_to_string(dir.path().join("run/train_config.json")).expect("read");
+    assert!(saved.contains("\"adafactor\""), "{saved}");
+    let r = &h.state().train.run.reports;
+    assert!(r[5].loss < r[0].loss, "{} -> {}", r[0].loss, r[5].loss);
+}
+
 fn harness<'a>(settings: Settings, cache: &Path) -> Harness<'a, CinderApp> {
     let app = CinderApp::new(settings, Devices::cpu_only(), cache);
     Harness::builder()

@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{
     CHECKPOINT_FORMAT, TrainerState, read_trainer_state, set_latest, write_atomic, write_dir_atomic,
 };
-use crate::data::{LmBatch, lm_batch};
+use crate::data::{LmBatch, lm_batch, lm_batch_rows};
 use crate::generate::{GenerateConfig, generate};
 use crate::lm::CausalLm;
-use crate::optim::{AdamW, AdamWConfig, clip_global_norm};
+use crate::optim::{Optimizer, OptimizerConfig, clip_global_norm, param_paths};
 use crate::sampling::SamplingConfig;
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::Tokenizer;
@@ -44,8 +44,8 @@ pub struct TrainConfig {
     pub min_lr_ratio: f64,
     /// Steps of linear warmup.
     pub warmup: u64,
-    /// AdamW settings.
-    pub adamw: AdamWConfig,
+    /// The optimizer and its settings.
+    pub optimizer: OptimizerConfig,
     /// Maximum global gradient norm (0 disables clipping).
     pub grad_clip: f64,
     /// Evaluate on the held-out split every this many steps (0 = never).
@@ -76,7 +76,7 @@ impl Default for TrainConfig {
             lr: 3e-3,
             min_lr_ratio: 0.1,
             warmup: 30,
-            adamw: AdamWConfig::default(),
+            optimizer: OptimizerConfig::default(),
             grad_clip: 1.0,
             eval_every: 100,
             eval_batches: 8,
@@ -157,7 +157,7 @@ pub struct StepReport {
 /// Trains a [`CausalLm`] on token streams.
 pub struct Trainer<M: CausalLm> {
     model: Option<M>,
-    optim: AdamW,
+    optim: Optimizer,
     config: TrainConfig,
     tokenizer: Tokenizer,
     train_tokens: Vec<u32>,
@@ -232,7 +232,7 @@ impl<M: CausalLm> Trainer<M> {
         }
         Ok(Self {
             model: Some(model),
-            optim: AdamW::new(config.adamw),
+            optim: Optimizer::new(config.optimizer),
             config,
             tokenizer,
             train_tokens,
@@ -260,7 +260,9 @@ impl<M: CausalLm> Trainer<M> {
             ));
         }
         let moments = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
-        self.optim.load_state(moments, state.step, &self.device)?;
+        let paths = param_paths(self.model());
+        self.optim
+            .load_state(moments, state.step, &paths, &self.device)?;
         self.step = state.step;
         self.tokens_seen = state.tokens_seen;
         self.config.seed = state.seed;
@@ -302,35 +304,11 @@ impl<M: CausalLm> Trainer<M> {
             .model
             .take()
             .ok_or_else(|| Error::Invalid("trainer is broken".into()))?;
-        // Dropout masks are a function of (seed, step) too.
-        self.device.seed(rng::hash3(c.seed, 7, self.step));
-        let mut accumulator = GradientsAccumulator::<M>::new();
-        let mut loss_sum = 0.0;
-        for micro in 0..k {
-            let counter = self.step * k as u64 + micro as u64;
-            let batch = lm_batch(
-                &self.train_tokens,
-                c.batch_size,
-                c.context,
-                c.seed,
-                0,
-                counter,
-            )?;
-            let (inputs, targets) = batch_tensors(&batch, &self.device);
-            let loss = lm_loss(model.forward(inputs), targets);
-            let scaled = if k > 1 {
-                loss.clone().div_scalar(k as f64)
-            } else {
-                loss.clone()
-            };
-            let grads = GradientsParams::from_grads(scaled.backward(), &model);
-            accumulator.accumulate(&model, grads);
-            loss_sum += scalar(loss.detach())?;
-        }
-        let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip)?;
         let lr = c.schedule().lr(self.step);
-        self.model = Some(self.optim.step(lr, model, grads));
+        let (mut grads, loss_sum) = self.gradients(&model)?;
+        let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip)?;
+        let model = self.optim.step(lr, model, grads);
+        self.model = Some(model);
         self.step += 1;
         let tokens = (c.batch_size * c.context * k) as u64;
         self.tokens_seen += tokens;
@@ -372,6 +350,41 @@ impl<M: CausalLm> Trainer<M> {
             }
         }
         Ok(report)
+    }
+
+    /// Gradients of this step's batch (all its micro-batches, each loss divided by their
+    /// number) at `model`, and the sum of the micro-batch losses. Micro-batch `j` of `k` holds
+    /// rows `j b .. (j + 1) b` of the step's batch of `k b` rows, so accumulating `k` micro-batches
+    /// of `b` sees exactly the sequences of one batch of `k b`.
+    fn gradients(&self, model: &M) -> Result<(GradientsParams, f64)> {
+        let c = &self.config;
+        let k = c.accumulate;
+        // Dropout masks are a function of (seed, step) too.
+        self.device.seed(rng::hash3(c.seed, 7, self.step));
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss_sum = 0.0;
+        for micro in 0..k {
+            let batch = lm_batch_rows(
+                &self.train_tokens,
+                c.batch_size,
+                micro * c.batch_size,
+                c.context,
+                c.seed,
+                0,
+                self.step,
+            )?;
+            let (inputs, targets) = batch_tensors(&batch, &self.device);
+            let loss = lm_loss(model.forward(inputs), targets);
+            let scaled = if k > 1 {
+                loss.clone().div_scalar(k as f64)
+            } else {
+                loss.clone()
+            };
+            let grads = GradientsParams::from_grads(scaled.backward(), model);
+            accumulator.accumulate(model, grads);
+            loss_sum += scalar(loss.detach())?;
+        }
+        Ok((accumulator.grads(), loss_sum))
     }
 
     /// Mean loss over the fixed held-out batches.

@@ -605,9 +605,11 @@ impl TrainView {
         ui.add_space(4.0);
         ui.label(RichText::new("Optimizer").strong());
         egui::ComboBox::from_label("Optimizer")
-            .selected_text("AdamW")
+            .selected_text(args.optimizer.clone())
             .show_ui(ui, |ui| {
-                let _ = ui.selectable_label(true, "AdamW");
+                for name in cinder_engine::optim::OptimizerConfig::NAMES {
+                    ui.selectable_value(&mut args.optimizer, name.to_string(), name);
+                }
             });
         egui::Grid::new("optim-grid").num_columns(2).show(ui, |ui| {
             let l = ui.label("Learning rate");
@@ -627,9 +629,32 @@ impl TrainView {
                 0.01,
             );
             number(ui, "Warmup steps", &mut args.warmup, 0..=100_000, 1.0);
-            number(ui, "Weight decay", &mut args.weight_decay, 0.0..=1.0, 0.01);
-            number(ui, "Beta 1", &mut args.beta1, 0.0..=0.9999, 0.001);
-            number(ui, "Beta 2", &mut args.beta2, 0.0..=0.9999, 0.001);
+            match args.optimizer.as_str() {
+                "sgd" => {
+                    number(ui, "Weight decay", &mut args.weight_decay, 0.0..=1.0, 0.01);
+                    number(ui, "Momentum", &mut args.momentum, 0.0..=0.999, 0.01);
+                    ui.label("");
+                    ui.checkbox(&mut args.nesterov, "Nesterov");
+                    ui.end_row();
+                }
+                "adafactor" => {
+                    number(
+                        ui,
+                        "Momentum (beta 1)",
+                        &mut args.adafactor_beta1,
+                        0.0..=0.999,
+                        0.01,
+                    );
+                    ui.label("");
+                    ui.checkbox(&mut args.relative_step, "Relative step");
+                    ui.end_row();
+                }
+                _ => {
+                    number(ui, "Weight decay", &mut args.weight_decay, 0.0..=1.0, 0.01);
+                    number(ui, "Beta 1", &mut args.beta1, 0.0..=0.9999, 0.001);
+                    number(ui, "Beta 2", &mut args.beta2, 0.0..=0.9999, 0.001);
+                }
+            }
             number(ui, "Gradient clip", &mut args.grad_clip, 0.0..=100.0, 0.05);
         });
 

@@ -25,6 +25,20 @@ pub fn lm_batch(
     stream: u64,
     step: u64,
 ) -> Result<LmBatch> {
+    lm_batch_rows(tokens, batch, 0, context, seed, stream, step)
+}
+
+/// Rows `first_row .. first_row + batch` of the batch [`lm_batch`] draws for (seed, stream,
+/// step): micro-batches cut from one large batch.
+pub fn lm_batch_rows(
+    tokens: &[u32],
+    batch: usize,
+    first_row: usize,
+    context: usize,
+    seed: u64,
+    stream: u64,
+    step: u64,
+) -> Result<LmBatch> {
     if tokens.len() < context + 2 {
         return Err(Error::Invalid(format!(
             "the corpus has {} tokens, too few for windows of {} (context + 1)",
@@ -35,7 +49,7 @@ pub fn lm_batch(
     let starts = (tokens.len() - context - 1) as u64;
     let mut inputs = Vec::with_capacity(batch * context);
     let mut targets = Vec::with_capacity(batch * context);
-    for row in 0..batch {
+    for row in first_row..first_row + batch {
         let counter = step.wrapping_mul(1 << 20).wrapping_add(row as u64);
         let start = rng::below(seed, stream, counter, starts + 1) as usize;
         let window = &tokens[start..start + context + 1];

@@ -9,5 +9,5 @@ mod corpus;
 #[cfg(not(target_family = "wasm"))]
 pub mod fetch;
 
-pub use batch::{LmBatch, PaddedBatch, lm_batch, pad_batch};
+pub use batch::{LmBatch, PaddedBatch, lm_batch, lm_batch_rows, pad_batch};
 pub use corpus::{Corpus, CorpusSource, FORTUNES_DIR, clean_poem, split_held_out};

@@ -1,0 +1,61 @@
+//! AdamW (Loshchilov & Hutter 2019) with bias correction:
+//!
+//! ```text
+//! m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2
+//! p = p - lr (wd p + (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps))
+//! ```
+//!
+//! where `wd` is zero for parameters of rank below two (biases, norm gains).
+
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{Slots, put, take};
+
+/// AdamW hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    /// Decay rate of the first moment.
+    pub beta1: f64,
+    /// Decay rate of the second moment.
+    pub beta2: f64,
+    /// Added to the denominator for numerical stability.
+    pub epsilon: f64,
+    /// Decoupled weight decay, applied to matrices (rank >= 2) only: biases, norm gains and
+    /// other vectors are not decayed.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+pub(super) fn update<const D: usize>(
+    c: &AdamWConfig,
+    slots: &mut Slots,
+    p: Tensor<D>,
+    g: Tensor<D>,
+    lr: f64,
+    t: u64,
+) -> Tensor<D> {
+    let dims = p.dims();
+    let m = take(slots, "exp_avg", dims).unwrap_or_else(|| g.zeros_like());
+    let v = take(slots, "exp_avg_sq", dims).unwrap_or_else(|| g.zeros_like());
+    let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+    let v = v.mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);
+    let t = t as i32;
+    let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
+    let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
+    let step = m_hat / v_hat.sqrt().add_scalar(c.epsilon);
+    let decay = if D >= 2 { c.weight_decay } else { 0.0 };
+    put(slots, "exp_avg", m);
+    put(slots, "exp_avg_sq", v);
+    p.mul_scalar(1.0 - lr * decay) - step.mul_scalar(lr)
+}

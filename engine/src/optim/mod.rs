@@ -1,0 +1,506 @@
+//! Optimizers and gradient utilities.
+//!
+//! Every optimizer here is one [`Optimizer`] driven by an [`OptimizerConfig`]: SGD (momentum,
+//! Nesterov, weight decay), AdamW, AdaFactor and Lion. Each rule
+//! lives in its own file with its update written out. The per-parameter state is keyed by the
+//! parameter's dotted module path, not by Burn's runtime `ParamId`, so a checkpoint's state
+//! attaches to the right weights after the model is rebuilt from its weight file, on any device.
+//! (burn-optim's optimizers key their records by `ParamId`; that is why the rules, Lion
+//! included, are applied through this one mapper instead.)
+//!
+//! Gradient accumulation is not a rule but the trainer's business: it sums the gradients of k
+//! micro-batches (each loss divided by k) and then calls [`Optimizer::step`] once, so step
+//! counters, bias corrections and the learning-rate schedule advance once per real step.
+
+mod adafactor;
+mod adamw;
+mod lion;
+mod sgd;
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+pub use adafactor::{AdaFactorConfig, adafactor_state_elements};
+pub use adamw::AdamWConfig;
+pub use lion::LionConfig;
+pub use sgd::SgdConfig;
+
+use crate::weights::{NamedTensors, to_f32_data};
+use crate::{Error, Result};
+
+/// Which optimizer, with its hyper-parameters (the learning rate comes from the schedule).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    /// Stochastic gradient descent with momentum, Nesterov momentum and weight decay.
+    Sgd(SgdConfig),
+    /// Adam with decoupled weight decay on matrices.
+    #[serde(rename = "adamw")]
+    AdamW(AdamWConfig),
+    /// AdaFactor: factored second moments, relative step sizes, update clipping.
+    #[serde(rename = "adafactor")]
+    AdaFactor(AdaFactorConfig),
+    /// Lion: the sign of an interpolated momentum.
+    Lion(LionConfig),
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self::AdamW(AdamWConfig::default())
+    }
+}
+
+impl OptimizerConfig {
+    /// The names `--optimizer` accepts.
+    pub const NAMES: [&'static str; 4] = ["adamw", "sgd", "adafactor", "lion"];
+
+    /// The optimizer's short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sgd(_) => "sgd",
+            Self::AdamW(_) => "adamw",
+            Self::AdaFactor(_) => "adafactor",
+            Self::Lion(_) => "lion",
+        }
+    }
+}
+
+/// Named state tensors of one parameter, each flattened to one dimension.
+pub(crate) type Slots = BTreeMap<String, Tensor<1>>;
+
+/// Takes slot `name` back in the shape `dims`.
+pub(crate) fn take<const D: usize>(
+    slots: &mut Slots,
+    name: &str,
+    dims: [usize; D],
+) -> Option<Tensor<D>> {
+    slots.remove(name).map(|t| t.reshape(dims))
+}
+
+/// Stores `t` as slot `name`.
+pub(crate) fn put<const D: usize>(slots: &mut Slots, name: &str, t: Tensor<D>) {
+    let n = t.shape().num_elements();
+    slots.insert(name.to_string(), t.reshape([n]));
+}
+
+/// Root mean square of all elements, as a one-element tensor.
+pub(crate) fn rms<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    t.square().mean().sqrt()
+}
+
+/// An optimizer: a rule, its step count, and its per-parameter state.
+pub struct Optimizer {
+    config: OptimizerConfig,
+    step: u64,
+    state: HashMap<String, Slots>,
+}
+
+impl Optimizer {
+    /// A fresh optimizer.
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self {
+            config,
+            step: 0,
+            state: HashMap::new(),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Updates completed so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Applies one update with learning rate `lr`.
+    pub fn step<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+        self.step += 1;
+        let mut mapper = UpdateMapper {
+            path: Vec::new(),
+            optim: self,
+            lr,
+            grads,
+        };
+        model.map(&mut mapper)
+    }
+
+    /// The state as named tensors (`PATH.SLOT`, e.g. `h.0.attn.c_attn.weight.exp_avg`).
+    pub fn state_tensors(&self) -> NamedTensors {
+        let mut out = NamedTensors::new();
+        for (path, slots) in &self.state {
+            for (slot, t) in slots {
+                out.insert(format!("{path}.{slot}"), to_f32_data(t.clone()));
+            }
+        }
+        out
+    }
+
+    /// Elements held in optimizer state.
+    pub fn state_elements(&self) -> usize {
+        self.state
+            .values()
+            .flat_map(|s| s.values())
+            .map(|t| t.shape().num_elements())
+            .sum()
+    }
+
+    /// Restores state saved by [`state_tensors`](Self::state_tensors) after `step` updates.
+    /// `param_paths` are the model's parameter paths, which tell a path from its slot name.
+    pub fn load_state(
+        &mut self,
+        tensors: NamedTensors,
+        step: u64,
+        param_paths: &[String],
+        device: &Device,
+    ) -> Result<()> {
+        let mut state: HashMap<String, Slots> = HashMap::new();
+        for (key, data) in tensors {
+            let Some((path, slot)) = param_paths
+                .iter()
+                .filter_map(|p| {
+                    key.strip_prefix(p.as_str())
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .map(|slot| (p.clone(), slot.to_string()))
+                })
+                .max_by_key(|(p, _)| p.len())
+            else {
+                return Err(Error::Invalid(format!(
+                    "optimizer state '{key}' belongs to no parameter of this model"
+                )));
+            };
+            let values = data
+                .try_to_vec::<f32>()
+                .map_err(|e| Error::Invalid(format!("optimizer state '{key}': {e:?}")))?;
+            let n = values.len();
+            let t = Tensor::from_data(TensorData::new(values, [n]), device);
+            state.entry(path).or_default().insert(slot, t);
+        }
+        self.state = state;
+        self.step = step;
+        Ok(())
+    }
+}
+
+struct UpdateMapper<'a> {
+    path: Vec<String>,
+    optim: &'a mut Optimizer,
+    lr: f64,
+    grads: GradientsParams,
+}
+
+impl ModuleMapper for UpdateMapper<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let p = tensor.inner();
+        let (lr, t) = (self.lr, self.optim.step);
+        let path = self.path.join(".");
+        let mut slots = self.optim.state.remove(&path).unwrap_or_default();
+        let updated = match &self.optim.config {
+            OptimizerConfig::Sgd(c) => sgd::update(c, &mut slots, p, grad, lr),
+            OptimizerConfig::AdamW(c) => adamw::update(c, &mut slots, p, grad, lr, t),
+            OptimizerConfig::AdaFactor(c) => adafactor::update(c, &mut slots, p, grad, lr, t),
+            OptimizerConfig::Lion(c) => lion::update(c, &mut slots, p, grad, lr),
+        };
+        if !slots.is_empty() {
+            self.optim.state.insert(path, slots);
+        }
+        let mut updated = Tensor::<D>::from_inner(updated);
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// The dotted paths of a model's float parameters (`h.0.attn.c_attn.weight`, ...).
+pub fn param_paths<M: Module>(model: &M) -> Vec<String> {
+    param_shapes(model).into_iter().map(|(p, _)| p).collect()
+}
+
+/// The dotted paths and shapes of a model's float parameters.
+pub fn param_shapes<M: Module>(model: &M) -> Vec<(String, Vec<usize>)> {
+    struct Paths {
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.out
+                .push((self.path.join("."), param.shape().dims::<D>().to_vec()));
+        }
+    }
+    let mut v = Paths {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.total = Some(match self.total.take() {
+                Some(t) => t + s,
+                None => s,
+            });
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// The L2 norm of all gradients taken together.
+pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> Result<f64> {
+    let mut visitor = SquaredNorm { grads, total: None };
+    model.visit(&mut visitor);
+    let Some(total) = visitor.total else {
+        return Ok(0.0);
+    };
+    let value = to_f32_data(total)
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Invalid(format!("reading the gradient norm: {e:?}")))?;
+    Ok((value.first().copied().unwrap_or(0.0) as f64).sqrt())
+}
+
+/// Multiplies every gradient by `factor`.
+pub fn scale_grads<M: Module>(model: &M, grads: &mut GradientsParams, factor: f64) {
+    model.visit(&mut Scale { grads, factor });
+}
+
+/// Rescales all gradients together so their global norm is at most `max_norm` (no-op when
+/// `max_norm` is 0). Returns the norm before clipping.
+pub fn clip_global_norm<M: Module>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> Result<f64> {
+    let norm = global_norm(model, grads)?;
+    if max_norm > 0.0 && norm > max_norm {
+        scale_grads(model, grads, max_norm / (norm + 1e-6));
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+
+    #[derive(Module, Debug)]
+    struct Tiny {
+        lin: Linear,
+    }
+
+    fn setup() -> (Tiny, GradientsParams, Device) {
+        let device = Device::flex().autodiff();
+        let mut lin = LinearConfig::new(2, 1).init(&device);
+        lin.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![1.0f32, -1.0], [2, 1]),
+            &device,
+        ));
+        lin.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.5f32], [1]),
+            &device,
+        )));
+        let model = Tiny { lin };
+        // loss = sum(x W + b) with x = [3, 4]: dL/dW = [3, 4], dL/db = 1.
+        let x = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &device);
+        let loss = model.lin.forward(x).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (model, grads, device)
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        to_f32_data(t).try_to_vec::<f32>().unwrap_or_default()
+    }
+
+    #[test]
+    fn global_norm_clipping_scales_all_gradients_together() {
+        let (model, mut grads, _) = setup();
+        // sqrt(3^2 + 4^2 + 1^2) = sqrt(26).
+        let norm = clip_global_norm(&model, &mut grads, 1.0).unwrap_or(0.0);
+        assert!((norm - 26f64.sqrt()).abs() < 1e-5, "{norm}");
+        let after = global_norm(&model, &grads).unwrap_or(0.0);
+        assert!((after - 1.0).abs() < 1e-4, "{after}");
+        let w = values(
+            grads
+                .get::<2>(model.lin.weight.id)
+                .unwrap_or_else(|| panic!("grad")),
+        );
+        assert!((w[0] / w[1] - 0.75).abs() < 1e-5, "direction kept: {w:?}");
+    }
+
+    #[test]
+    fn adamw_first_step_matches_hand_computation() {
+        let (model, grads, _) = setup();
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut opt = Optimizer::new(OptimizerConfig::AdamW(config));
+        let model = opt.step(0.01, model, grads);
+        // Step 1: m_hat = g, v_hat = g^2, so the update is lr * sign(g) (up to eps).
+        // Weight (decayed): w (1 - lr wd) - lr sign(g); bias (not decayed): b - lr.
+        let w = values(model.lin.weight.val());
+        assert!((w[0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w:?}");
+        assert!((w[1] - (-(1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w:?}");
+        let b = values(
+            model
+                .lin
+                .bias
+                .as_ref()
+                .map(|b| b.val())
+                .unwrap_or_else(|| panic!("bias")),
+        );
+        assert!((b[0] - (0.5 - 0.01)).abs() < 1e-6, "{b:?}");
+        assert!(model.lin.weight.val().is_require_grad());
+        let state = opt.state_tensors();
+        assert!(
+            state.contains_key("lin.weight.exp_avg") && state.contains_key("lin.bias.exp_avg_sq")
+        );
+    }
+
+    fn one_step(config: OptimizerConfig, lr: f64) -> (Vec<f32>, Vec<f32>, Optimizer) {
+        let (model, grads, _) = setup();
+        let mut opt = Optimizer::new(config);
+        let model = opt.step(lr, model, grads);
+        let b = model
+            .lin
+            .bias
+            .as_ref()
+            .map(|b| values(b.val()))
+            .unwrap_or_default();
+        (values(model.lin.weight.val()), b, opt)
+    }
+
+    #[test]
+    fn sgd_with_momentum_nesterov_and_decay_matches_hand_computation() {
+        // g_w = [3, 4], g_b = 1; w = [1, -1], b = 0.5; lr 0.1, mu 0.5, wd 0.2 (matrices only).
+        let c = SgdConfig {
+            momentum: 0.5,
+            nesterov: false,
+            weight_decay: 0.2,
+        };
+        let (w, b, _) = one_step(OptimizerConfig::Sgd(c), 0.1);
+        // First step: buffer = g; w = w (1 - 0.02) - 0.1 g.
+        assert!((w[0] - (0.98 - 0.3)).abs() < 1e-6 && (w[1] - (-0.98 - 0.4)).abs() < 1e-6);
+        assert!((b[0] - (0.5 - 0.1)).abs() < 1e-6, "{b:?}");
+        // Nesterov: d = g + mu g = 1.5 g at the first step.
+        let n = SgdConfig {
+            nesterov: true,
+            ..c
+        };
+        let (w, _, _) = one_step(OptimizerConfig::Sgd(n), 0.1);
+        assert!((w[0] - (0.98 - 0.45)).abs() < 1e-6, "{w:?}");
+        // Second step with the same gradient: buffer = 0.5 g + g = 1.5 g.
+        let (model, grads, _) = setup();
+        let mut opt = Optimizer::new(OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.5,
+            nesterov: false,
+            weight_decay: 0.0,
+        }));
+        let model = opt.step(0.1, model, grads);
+        // The same gradient again, taken at the updated model (the loss is linear).
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![3.0f32, 4.0], [1, 2]),
+            &model.devices()[0],
+        );
+        let grads = GradientsParams::from_grads(model.lin.forward(x).sum().backward(), &model);
+        let model = opt.step(0.1, model, grads);
+        let w = values(model.lin.weight.val());
+        // 1 - 0.1*3 - 0.1*4.5 = 0.25
+        assert!((w[0] - 0.25).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn lion_moves_every_coordinate_by_the_learning_rate() {
+        let c = LionConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            weight_decay: 0.0,
+        };
+        let (w, b, opt) = one_step(OptimizerConfig::Lion(c), 0.01);
+        assert!(
+            (w[0] - 0.99).abs() < 1e-6 && (w[1] - (-1.01)).abs() < 1e-6,
+            "{w:?}"
+        );
+        assert!((b[0] - 0.49).abs() < 1e-6, "{b:?}");
+        // Momentum after one step: (1 - b2) g.
+        let m = opt
+            .state_tensors()
+            .remove("lin.weight.exp_avg")
+            .and_then(|d| d.try_to_vec::<f32>().ok())
+            .unwrap_or_default();
+        assert!(
+            (m[0] - 0.03).abs() < 1e-6 && (m[1] - 0.04).abs() < 1e-6,
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn state_round_trips_through_named_tensors() {
+        let (model, grads, device) = setup();
+        let mut opt = Optimizer::new(OptimizerConfig::Lion(LionConfig::default()));
+        let model = opt.step(0.01, model, grads);
+        let saved = opt.state_tensors();
+        let mut back = Optimizer::new(OptimizerConfig::Lion(LionConfig::default()));
+        back.load_state(saved.clone(), 1, &param_paths(&model), &device)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.steps(), 1);
+        assert_eq!(back.state_tensors().len(), saved.len());
+        let mut wrong = saved;
+        wrong.insert(
+            "nothing.here.exp_avg".into(),
+            TensorData::new(vec![1.0f32], [1]),
+        );
+        let err = back
+            .load_state(wrong, 1, &param_paths(&model), &device)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("nothing.here.exp_avg"), "{err}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The optimizers inside the trainer: gradient accumulation equals the large batch, every
+//! optimizer trains, and AdaFactor's state on GPT-2 124M is tiny.
+
+use cinder_engine::burn::module::Module;
+use cinder_engine::burn::tensor::Device;
+use cinder_engine::lm::CausalLm;
+use cinder_engine::optim::{
+    AdaFactorConfig, AdamWConfig, LionConfig, OptimizerConfig, SgdConfig, adafactor_state_elements,
+    param_shapes,
+};
+use cinder_engine::rng;
+use cinder_engine::tokenizer::Tokenizer;
+use cinder_engine::train::{TrainConfig, Trainer};
+use cinder_models::gpt2::{Gpt2, Gpt2Config};
+
+fn corpus() -> String {
+    let words = [
+        "red", "green", "blue", "cat", "dog", "runs", "sleeps", "fast", "slowly",
+    ];
+    (0..300u64)
+        .map(|i| {
+            let w: Vec<&str> = (0..5)
+                .map(|k| words[rng::below(3, k, i, words.len() as u64) as usize])
+                .collect();
+            format!("{}.\n", w.join(" "))
+        })
+        .collect()
+}
+
+fn trainer(
+    device: &Device,
+    optimizer: OptimizerConfig,
+    batch: usize,
+    accumulate: usize,
+    steps: u64,
+    width: usize,
+) -> Trainer<Gpt2> {
+    trainer_lr(device, optimizer, batch, accumulate, steps, width, 3e-3)
+}
+
+fn trainer_lr(
+    device: &Device,
+    optimizer: OptimizerConfig,
+    batch: usize,
+    accumulate: usize,
+    steps: u64,
+    width: usize,
+    lr: f64,
+) -> Trainer<Gpt2> {
+    trainer_from(None, device, optimizer, batch, accumulate, steps, width, lr)
+}
+
+/// A trainer at step 0 for `model`, or for a fresh seeded one.
+#[allow(clippy::too_many_arguments)]
+fn trainer_from(
+    model: Option<Gpt2>,
+    device: &Device,
+    optimizer: OptimizerConfig,
+    batch: usize,
+    accumulate: usize,
+    steps: u64,
+    width: usize,
+    lr: f64,
+) -> Trainer<Gpt2> {
+    let text = corpus();
+    let tok = Tokenizer::train_char(&text).unwrap_or_else(|e| panic!("{e}"));
+    let tokens = tok.encode_corpus(&text).unwrap_or_else(|e| panic!("{e}"));
+    device.seed(21);
+    let model =
+        model.unwrap_or_else(|| Gpt2Config::new(tok.vocab_size(), 24, width, 2, 4).init(device));
+    let config = TrainConfig {
+        steps,
+        batch_size: batch,
+        accumulate,
+        context: 24,
+        lr,
+        warmup: 2,
+        min_lr_ratio: 0.1,
+        optimizer,
+        grad_clip: 0.0,
+        eval_every: 0,
+        sample_every: 0,
+        checkpoint_every: 0,
+        seed: 4,
+        ..TrainConfig::default()
+    };
+    Trainer::new(model, config, tok, tokens.clone(), tokens, device, None)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn weights(model: &Gpt2) -> Vec<f32> {
+    model
+        .export_tensors()
+        .into_values()
+        .flat_map(|d| d.try_to_vec::<f32>().unwrap_or_default())
+        .collect()
+}
+
+fn run(t: &mut Trainer<Gpt2>) -> Vec<f64> {
+    let mut losses = Vec::new();
+    while !t.finished() {
+        losses.push(t.step().unwrap_or_else(|e| panic!("{e}")).loss);
+    }
+    losses
+}
+
+#[test]
+fn accumulated_micro_batches_equal_the_large_batch() {
+    let device = Device::flex().autodiff();
+    let adamw = OptimizerConfig::AdamW(AdamWConfig::default());
+    // Five AdamW steps with warmup and cosine decay: 3 micro-batches of 4 against one of 12.
+    let mut small = trainer(&device, adamw, 4, 3, 5, 32);
+    let mut large = trainer(&device, adamw, 12, 1, 5, 32);
+    let (ls, ll) = (run(&mut small), run(&mut large));
+    for (a, b) in ls.iter().zip(&ll) {
+        assert!((a - b).abs() < 1e-4, "losses {ls:?} vs {ll:?}");
+    }
+    let (ws, wl) = (weights(small.model()), weights(large.model()));
+    let diff = ws
+        .iter()
+        .zip(&wl)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-5, "parameters differ by {diff}");
+    // The parameters did move: the comparison is not between two untouched models.
+    let fresh = weights(trainer(&device, adamw, 12, 1, 5, 32).model());
+    let moved = ws
+        .iter()
+        .zip(&fresh)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(moved > 1e-3, "{moved}");
+}
+
+#[test]
+fn every_optimizer_lowers_the_loss() {
+    let device = Device::flex().autodiff();
+    let configs = [
+        OptimizerConfig::AdamW(AdamWConfig::default()),
+        OptimizerConfig::Sgd(SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+        }),
+        OptimizerConfig::AdaFactor(AdaFactorConfig::default()),
+        OptimizerConfig::Lion(LionConfig {
+            beta2: 0.99,
+            ..LionConfig::default()
+        }),
+    ];
+    for config in configs {
+        // AdaFactor's steps are relative to each parameter's RMS (about 0.02 here); Lion moves
+        // every coordinate by the full learning rate.
+        let lr = match config {
+            OptimizerConfig::AdaFactor(_) => 0.3,
+            OptimizerConfig::Lion(_) => 2e-3,
+            _ => 1e-2,
+        };
+        let mut t = trainer_lr(&device, config, 8, 1, 12, 32, lr);
+        let losses = run(&mut t);
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        eprintln!("{}: {first:.3} -> {last:.3}", config.name());
+        assert!(last < first - 0.2, "{}: {first} -> {last}", config.name());
+    }
+}
+
+#[test]
+fn adafactor_state_is_under_one_percent_of_adamw_on_gpt2_124m() {
+    let device = Device::flex();
+    let model = Gpt2Config::gpt2_124m().init(&device);
+    let shapes = param_shapes(&model);
+    let params: usize = shapes
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum();
+    assert_eq!(params, model.num_params());
+    let c = AdaFactorConfig::default();
+    let adafactor: usize = shapes
+        .iter()
+        .map(|(_, d)| adafactor_state_elements(d, &c))
+        .sum();
+    let adamw = 2 * params;
+    let ratio = adafactor as f64 / adamw as f64;
+    eprintln!(
+        "AdaFactor {adafactor} vs AdamW {adamw} state elements: {:.3}%",
+        100.0 * ratio
+    );
+    assert!(ratio < 0.01, "{ratio}");
+}
