@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use cinder_engine::burn::tensor::Device;
@@ -19,7 +18,7 @@ use egui::{Key, RichText};
 use serde::{Deserialize, Serialize};
 
 use super::Devices;
-use super::widgets::{bytes, number, text_field};
+use super::widgets::{Worker, bytes, number, text_field};
 use crate::generate::{load_on, model_path, speed_line};
 
 /// The chat view's remembered settings.
@@ -105,12 +104,6 @@ enum Event {
     Memory(Option<(u64, u64)>),
 }
 
-struct Worker {
-    commands: Sender<Command>,
-    events: Receiver<Event>,
-    handle: Option<JoinHandle<()>>,
-}
-
 /// The Chat view.
 pub struct ChatView {
     /// Model, device and sampling settings (remembered between launches).
@@ -135,7 +128,7 @@ pub struct ChatView {
     pub device_memory: Option<(u64, u64)>,
     cache_dir: PathBuf,
     cancel: Arc<AtomicBool>,
-    worker: Option<Worker>,
+    worker: Option<Worker<Command, Event>>,
 }
 
 impl ChatView {
@@ -163,37 +156,17 @@ impl ChatView {
         self.loading.is_some() || self.generating
     }
 
-    fn worker(&mut self, ctx: &egui::Context) -> Option<&Worker> {
+    fn worker(&mut self, ctx: &egui::Context) -> Option<&Worker<Command, Event>> {
         if self.worker.is_none() {
-            let (commands, command_rx) = channel();
-            let (event_tx, events) = channel();
             let cache_dir = self.cache_dir.clone();
             let cancel = self.cancel.clone();
-            let ctx = ctx.clone();
-            let handle = std::thread::Builder::new()
-                .name("cinder-chat".into())
-                .spawn(move || {
-                    let send = |event: Event| {
-                        // Streamed text is drawn at most ~25 times a second: on a software
-                        // renderer every frame costs CPU the decoder needs.
-                        let soon = matches!(event, Event::Text(_));
-                        let _ = event_tx.send(event);
-                        if soon {
-                            ctx.request_repaint_after(std::time::Duration::from_millis(40));
-                        } else {
-                            ctx.request_repaint();
-                        }
-                    };
-                    run_worker(&cache_dir, &command_rx, &cancel, &send);
-                });
-            match handle {
-                Ok(handle) => {
-                    self.worker = Some(Worker {
-                        commands,
-                        events,
-                        handle: Some(handle),
-                    })
-                }
+            let delay = |e: &Event| {
+                matches!(e, Event::Text(_)).then_some(std::time::Duration::from_millis(40))
+            };
+            match Worker::spawn("cinder-chat", ctx, delay, move |commands, send| {
+                run_worker(&cache_dir, commands, &cancel, send)
+            }) {
+                Ok(w) => self.worker = Some(w),
                 Err(e) => self.error = Some(format!("cannot start a thread: {e}")),
             }
         }
@@ -346,9 +319,13 @@ impl ChatView {
     /// Stops an answer and ends the worker.
     pub fn shut_down(&mut self) {
         self.stop();
-        if let Some(mut w) = self.worker.take() {
-            drop(w.commands);
-            if let Some(h) = w.handle.take() {
+        if let Some(w) = self.worker.take() {
+            // Closing the command channel ends the thread's loop.
+            let Worker {
+                commands, handle, ..
+            } = w;
+            drop(commands);
+            if let Some(h) = handle {
                 let _ = h.join();
             }
         }

@@ -3,8 +3,7 @@
 //! loop as `cinder train`, and live plots of what each step reports.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use cinder_engine::device::{Selected, memory_usage, process_memory};
 use cinder_engine::train::StepReport;
@@ -13,7 +12,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 use serde::{Deserialize, Serialize};
 
 use super::Devices;
-use super::widgets::{bytes, number, text_field};
+use super::widgets::{Worker, bytes, number, text_field};
 use crate::cli::TrainArgs;
 use crate::train::{DEFAULT_STEPS, Session, prepare, preset, read_run_args};
 
@@ -176,12 +175,6 @@ enum Event {
     Failed(String),
 }
 
-struct Worker {
-    commands: Sender<Command>,
-    events: Receiver<Event>,
-    handle: Option<JoinHandle<()>>,
-}
-
 /// The Train view.
 pub struct TrainView {
     /// The form (remembered between launches).
@@ -193,7 +186,7 @@ pub struct TrainView {
     /// A problem to show above the plots (bad form values, a run that cannot be opened).
     pub error: Option<String>,
     cache_dir: PathBuf,
-    worker: Option<Worker>,
+    worker: Option<Worker<Command, Event>>,
 }
 
 impl TrainView {
@@ -245,36 +238,15 @@ impl TrainView {
             self.run = RunData::default();
         }
         self.status = RunStatus::Preparing;
-        let (commands, command_rx) = channel();
-        let (event_tx, events) = channel();
         let cache_dir = self.cache_dir.clone();
-        let ctx = ctx.clone();
-        let handle = std::thread::Builder::new()
-            .name("cinder-train".into())
-            .spawn(move || {
-                let send = |event: Event| {
-                    // Fast steps are drawn at most ~10 times a second.
-                    let soon = matches!(event, Event::Step(_));
-                    let _ = event_tx.send(event);
-                    if soon {
-                        ctx.request_repaint_after(std::time::Duration::from_millis(100));
-                    } else {
-                        ctx.request_repaint();
-                    }
-                };
-                run_worker(args, &cache_dir, &selected, &command_rx, &send);
-            });
-        match handle {
-            Ok(handle) => {
-                self.worker = Some(Worker {
-                    commands,
-                    events,
-                    handle: Some(handle),
-                });
-            }
-            Err(e) => {
-                self.status = RunStatus::Failed(format!("cannot start a thread: {e}"));
-            }
+        let delay = |e: &Event| {
+            matches!(e, Event::Step(_)).then_some(std::time::Duration::from_millis(100))
+        };
+        match Worker::spawn("cinder-train", ctx, delay, move |commands, send| {
+            run_worker(args, &cache_dir, &selected, commands, send)
+        }) {
+            Ok(w) => self.worker = Some(w),
+            Err(e) => self.status = RunStatus::Failed(format!("cannot start a thread: {e}")),
         }
     }
 
@@ -387,21 +359,16 @@ impl TrainView {
                 }
             }
         }
-        if ended
-            && let Some(mut worker) = self.worker.take()
-            && let Some(h) = worker.handle.take()
-        {
-            let _ = h.join();
+        if ended && let Some(worker) = self.worker.take() {
+            worker.join();
         }
     }
 
     /// Stops a run (saving its checkpoint) and waits for the worker.
     pub fn shut_down(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
+        if let Some(worker) = self.worker.take() {
             let _ = worker.commands.send(Command::Stop);
-            if let Some(h) = worker.handle.take() {
-                let _ = h.join();
-            }
+            worker.join();
         }
     }
 

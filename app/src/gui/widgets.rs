@@ -49,6 +49,58 @@ impl MemoryProbe {
     }
 }
 
+/// A thread that takes commands `C` and reports events `E`, waking the UI for each event.
+pub struct Worker<C, E> {
+    /// Commands to the thread.
+    pub commands: std::sync::mpsc::Sender<C>,
+    /// What the thread reported.
+    pub events: std::sync::mpsc::Receiver<E>,
+    /// The thread, joined on shut-down.
+    pub handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<C: Send + 'static, E: Send + 'static> Worker<C, E> {
+    /// Starts thread `name` running `body(commands, send)`. Each `send` wakes the UI at once,
+    /// or after `delay(&event)` where that says so (fast streams are drawn a few times a
+    /// second: on a software renderer every frame costs CPU the engine needs).
+    pub fn spawn(
+        name: &str,
+        ctx: &egui::Context,
+        delay: fn(&E) -> Option<Duration>,
+        body: impl FnOnce(&std::sync::mpsc::Receiver<C>, &dyn Fn(E)) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (commands, command_rx) = std::sync::mpsc::channel();
+        let (event_tx, events) = std::sync::mpsc::channel();
+        let ctx = ctx.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let send = |event: E| {
+                    let wait = delay(&event);
+                    let _ = event_tx.send(event);
+                    match wait {
+                        Some(d) => ctx.request_repaint_after(d),
+                        None => ctx.request_repaint(),
+                    }
+                };
+                body(&command_rx, &send);
+            })?;
+        Ok(Self {
+            commands,
+            events,
+            handle: Some(handle),
+        })
+    }
+
+    /// Waits for the thread to end (after its command channel is closed or it was told to
+    /// stop).
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// A labelled single-line text field; the label names the field for screen readers and tests.
 pub fn text_field(ui: &mut egui::Ui, label: &str, value: &mut String) -> egui::Response {
     ui.horizontal(|ui| {
