@@ -143,11 +143,12 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 30)]
     pub warmup: u64,
     /// Optimizer: adamw, sgd (momentum, --nesterov), adafactor (factored second moments,
-    /// relative steps), lion (sign of momentum; use a 3-10x smaller --lr).
+    /// relative steps), lion (sign of momentum; use a 3-10x smaller --lr), heun (two gradient
+    /// evaluations per step).
     #[arg(long, default_value = "adamw")]
     #[serde(default = "default_optimizer")]
     pub optimizer: String,
-    /// Decoupled weight decay (matrices only; AdamW, SGD, Lion).
+    /// Decoupled weight decay (matrices only; AdamW, SGD, Lion, Heun).
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
     /// AdamW and Lion beta1.

@@ -9,7 +9,9 @@ use cinder_engine::burn::module::Module;
 use cinder_engine::checkpoint::{resolve_model_dir, write_atomic};
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected, select};
-use cinder_engine::optim::{AdaFactorConfig, AdamWConfig, LionConfig, OptimizerConfig, SgdConfig};
+use cinder_engine::optim::{
+    AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
+};
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
 use cinder_engine::train::{TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
@@ -49,6 +51,9 @@ pub fn optimizer_config(a: &TrainArgs) -> Result<OptimizerConfig> {
         "lion" => OptimizerConfig::Lion(LionConfig {
             beta1: a.beta1,
             beta2: a.beta2,
+            weight_decay: a.weight_decay,
+        }),
+        "heun" => OptimizerConfig::Heun(HeunConfig {
             weight_decay: a.weight_decay,
         }),
         other => bail!(

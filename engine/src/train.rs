@@ -20,7 +20,9 @@ use crate::checkpoint::{
 use crate::data::{LmBatch, lm_batch, lm_batch_rows};
 use crate::generate::{GenerateConfig, generate};
 use crate::lm::CausalLm;
-use crate::optim::{Optimizer, OptimizerConfig, clip_global_norm, param_paths};
+use crate::optim::{
+    Optimizer, OptimizerConfig, average_grads, clip_global_norm, clone_grads, param_paths,
+};
 use crate::sampling::SamplingConfig;
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::Tokenizer;
@@ -307,7 +309,20 @@ impl<M: CausalLm> Trainer<M> {
         let lr = c.schedule().lr(self.step);
         let (mut grads, loss_sum) = self.gradients(&model)?;
         let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip)?;
-        let model = self.optim.step(lr, model, grads);
+        let model = if self.optim.config().evaluations() == 2 {
+            // Heun: the gradient again at the trial point, on the same batches, then the
+            // averaged step from the starting point. Updates keep parameter ids, so both
+            // gradient sets are keyed alike.
+            let trial = self
+                .optim
+                .trial(lr, model.clone(), clone_grads(&model, &grads));
+            let (mut second, _) = self.gradients(&trial)?;
+            clip_global_norm(&trial, &mut second, c.grad_clip)?;
+            let averaged = average_grads(&model, grads, second);
+            self.optim.step(lr, model, averaged)
+        } else {
+            self.optim.step(lr, model, grads)
+        };
         self.model = Some(model);
         self.step += 1;
         let tokens = (c.batch_size * c.context * k) as u64;

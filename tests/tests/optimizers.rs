@@ -5,13 +5,20 @@ use cinder_engine::burn::module::Module;
 use cinder_engine::burn::tensor::Device;
 use cinder_engine::lm::CausalLm;
 use cinder_engine::optim::{
-    AdaFactorConfig, AdamWConfig, LionConfig, OptimizerConfig, SgdConfig, adafactor_state_elements,
-    param_shapes,
+    AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
+    adafactor_state_elements, param_shapes,
 };
 use cinder_engine::rng;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::{TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
+
+/// Burn's seeded random state is global: tests that seed and draw hold this lock, so the test
+/// harness's threads cannot interleave their draws.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn corpus() -> String {
     let words = [
@@ -106,6 +113,7 @@ fn run(t: &mut Trainer<Gpt2>) -> Vec<f64> {
 
 #[test]
 fn accumulated_micro_batches_equal_the_large_batch() {
+    let _serial = serial();
     let device = Device::flex().autodiff();
     let adamw = OptimizerConfig::AdamW(AdamWConfig::default());
     // Five AdamW steps with warmup and cosine decay: 3 micro-batches of 4 against one of 12.
@@ -134,6 +142,7 @@ fn accumulated_micro_batches_equal_the_large_batch() {
 
 #[test]
 fn every_optimizer_lowers_the_loss() {
+    let _serial = serial();
     let device = Device::flex().autodiff();
     let configs = [
         OptimizerConfig::AdamW(AdamWConfig::default()),
@@ -147,12 +156,14 @@ fn every_optimizer_lowers_the_loss() {
             beta2: 0.99,
             ..LionConfig::default()
         }),
+        OptimizerConfig::Heun(HeunConfig::default()),
     ];
     for config in configs {
         // AdaFactor's steps are relative to each parameter's RMS (about 0.02 here); Lion moves
-        // every coordinate by the full learning rate.
+        // every coordinate by the full learning rate; Heun has no momentum.
         let lr = match config {
             OptimizerConfig::AdaFactor(_) => 0.3,
+            OptimizerConfig::Heun(_) => 0.1,
             OptimizerConfig::Lion(_) => 2e-3,
             _ => 1e-2,
         };
@@ -165,7 +176,50 @@ fn every_optimizer_lowers_the_loss() {
 }
 
 #[test]
+fn heun_takes_the_average_of_two_gradients() {
+    let _serial = serial();
+    // Heun: q = p - lr g(p), then p' = p - lr (g(p) + g(q)) / 2. Two plain SGD steps on the
+    // same batch give q and r = q - lr g(q), so p' must equal (p + r) / 2.
+    let device = Device::flex().autodiff();
+    let heun = OptimizerConfig::Heun(HeunConfig::default());
+    let sgd = OptimizerConfig::Sgd(SgdConfig {
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
+    let mut h = trainer_lr(&device, heun, 8, 1, 3, 32, 1e-2);
+    let start = weights(h.model());
+    h.step().unwrap_or_else(|e| panic!("{e}"));
+    let mut first = trainer_lr(&device, sgd, 8, 1, 3, 32, 1e-2);
+    let p = weights(first.model());
+    assert_eq!(start, p, "both runs start from the same weights");
+    first.step().unwrap_or_else(|e| panic!("{e}"));
+    let q = first.model().clone();
+    let qw = weights(&q);
+    let mut second = trainer_from(Some(q), &device, sgd, 8, 1, 3, 32, 1e-2);
+    second.step().unwrap_or_else(|e| panic!("{e}"));
+    let r = weights(second.model());
+    let ph = weights(h.model());
+    let max = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    // Heun's step is not the Euler step q, though close to it.
+    assert!(max(&ph, &qw) > 1e-6 && max(&ph, &qw) < 0.2 * max(&qw, &p));
+    let diff = ph
+        .iter()
+        .zip(p.iter().zip(&r))
+        .map(|(h, (p, r))| (h - (p + r) / 2.0).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-6, "Heun differs from (p + r) / 2 by {diff}");
+    assert!(max(&ph, &p) > 1e-4);
+}
+
+#[test]
 fn adafactor_state_is_under_one_percent_of_adamw_on_gpt2_124m() {
+    let _serial = serial();
     let device = Device::flex();
     let model = Gpt2Config::gpt2_124m().init(&device);
     let shapes = param_shapes(&model);

@@ -604,6 +604,9 @@ impl TrainView {
                     ui.checkbox(&mut args.nesterov, "Nesterov");
                     ui.end_row();
                 }
+                "heun" => {
+                    number(ui, "Weight decay", &mut args.weight_decay, 0.0..=1.0, 0.01);
+                }
                 "adafactor" => {
                     number(
                         ui,

@@ -1,7 +1,7 @@
 //! Optimizers and gradient utilities.
 //!
 //! Every optimizer here is one [`Optimizer`] driven by an [`OptimizerConfig`]: SGD (momentum,
-//! Nesterov, weight decay), AdamW, AdaFactor and Lion. Each rule
+//! Nesterov, weight decay), AdamW, AdaFactor, Lion and Heun's predictor-corrector. Each rule
 //! lives in its own file with its update written out. The per-parameter state is keyed by the
 //! parameter's dotted module path, not by Burn's runtime `ParamId`, so a checkpoint's state
 //! attaches to the right weights after the model is rebuilt from its weight file, on any device.
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use adafactor::{AdaFactorConfig, adafactor_state_elements};
 pub use adamw::AdamWConfig;
 pub use lion::LionConfig;
-pub use sgd::SgdConfig;
+pub use sgd::{HeunConfig, SgdConfig};
 
 use crate::weights::{NamedTensors, to_f32_data};
 use crate::{Error, Result};
@@ -46,6 +46,8 @@ pub enum OptimizerConfig {
     AdaFactor(AdaFactorConfig),
     /// Lion: the sign of an interpolated momentum.
     Lion(LionConfig),
+    /// Heun's method: a trial gradient step, a second gradient there, the averaged step.
+    Heun(HeunConfig),
 }
 
 impl Default for OptimizerConfig {
@@ -56,7 +58,7 @@ impl Default for OptimizerConfig {
 
 impl OptimizerConfig {
     /// The names `--optimizer` accepts.
-    pub const NAMES: [&'static str; 4] = ["adamw", "sgd", "adafactor", "lion"];
+    pub const NAMES: [&'static str; 5] = ["adamw", "sgd", "adafactor", "lion", "heun"];
 
     /// The optimizer's short name.
     pub fn name(&self) -> &'static str {
@@ -65,6 +67,15 @@ impl OptimizerConfig {
             Self::AdamW(_) => "adamw",
             Self::AdaFactor(_) => "adafactor",
             Self::Lion(_) => "lion",
+            Self::Heun(_) => "heun",
+        }
+    }
+
+    /// Gradient evaluations per step: 2 for Heun (see [`Optimizer::trial`]), 1 otherwise.
+    pub fn evaluations(&self) -> usize {
+        match self {
+            Self::Heun(_) => 2,
+            _ => 1,
         }
     }
 }
@@ -127,6 +138,21 @@ impl Optimizer {
             optim: self,
             lr,
             grads,
+            trial: false,
+        };
+        model.map(&mut mapper)
+    }
+
+    /// Heun's trial point: the model after a plain gradient step `p - lr g`, leaving the
+    /// optimizer's state and step count untouched. The trainer takes the second gradient
+    /// there and passes the average of both to [`step`](Self::step).
+    pub fn trial<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+        let mut mapper = UpdateMapper {
+            path: Vec::new(),
+            optim: self,
+            lr,
+            grads,
+            trial: true,
         };
         model.map(&mut mapper)
     }
@@ -193,6 +219,7 @@ struct UpdateMapper<'a> {
     optim: &'a mut Optimizer,
     lr: f64,
     grads: GradientsParams,
+    trial: bool,
 }
 
 impl ModuleMapper for UpdateMapper<'_> {
@@ -210,17 +237,23 @@ impl ModuleMapper for UpdateMapper<'_> {
         let require_grad = tensor.is_require_grad();
         let p = tensor.inner();
         let (lr, t) = (self.lr, self.optim.step);
-        let path = self.path.join(".");
-        let mut slots = self.optim.state.remove(&path).unwrap_or_default();
-        let updated = match &self.optim.config {
-            OptimizerConfig::Sgd(c) => sgd::update(c, &mut slots, p, grad, lr),
-            OptimizerConfig::AdamW(c) => adamw::update(c, &mut slots, p, grad, lr, t),
-            OptimizerConfig::AdaFactor(c) => adafactor::update(c, &mut slots, p, grad, lr, t),
-            OptimizerConfig::Lion(c) => lion::update(c, &mut slots, p, grad, lr),
+        let updated = if self.trial {
+            p - grad.mul_scalar(lr)
+        } else {
+            let path = self.path.join(".");
+            let mut slots = self.optim.state.remove(&path).unwrap_or_default();
+            let updated = match &self.optim.config {
+                OptimizerConfig::Sgd(c) => sgd::update(c, &mut slots, p, grad, lr),
+                OptimizerConfig::Heun(c) => sgd::heun_update(c, p, grad, lr),
+                OptimizerConfig::AdamW(c) => adamw::update(c, &mut slots, p, grad, lr, t),
+                OptimizerConfig::AdaFactor(c) => adafactor::update(c, &mut slots, p, grad, lr, t),
+                OptimizerConfig::Lion(c) => lion::update(c, &mut slots, p, grad, lr),
+            };
+            if !slots.is_empty() {
+                self.optim.state.insert(path, slots);
+            }
+            updated
         };
-        if !slots.is_empty() {
-            self.optim.state.insert(path, slots);
-        }
         let mut updated = Tensor::<D>::from_inner(updated);
         if require_grad {
             updated = updated.require_grad();
@@ -255,6 +288,56 @@ pub fn param_shapes<M: Module>(model: &M) -> Vec<(String, Vec<usize>)> {
     let mut v = Paths {
         path: Vec::new(),
         out: Vec::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// The average `(a + b) / 2` of two gradient sets of the same model.
+pub fn average_grads<M: Module>(
+    model: &M,
+    a: GradientsParams,
+    b: GradientsParams,
+) -> GradientsParams {
+    struct Avg {
+        a: GradientsParams,
+        b: GradientsParams,
+        out: GradientsParams,
+    }
+    impl ModuleVisitor for Avg {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            match (self.a.remove::<D>(param.id), self.b.remove::<D>(param.id)) {
+                (Some(x), Some(y)) => self.out.register(param.id, (x + y).mul_scalar(0.5)),
+                (Some(x), None) | (None, Some(x)) => self.out.register(param.id, x),
+                (None, None) => {}
+            }
+        }
+    }
+    let mut v = Avg {
+        a,
+        b,
+        out: GradientsParams::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+/// A second handle on each gradient (tensors are shared, not copied).
+pub fn clone_grads<M: Module>(model: &M, grads: &GradientsParams) -> GradientsParams {
+    struct Copy<'a> {
+        from: &'a GradientsParams,
+        out: GradientsParams,
+    }
+    impl ModuleVisitor for Copy<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.from.get::<D>(param.id) {
+                self.out.register(param.id, g);
+            }
+        }
+    }
+    let mut v = Copy {
+        from: grads,
+        out: GradientsParams::new(),
     };
     model.visit(&mut v);
     v.out
