@@ -130,6 +130,12 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
+    /// Recompute activations in the backward pass to save memory: none, blocks (keep only each
+    /// transformer block's input) or all (blocks, plus Burn's gradient checkpointing inside
+    /// each block).
+    #[arg(long, default_value = "none")]
+    #[serde(default = "default_recompute")]
+    pub recompute: String,
     /// Optimizer steps [default: 600].
     #[arg(long)]
     pub steps: Option<u64>,
@@ -388,4 +394,8 @@ fn default_optimizer() -> String {
 
 fn default_momentum() -> f64 {
     0.9
+}
+
+fn default_recompute() -> String {
+    "none".into()
 }

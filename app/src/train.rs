@@ -13,7 +13,7 @@ use cinder_engine::optim::{
     AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
 };
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
-use cinder_engine::train::{TrainConfig, Trainer};
+use cinder_engine::train::{Recompute, TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -73,6 +73,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         min_lr_ratio: a.min_lr_ratio,
         warmup: a.warmup,
         optimizer: optimizer_config(a)?,
+        recompute: a.recompute.parse().context("--recompute")?,
         grad_clip: a.grad_clip,
         eval_every: a.eval_every,
         eval_batches: a.eval_batches,
@@ -155,14 +156,18 @@ pub fn prepare(
         }
         None => None,
     };
-    // Bad optimizer settings fail before the corpus is read.
+    // Bad optimizer or recompute settings fail before the corpus is read.
     optimizer_config(&args)?;
+    let recompute: Recompute = args.recompute.parse().context("--recompute")?;
     let run_dir = args
         .out
         .clone()
         .unwrap_or_else(|| free_run_dir(&args.corpus));
     let selected = device;
-    let device = selected.device.clone().autodiff();
+    let device = match recompute {
+        Recompute::All => selected.device.clone().autodiff().gradient_checkpointing(),
+        _ => selected.device.clone().autodiff(),
+    };
     say(format!("device: {}", selected.description));
 
     let source: CorpusSource = args.corpus.parse()?;

@@ -50,4 +50,35 @@ pub trait CausalLm: Module + Sized {
 
     /// Every weight under its family's interchange name (Hugging Face keys).
     fn export_tensors(&self) -> NamedTensors;
+
+    /// The forward pass as separate stages, for recomputing activations block by block
+    /// (`None` where the family does not offer it).
+    fn blockwise(&self) -> Option<&dyn Blockwise> {
+        None
+    }
+}
+
+/// A forward pass split into stages: `head(block(n-1, ... block(0, embed(tokens))))` equals
+/// [`CausalLm::forward`]. The trainer keeps only each block's input and recomputes the block in
+/// the backward pass.
+pub trait Blockwise {
+    /// Transformer blocks.
+    fn num_blocks(&self) -> usize;
+
+    /// Hidden states entering the first block.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]`
+    /// - output: `[B, T, C]`
+    fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3>;
+
+    /// Block `index` applied to `x` (`[B, T, C]` in and out).
+    fn block(&self, index: usize, x: Tensor<3>) -> Tensor<3>;
+
+    /// Final normalisation and output projection.
+    ///
+    /// # Shapes
+    /// - x: `[B, T, C]`
+    /// - output: `[B, T, V]`
+    fn head(&self, x: Tensor<3>) -> Tensor<3>;
 }

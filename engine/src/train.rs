@@ -19,7 +19,7 @@ use crate::checkpoint::{
 };
 use crate::data::{LmBatch, lm_batch, lm_batch_rows};
 use crate::generate::{GenerateConfig, generate};
-use crate::lm::CausalLm;
+use crate::lm::{Blockwise, CausalLm};
 use crate::optim::{
     Optimizer, OptimizerConfig, average_grads, clip_global_norm, clone_grads, param_paths,
 };
@@ -28,6 +28,37 @@ use crate::schedule::WarmupCosine;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{read_safetensors, to_f32_data, write_safetensors};
 use crate::{Error, Result, rng};
+
+/// Activation recomputation: memory traded for a second forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Keep every activation for the backward pass.
+    #[default]
+    None,
+    /// Keep only each transformer block's input; the backward pass runs each block's forward
+    /// again, one block at a time, so at most one block's activations are alive.
+    Blocks,
+    /// `Blocks`, on a device with Burn's gradient-checkpointing strategy, which inside each
+    /// block also recomputes cheap (memory-bound) operations instead of storing their outputs.
+    /// The caller creates the model on `device.autodiff().gradient_checkpointing()`.
+    All,
+}
+
+impl std::str::FromStr for Recompute {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Self::None),
+            "blocks" => Ok(Self::Blocks),
+            "all" => Ok(Self::All),
+            other => Err(Error::Config(format!(
+                "unknown recompute mode '{other}': expected none, blocks or all"
+            ))),
+        }
+    }
+}
 
 /// Everything that shapes a training run (the model's own shape lives in its config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +79,9 @@ pub struct TrainConfig {
     pub warmup: u64,
     /// The optimizer and its settings.
     pub optimizer: OptimizerConfig,
+    /// Which activations the backward pass recomputes instead of keeping.
+    #[serde(default)]
+    pub recompute: Recompute,
     /// Maximum global gradient norm (0 disables clipping).
     pub grad_clip: f64,
     /// Evaluate on the held-out split every this many steps (0 = never).
@@ -79,6 +113,7 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.1,
             warmup: 30,
             optimizer: OptimizerConfig::default(),
+            recompute: Recompute::None,
             grad_clip: 1.0,
             eval_every: 100,
             eval_batches: 8,
@@ -292,6 +327,12 @@ impl<M: CausalLm> Trainer<M> {
         &self.config
     }
 
+    /// Changes how the next steps recompute activations (for `All`, the model must live on a
+    /// device with Burn's gradient-checkpointing strategy).
+    pub fn set_recompute(&mut self, recompute: Recompute) {
+        self.config.recompute = recompute;
+    }
+
     /// Whether all configured steps are done.
     pub fn finished(&self) -> bool {
         self.step >= self.config.steps
@@ -389,17 +430,69 @@ impl<M: CausalLm> Trainer<M> {
                 self.step,
             )?;
             let (inputs, targets) = batch_tensors(&batch, &self.device);
-            let loss = lm_loss(model.forward(inputs), targets);
-            let scaled = if k > 1 {
-                loss.clone().div_scalar(k as f64)
+            let loss = if c.recompute == Recompute::None {
+                let loss = lm_loss(model.forward(inputs), targets);
+                let scaled = loss.clone().div_scalar(k as f64);
+                let grads = GradientsParams::from_grads(scaled.backward(), model);
+                accumulator.accumulate(model, grads);
+                loss
             } else {
-                loss.clone()
+                let stages = model.blockwise().ok_or_else(|| {
+                    Error::Config(format!(
+                        "recompute: the '{}' family cannot run block by block",
+                        model.family()
+                    ))
+                })?;
+                self.blockwise_gradients(model, stages, inputs, targets, k, &mut accumulator)?
             };
-            let grads = GradientsParams::from_grads(scaled.backward(), model);
-            accumulator.accumulate(model, grads);
             loss_sum += scalar(loss.detach())?;
         }
         Ok((accumulator.grads(), loss_sum))
+    }
+
+    /// Gradients of one micro-batch keeping only block inputs: a forward pass that detaches
+    /// each block's output, then, from the top, each stage run again and differentiated with
+    /// the gradient arriving from the stage above (`sum(y * dL/dy)` has the stage's gradients).
+    /// Dropout masks are seeded per stage, so both runs of a stage draw the same ones.
+    fn blockwise_gradients(
+        &self,
+        model: &M,
+        stages: &dyn Blockwise,
+        inputs: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        k: usize,
+        accumulator: &mut GradientsAccumulator<M>,
+    ) -> Result<Tensor<1>> {
+        let n = stages.num_blocks();
+        let seed_stage = |i: usize| {
+            self.device
+                .seed(rng::hash3(self.config.seed, 8 + self.step, i as u64));
+        };
+        let missing = || Error::Invalid("recompute: a block's input received no gradient".into());
+        seed_stage(0);
+        let mut checkpoints = vec![stages.embed(inputs.clone()).detach()];
+        for i in 0..n {
+            seed_stage(i + 1);
+            let x = stages.block(i, checkpoints[i].clone()).detach();
+            checkpoints.push(x);
+        }
+        let top = checkpoints[n].clone().require_grad();
+        let loss = lm_loss(stages.head(top.clone()), targets);
+        let grads = loss.clone().div_scalar(k as f64).backward();
+        let mut upstream = top.grad(&grads).ok_or_else(missing)?;
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        for i in (0..n).rev() {
+            let x = checkpoints[i].clone().require_grad();
+            seed_stage(i + 1);
+            let y = stages.block(i, x.clone());
+            let grads = (y * upstream).sum().backward();
+            upstream = x.grad(&grads).ok_or_else(missing)?;
+            accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        }
+        seed_stage(0);
+        let grads = (stages.embed(inputs) * upstream).sum().backward();
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
+        Ok(loss)
     }
 
     /// Mean loss over the fixed held-out batches.

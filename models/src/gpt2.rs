@@ -18,7 +18,7 @@ use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Device, Int, Tensor};
 use cinder_engine::Error;
 use cinder_engine::burn;
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::{Blockwise, CausalLm};
 use cinder_engine::weights::{NamedTensors, load_parameters, named_parameters, read_safetensors};
 
 use crate::blocks::{causal_attention, causal_mask, extend_cache};
@@ -324,16 +324,31 @@ impl Gpt2 {
         &self.config
     }
 
-    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut Gpt2Cache>) -> Tensor<3> {
+    /// Token and position embeddings (with dropout) for positions `past..past + T`.
+    fn embed_from(&self, tokens: Tensor<2, Int>, past: usize) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
-        let past = cache.as_ref().map_or(0, |c| c.len);
         let positions = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &device)
             .reshape([1, t])
             .expand([b, t]);
-        let mut x = self
-            .drop
-            .forward(self.wte.forward(tokens) + self.wpe.forward(positions));
+        self.drop
+            .forward(self.wte.forward(tokens) + self.wpe.forward(positions))
+    }
+
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.ln_f.forward(x);
+        let [b, t, c] = x.dims();
+        let vocab = self.config.vocab_size;
+        // Tied head: logits = x . wte^T
+        x.reshape([b * t, c])
+            .matmul(self.wte.weight.val().transpose())
+            .reshape([b, t, vocab])
+    }
+
+    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut Gpt2Cache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let mut x = self.embed_from(tokens, past);
         for (i, block) in self.h.iter().enumerate() {
             let layer = cache.as_deref_mut().map(|c| {
                 if c.layers.len() <= i {
@@ -346,13 +361,7 @@ impl Gpt2 {
         if let Some(c) = cache {
             c.len += t;
         }
-        let x = self.ln_f.forward(x);
-        let [_, _, c] = x.dims();
-        let vocab = self.config.vocab_size;
-        // Tied head: logits = x . wte^T
-        x.reshape([b * t, c])
-            .matmul(self.wte.weight.val().transpose())
-            .reshape([b, t, vocab])
+        self.logits(x)
     }
 
     /// Loads a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`). The tokenizer is
@@ -371,6 +380,24 @@ impl Gpt2 {
 fn hf_names(path: &str) -> Vec<String> {
     let name = path.replace(".gamma", ".weight").replace(".beta", ".bias");
     vec![format!("transformer.{name}"), name]
+}
+
+impl Blockwise for Gpt2 {
+    fn num_blocks(&self) -> usize {
+        self.h.len()
+    }
+
+    fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_from(tokens, 0)
+    }
+
+    fn block(&self, index: usize, x: Tensor<3>) -> Tensor<3> {
+        self.h[index].forward(x, None)
+    }
+
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        self.logits(x)
+    }
 }
 
 impl CausalLm for Gpt2 {
@@ -410,6 +437,10 @@ impl CausalLm for Gpt2 {
 
     fn config_json(&self) -> serde_json::Value {
         self.config.to_hf_json()
+    }
+
+    fn blockwise(&self) -> Option<&dyn Blockwise> {
+        Some(self)
     }
 
     fn export_tensors(&self) -> NamedTensors {

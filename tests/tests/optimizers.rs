@@ -10,7 +10,7 @@ use cinder_engine::optim::{
 };
 use cinder_engine::rng;
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_engine::train::{TrainConfig, Trainer};
+use cinder_engine::train::{Recompute, TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
 
 /// Burn's seeded random state is global: tests that seed and draw hold this lock, so the test
@@ -74,7 +74,7 @@ fn trainer_from(
     let tokens = tok.encode_corpus(&text).unwrap_or_else(|e| panic!("{e}"));
     device.seed(21);
     let model =
-        model.unwrap_or_else(|| Gpt2Config::new(tok.vocab_size(), 24, width, 2, 4).init(device));
+        model.unwrap_or_else(|| Gpt2Config::new(tok.vocab_size(), 24, width, 3, 4).init(device));
     let config = TrainConfig {
         steps,
         batch_size: batch,
@@ -215,6 +215,48 @@ fn heun_takes_the_average_of_two_gradients() {
         .fold(0.0, f32::max);
     assert!(diff < 1e-6, "Heun differs from (p + r) / 2 by {diff}");
     assert!(max(&ph, &p) > 1e-4);
+}
+
+#[test]
+fn recomputed_blocks_give_the_same_gradients() {
+    let _serial = serial();
+    // One plain SGD step with lr 1 moves each weight by exactly its gradient.
+    let sgd = OptimizerConfig::Sgd(SgdConfig {
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
+    let step = |device: &Device, recompute: Recompute, accumulate: usize| {
+        let mut t = trainer_lr(device, sgd, 6 / accumulate, accumulate, 1, 32, 1.0);
+        let before = weights(t.model());
+        t.set_recompute(recompute);
+        let loss = t.step().unwrap_or_else(|e| panic!("{e}")).loss;
+        let after = weights(t.model());
+        let grads: Vec<f32> = before.iter().zip(&after).map(|(b, a)| b - a).collect();
+        (grads, loss)
+    };
+    let plain = Device::flex().autodiff();
+    let (reference, loss) = step(&plain, Recompute::None, 1);
+    let largest = reference.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+    assert!(largest > 1e-3, "{largest}");
+    let checkpointing = Device::flex().autodiff().gradient_checkpointing();
+    for (device, mode, k) in [
+        (&plain, Recompute::Blocks, 1),
+        (&plain, Recompute::Blocks, 3),
+        (&checkpointing, Recompute::All, 1),
+    ] {
+        let (grads, l) = step(device, mode, k);
+        let diff = grads
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff < 1e-5 * largest.max(1.0),
+            "{mode:?} x{k}: gradients differ by {diff}"
+        );
+        assert!((l - loss).abs() < 1e-5, "{mode:?} x{k}: loss {l} vs {loss}");
+    }
 }
 
 #[test]

@@ -654,6 +654,15 @@ impl TrainView {
             );
             number(ui, "Seed", &mut args.seed, 0..=u64::MAX, 1.0);
         });
+        egui::ComboBox::from_label("Recompute")
+            .selected_text(args.recompute.clone())
+            .show_ui(ui, |ui| {
+                for r in ["none", "blocks", "all"] {
+                    ui.selectable_value(&mut args.recompute, r.to_string(), r);
+                }
+            })
+            .response
+            .on_hover_text("Recompute activations in the backward pass to fit larger batches");
         let choices = devices.choices();
         let current = choices
             .iter()
