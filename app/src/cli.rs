@@ -130,9 +130,9 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
-    /// Recompute activations in the backward pass to save memory: none, blocks (keep only each
-    /// transformer block's input) or all (blocks, plus Burn's gradient checkpointing inside
-    /// each block).
+    /// Recompute activations in the backward pass to save memory: none; blocks (keep only each
+    /// transformer block's input, run each block again in the backward pass); checkpointing
+    /// (Burn's strategy: recompute cheap element-wise results); all (both).
     #[arg(long, default_value = "none")]
     #[serde(default = "default_recompute")]
     pub recompute: String,
@@ -339,6 +339,80 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Prefill and decode speed of a model; the last line ends with decode tokens/s.
     Decode(BenchDecodeArgs),
+    /// Memory and time per sample with and without recompute, optimizer state sizes, and the
+    /// loss each optimizer reaches on the Tang poems.
+    Memory(BenchMemoryArgs),
+    /// One measurement of `bench memory`, run in a fresh process (internal).
+    #[command(hide = true)]
+    MemoryProbe(MemoryProbeArgs),
+}
+
+/// The model `bench memory` measures.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeModelArgs {
+    /// auto, gpu, wgpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 12)]
+    pub layers: usize,
+    /// Width.
+    #[arg(long, default_value_t = 384)]
+    pub width: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 6)]
+    pub heads: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 8192)]
+    pub vocab: usize,
+    /// Timed steps per measurement (after one untimed step).
+    #[arg(long, default_value_t = 2)]
+    pub steps: u64,
+}
+
+/// `cinder bench memory`
+#[derive(Args, Debug, Clone)]
+pub struct BenchMemoryArgs {
+    /// The model and device.
+    #[command(flatten)]
+    pub model: ProbeModelArgs,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
+    pub batches: Vec<usize>,
+    /// Recompute modes: none, blocks, checkpointing, all (see `cinder train --help`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,blocks,checkpointing,all"
+    )]
+    pub modes: Vec<String>,
+    /// Memory budget in MiB for "largest batch that fits" (default: the peak without
+    /// recompute at the second batch size).
+    #[arg(long)]
+    pub budget_mib: Option<f64>,
+    /// Skip the optimizer-state table (GPT-2 124M).
+    #[arg(long)]
+    pub skip_state: bool,
+    /// Steps per optimizer for the loss table on the Tang poems (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    pub loss_steps: u64,
+}
+
+/// `cinder bench memory-probe`
+#[derive(Args, Debug, Clone)]
+pub struct MemoryProbeArgs {
+    /// The model and device.
+    #[command(flatten)]
+    pub model: ProbeModelArgs,
+    /// Recompute mode: none, blocks, checkpointing, all.
+    #[arg(long)]
+    pub mode: String,
+    /// Sequences per step.
+    #[arg(long)]
+    pub batch: usize,
 }
 
 /// `cinder bench decode`

@@ -2,6 +2,7 @@
 //! tests can drive the app's views directly.
 
 pub mod bench;
+pub mod bench_memory;
 pub mod cli;
 pub mod generate;
 pub mod gui;

@@ -27,6 +27,8 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Bench(bench) => match bench.command {
             cli::BenchCommand::Train(b) => bench::train(b),
             cli::BenchCommand::Decode(b) => bench::decode(b, &args.cache_dir),
+            cli::BenchCommand::Memory(b) => cinder::bench_memory::run(b, &args.cache_dir),
+            cli::BenchCommand::MemoryProbe(b) => cinder::bench_memory::probe(b),
         },
     }
 }

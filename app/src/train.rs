@@ -159,14 +159,22 @@ pub fn prepare(
     // Bad optimizer or recompute settings fail before the corpus is read.
     optimizer_config(&args)?;
     let recompute: Recompute = args.recompute.parse().context("--recompute")?;
+    if recompute.blockwise() && args.dropout > 0.0 && args.resume.is_none() {
+        bail!(
+            "--recompute {}: block-by-block recomputation needs --dropout 0 (or use --recompute \
+             checkpointing)",
+            args.recompute
+        );
+    }
     let run_dir = args
         .out
         .clone()
         .unwrap_or_else(|| free_run_dir(&args.corpus));
     let selected = device;
-    let device = match recompute {
-        Recompute::All => selected.device.clone().autodiff().gradient_checkpointing(),
-        _ => selected.device.clone().autodiff(),
+    let device = if recompute.needs_checkpointing_device() {
+        selected.device.clone().autodiff().gradient_checkpointing()
+    } else {
+        selected.device.clone().autodiff()
     };
     say(format!("device: {}", selected.description));
 

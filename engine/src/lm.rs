@@ -65,6 +65,9 @@ pub trait Blockwise {
     /// Transformer blocks.
     fn num_blocks(&self) -> usize;
 
+    /// Whether any stage applies dropout while training.
+    fn has_dropout(&self) -> bool;
+
     /// Hidden states entering the first block.
     ///
     /// # Shapes

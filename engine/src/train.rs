@@ -39,10 +39,24 @@ pub enum Recompute {
     /// Keep only each transformer block's input; the backward pass runs each block's forward
     /// again, one block at a time, so at most one block's activations are alive.
     Blocks,
-    /// `Blocks`, on a device with Burn's gradient-checkpointing strategy, which inside each
-    /// block also recomputes cheap (memory-bound) operations instead of storing their outputs.
-    /// The caller creates the model on `device.autodiff().gradient_checkpointing()`.
+    /// Burn's gradient-checkpointing strategy alone: the autodiff graph recomputes cheap
+    /// (memory-bound) operations instead of storing their outputs. The caller creates the model
+    /// on `device.autodiff().gradient_checkpointing()`.
+    Checkpointing,
+    /// `Blocks` on a device with Burn's gradient-checkpointing strategy.
     All,
+}
+
+impl Recompute {
+    /// Whether the model's device must carry Burn's gradient-checkpointing strategy.
+    pub fn needs_checkpointing_device(self) -> bool {
+        matches!(self, Self::Checkpointing | Self::All)
+    }
+
+    /// Whether the trainer recomputes block by block.
+    pub fn blockwise(self) -> bool {
+        matches!(self, Self::Blocks | Self::All)
+    }
 }
 
 impl std::str::FromStr for Recompute {
@@ -52,9 +66,10 @@ impl std::str::FromStr for Recompute {
         match s {
             "none" => Ok(Self::None),
             "blocks" => Ok(Self::Blocks),
+            "checkpointing" => Ok(Self::Checkpointing),
             "all" => Ok(Self::All),
             other => Err(Error::Config(format!(
-                "unknown recompute mode '{other}': expected none, blocks or all"
+                "unknown recompute mode '{other}': expected none, blocks, checkpointing or all"
             ))),
         }
     }
@@ -333,6 +348,11 @@ impl<M: CausalLm> Trainer<M> {
         self.config.recompute = recompute;
     }
 
+    /// Elements held in optimizer state.
+    pub fn optimizer_state_elements(&self) -> usize {
+        self.optim.state_elements()
+    }
+
     /// Whether all configured steps are done.
     pub fn finished(&self) -> bool {
         self.step >= self.config.steps
@@ -430,7 +450,7 @@ impl<M: CausalLm> Trainer<M> {
                 self.step,
             )?;
             let (inputs, targets) = batch_tensors(&batch, &self.device);
-            let loss = if c.recompute == Recompute::None {
+            let loss = if !c.recompute.blockwise() {
                 let loss = lm_loss(model.forward(inputs), targets);
                 let scaled = loss.clone().div_scalar(k as f64);
                 let grads = GradientsParams::from_grads(scaled.backward(), model);
@@ -450,10 +470,11 @@ impl<M: CausalLm> Trainer<M> {
         Ok((accumulator.grads(), loss_sum))
     }
 
-    /// Gradients of one micro-batch keeping only block inputs: a forward pass that detaches
-    /// each block's output, then, from the top, each stage run again and differentiated with
-    /// the gradient arriving from the stage above (`sum(y * dL/dy)` has the stage's gradients).
-    /// Dropout masks are seeded per stage, so both runs of a stage draw the same ones.
+    /// Gradients of one micro-batch keeping only block inputs: a forward pass outside autodiff
+    /// that keeps each block's input, then, from the top, each stage run again under autodiff
+    /// and differentiated with the gradient arriving from the stage above (`sum(y * dL/dy)`
+    /// has the stage's gradients). Needs a model without dropout: the first pass runs without
+    /// autodiff, where dropout is off, and the two runs of a block must agree.
     fn blockwise_gradients(
         &self,
         model: &M,
@@ -463,33 +484,46 @@ impl<M: CausalLm> Trainer<M> {
         k: usize,
         accumulator: &mut GradientsAccumulator<M>,
     ) -> Result<Tensor<1>> {
+        if stages.has_dropout() {
+            return Err(Error::Config(
+                "recompute blocks/all needs a model without dropout (set dropout to 0, or use \
+                 recompute checkpointing)"
+                    .into(),
+            ));
+        }
         let n = stages.num_blocks();
-        let seed_stage = |i: usize| {
-            self.device
-                .seed(rng::hash3(self.config.seed, 8 + self.step, i as u64));
-        };
         let missing = || Error::Invalid("recompute: a block's input received no gradient".into());
-        seed_stage(0);
-        let mut checkpoints = vec![stages.embed(inputs.clone()).detach()];
+        // Outside autodiff nothing is recorded, so each block's activations are freed as soon
+        // as its output exists.
+        let plain = model.valid();
+        let plain_stages = plain.blockwise().ok_or_else(missing)?;
+        let mut checkpoints = vec![plain_stages.embed(inputs.clone().inner())];
         for i in 0..n {
-            seed_stage(i + 1);
-            let x = stages.block(i, checkpoints[i].clone()).detach();
+            let x = plain_stages.block(i, checkpoints[i].clone());
             checkpoints.push(x);
         }
-        let top = checkpoints[n].clone().require_grad();
+        // Back into autodiff, with the device's checkpointing strategy.
+        let strategy = self.device.gradient_checkpointing_strategy();
+        let lift = |x: Tensor<3>| {
+            let x = Tensor::from_inner(x);
+            match strategy {
+                Some(s) => x.with_gradient_checkpointing_strategy(s),
+                None => x,
+            }
+            .require_grad()
+        };
+        let top = lift(checkpoints[n].clone());
         let loss = lm_loss(stages.head(top.clone()), targets);
         let grads = loss.clone().div_scalar(k as f64).backward();
         let mut upstream = top.grad(&grads).ok_or_else(missing)?;
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         for i in (0..n).rev() {
-            let x = checkpoints[i].clone().require_grad();
-            seed_stage(i + 1);
+            let x = lift(checkpoints[i].clone());
             let y = stages.block(i, x.clone());
             let grads = (y * upstream).sum().backward();
             upstream = x.grad(&grads).ok_or_else(missing)?;
             accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         }
-        seed_stage(0);
         let grads = (stages.embed(inputs) * upstream).sum().backward();
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         Ok(loss)

@@ -387,6 +387,11 @@ impl Blockwise for Gpt2 {
         self.h.len()
     }
 
+    fn has_dropout(&self) -> bool {
+        let c = &self.config;
+        c.embd_pdrop > 0.0 || c.attn_pdrop > 0.0 || c.resid_pdrop > 0.0
+    }
+
     fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.embed_from(tokens, 0)
     }

@@ -257,6 +257,19 @@ fn recomputed_blocks_give_the_same_gradients() {
         );
         assert!((l - loss).abs() < 1e-5, "{mode:?} x{k}: loss {l} vs {loss}");
     }
+    // Blockwise recomputation refuses a model with dropout (its first pass has none).
+    let mut config = Gpt2Config::new(40, 24, 32, 2, 4);
+    config.resid_pdrop = 0.1;
+    let mut t = trainer_from(Some(config.init(&plain)), &plain, sgd, 4, 1, 1, 32, 1.0);
+    t.set_recompute(Recompute::Blocks);
+    let err = t.step().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("without dropout"), "{err}");
+    // Several steps on the checkpointing device: updated weights keep its strategy.
+    let adamw = OptimizerConfig::AdamW(AdamWConfig::default());
+    let mut t = trainer_lr(&checkpointing, adamw, 4, 1, 3, 32, 3e-3);
+    t.set_recompute(Recompute::All);
+    let losses = run(&mut t);
+    assert!(losses.iter().all(|l| l.is_finite()) && losses.len() == 3);
 }
 
 #[test]

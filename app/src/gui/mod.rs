@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::GuiArgs;
 pub use chat_view::{ChatSettings, ChatView};
 pub use train_view::{RunStatus, TrainView};
+pub use widgets::bytes;
 
 /// Which view fills the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

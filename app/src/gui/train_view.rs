@@ -657,7 +657,7 @@ impl TrainView {
         egui::ComboBox::from_label("Recompute")
             .selected_text(args.recompute.clone())
             .show_ui(ui, |ui| {
-                for r in ["none", "blocks", "all"] {
+                for r in ["none", "blocks", "checkpointing", "all"] {
                     ui.selectable_value(&mut args.recompute, r.to_string(), r);
                 }
             })

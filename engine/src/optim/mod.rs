@@ -235,6 +235,9 @@ impl ModuleMapper for UpdateMapper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
+        // The updated weight keeps the gradient-checkpointing strategy of the old one (a fresh
+        // autodiff tensor would get the default and no longer combine with the batch).
+        let strategy = tensor.gradient_checkpointing_strategy();
         let p = tensor.inner();
         let (lr, t) = (self.lr, self.optim.step);
         let updated = if self.trial {
@@ -255,6 +258,9 @@ impl ModuleMapper for UpdateMapper<'_> {
             updated
         };
         let mut updated = Tensor::<D>::from_inner(updated);
+        if let Some(strategy) = strategy {
+            updated = updated.with_gradient_checkpointing_strategy(strategy);
+        }
         if require_grad {
             updated = updated.require_grad();
         }
