@@ -136,6 +136,12 @@ pub struct TrainArgs {
     #[arg(long, default_value = "none")]
     #[serde(default = "default_recompute")]
     pub recompute: String,
+    /// Floating-point type of the forward and backward passes: f32, f16 (with dynamic loss
+    /// scaling) or bf16; weights and optimizer state stay f32. Falls back to f32, with a
+    /// message, where the device lacks the type.
+    #[arg(long, default_value = "f32")]
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// Optimizer steps [default: 600].
     #[arg(long)]
     pub steps: Option<u64>,
@@ -472,4 +478,8 @@ fn default_momentum() -> f64 {
 
 fn default_recompute() -> String {
     "none".into()
+}
+
+fn default_precision() -> String {
+    "f32".into()
 }

@@ -13,7 +13,7 @@ use cinder_engine::optim::{
     AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
 };
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
-use cinder_engine::train::{Recompute, TrainConfig, Trainer};
+use cinder_engine::train::{Precision, Recompute, TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -74,6 +74,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         warmup: a.warmup,
         optimizer: optimizer_config(a)?,
         recompute: a.recompute.parse().context("--recompute")?,
+        precision: a.precision.parse().context("--precision")?,
         grad_clip: a.grad_clip,
         eval_every: a.eval_every,
         eval_batches: a.eval_batches,
@@ -159,6 +160,7 @@ pub fn prepare(
     // Bad optimizer or recompute settings fail before the corpus is read.
     optimizer_config(&args)?;
     let recompute: Recompute = args.recompute.parse().context("--recompute")?;
+    let _: Precision = args.precision.parse().context("--precision")?;
     if recompute.blockwise() && args.dropout > 0.0 && args.resume.is_none() {
         bail!(
             "--recompute {}: block-by-block recomputation needs --dropout 0 (or use --recompute \
@@ -251,6 +253,9 @@ pub fn prepare(
         &device,
         Some(run_dir.clone()),
     )?;
+    for note in trainer.notes() {
+        say(format!("note: {note}"));
+    }
     if let Some(ckpt) = &resume {
         trainer.restore(ckpt)?;
         say(format!(

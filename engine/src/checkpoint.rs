@@ -79,6 +79,9 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// The model family, e.g. "gpt2".
     pub family: String,
+    /// The dynamic loss scale of f16 training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 /// The file in a run folder that names its newest complete checkpoint.

@@ -9,9 +9,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
@@ -21,7 +22,8 @@ use crate::data::{LmBatch, lm_batch, lm_batch_rows};
 use crate::generate::{GenerateConfig, generate};
 use crate::lm::{Blockwise, CausalLm};
 use crate::optim::{
-    Optimizer, OptimizerConfig, average_grads, clip_global_norm, clone_grads, param_paths,
+    Optimizer, OptimizerConfig, average_grads, clip_global_norm, clone_grads, global_norm,
+    param_paths,
 };
 use crate::sampling::SamplingConfig;
 use crate::schedule::WarmupCosine;
@@ -75,6 +77,61 @@ impl std::str::FromStr for Recompute {
     }
 }
 
+/// Floating-point type of the forward and backward passes. The weights, the optimizer state
+/// and the update stay in f32 (master weights); each step runs on a copy cast to the chosen
+/// type, and its gradients are cast back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Single precision throughout.
+    #[default]
+    F32,
+    /// Half precision, with dynamic loss scaling: the loss is multiplied by a scale before the
+    /// backward pass so small gradients do not underflow; a step whose gradients overflow is
+    /// skipped and the scale halved; after 100 good steps in a row the scale doubles.
+    F16,
+    /// bfloat16: f32's range with 8 bits of mantissa, so no loss scaling.
+    Bf16,
+}
+
+impl Precision {
+    fn dtype(self) -> Option<FloatDType> {
+        match self {
+            Self::F32 => None,
+            Self::F16 => Some(FloatDType::F16),
+            Self::Bf16 => Some(FloatDType::BF16),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(Error::Config(format!(
+                "unknown precision '{other}': expected f32, f16 or bf16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Good f16 steps in a row after which the loss scale doubles.
+const SCALE_GROWTH_INTERVAL: u64 = 100;
+
 /// Everything that shapes a training run (the model's own shape lives in its config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -97,6 +154,9 @@ pub struct TrainConfig {
     /// Which activations the backward pass recomputes instead of keeping.
     #[serde(default)]
     pub recompute: Recompute,
+    /// Floating-point type of the forward and backward passes.
+    #[serde(default)]
+    pub precision: Precision,
     /// Maximum global gradient norm (0 disables clipping).
     pub grad_clip: f64,
     /// Evaluate on the held-out split every this many steps (0 = never).
@@ -129,6 +189,7 @@ impl Default for TrainConfig {
             warmup: 30,
             optimizer: OptimizerConfig::default(),
             recompute: Recompute::None,
+            precision: Precision::F32,
             grad_clip: 1.0,
             eval_every: 100,
             eval_batches: 8,
@@ -201,6 +262,12 @@ pub struct StepReport {
     /// Resident bytes of the whole process, where the system reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_memory: Option<u64>,
+    /// The f16 loss scale used by this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Whether the update was skipped because the f16 gradients overflowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     /// A checkpoint written after this step.
     #[serde(skip)]
     pub checkpoint: Option<PathBuf>,
@@ -219,6 +286,9 @@ pub struct Trainer<M: CausalLm> {
     tokens_seen: u64,
     run_dir: Option<PathBuf>,
     started: std::time::Instant,
+    loss_scale: f64,
+    good_steps: u64,
+    notes: Vec<String>,
 }
 
 fn scalar(t: Tensor<1>) -> Result<f64> {
@@ -262,6 +332,17 @@ impl<M: CausalLm> Trainer<M> {
         run_dir: Option<PathBuf>,
     ) -> Result<Self> {
         config.validate()?;
+        let mut config = config;
+        let mut notes = Vec::new();
+        if let Some(dtype) = config.precision.dtype()
+            && !device.supports_dtype(dtype)
+        {
+            notes.push(format!(
+                "precision {}: this device has no {dtype:?} arithmetic; training in f32",
+                config.precision
+            ));
+            config.precision = Precision::F32;
+        }
         if config.context > model.context_length() {
             return Err(Error::Config(format!(
                 "context {} exceeds the model's maximum of {}",
@@ -282,6 +363,7 @@ impl<M: CausalLm> Trainer<M> {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             write_atomic(&dir.join("train_config.json"), to_json(&config)?.as_bytes())?;
         }
+        let config_precision_f16 = config.precision == Precision::F16;
         Ok(Self {
             model: Some(model),
             optim: Optimizer::new(config.optimizer),
@@ -294,6 +376,9 @@ impl<M: CausalLm> Trainer<M> {
             tokens_seen: 0,
             run_dir,
             started: std::time::Instant::now(),
+            loss_scale: if config_precision_f16 { 65536.0 } else { 1.0 },
+            good_steps: 0,
+            notes,
         })
     }
 
@@ -318,6 +403,9 @@ impl<M: CausalLm> Trainer<M> {
         self.step = state.step;
         self.tokens_seen = state.tokens_seen;
         self.config.seed = state.seed;
+        if let Some(scale) = state.loss_scale {
+            self.loss_scale = scale;
+        }
         if let Some(dir) = &self.run_dir {
             truncate_metrics(&dir.join("metrics.jsonl"), state.step)?;
         }
@@ -348,6 +436,31 @@ impl<M: CausalLm> Trainer<M> {
         self.config.recompute = recompute;
     }
 
+    /// Changes the precision of the next steps (f32 where the device lacks the type).
+    pub fn set_precision(&mut self, precision: Precision) {
+        let supported = precision
+            .dtype()
+            .is_none_or(|d| self.device.supports_dtype(d));
+        self.config.precision = if supported { precision } else { Precision::F32 };
+        self.loss_scale = if self.config.precision == Precision::F16 {
+            65536.0
+        } else {
+            1.0
+        };
+        self.good_steps = 0;
+    }
+
+    /// Sets the f16 loss scale (65536 at the start of a run), e.g. to start lower.
+    pub fn set_loss_scale(&mut self, scale: f64) {
+        self.loss_scale = scale.max(1.0);
+    }
+
+    /// Things the trainer changed about its configuration, for the user (e.g. a precision the
+    /// device lacks, replaced by f32).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// Elements held in optimizer state.
     pub fn optimizer_state_elements(&self) -> usize {
         self.optim.state_elements()
@@ -362,14 +475,28 @@ impl<M: CausalLm> Trainer<M> {
     pub fn step(&mut self) -> Result<StepReport> {
         let t0 = std::time::Instant::now();
         let c = &self.config;
-        let k = c.accumulate;
         let model = self
             .model
             .take()
             .ok_or_else(|| Error::Invalid("trainer is broken".into()))?;
         let lr = c.schedule().lr(self.step);
+        let loss_scale = self.loss_scale;
+        let f16 = c.precision == Precision::F16;
         let (mut grads, loss_sum) = self.gradients(&model)?;
+        let norm = global_norm(&model, &grads)?;
+        if f16 && !norm.is_finite() {
+            // Overflow under this loss scale: no update; try again with half the scale.
+            self.loss_scale = (self.loss_scale / 2.0).max(1.0);
+            self.good_steps = 0;
+            return self.finish_step(model, t0, loss_sum, lr, norm, Some(loss_scale), true);
+        }
         let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip)?;
+        if f16 {
+            self.good_steps += 1;
+            if self.good_steps.is_multiple_of(SCALE_GROWTH_INTERVAL) {
+                self.loss_scale *= 2.0;
+            }
+        }
         let model = if self.optim.config().evaluations() == 2 {
             // Heun: the gradient again at the trial point, on the same batches, then the
             // averaged step from the starting point. Updates keep parameter ids, so both
@@ -384,6 +511,24 @@ impl<M: CausalLm> Trainer<M> {
         } else {
             self.optim.step(lr, model, grads)
         };
+        let scale = f16.then_some(loss_scale);
+        self.finish_step(model, t0, loss_sum, lr, grad_norm, scale, false)
+    }
+
+    /// Counts a step taken (or skipped) and runs what falls due after it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_step(
+        &mut self,
+        model: M,
+        t0: std::time::Instant,
+        loss_sum: f64,
+        lr: f64,
+        grad_norm: f64,
+        loss_scale: Option<f64>,
+        skipped: bool,
+    ) -> Result<StepReport> {
+        let c = &self.config;
+        let k = c.accumulate;
         self.model = Some(model);
         self.step += 1;
         let tokens = (c.batch_size * c.context * k) as u64;
@@ -416,6 +561,8 @@ impl<M: CausalLm> Trainer<M> {
             memory_in_use: pool.map(|(used, _)| used),
             memory_reserved: pool.map(|(_, reserved)| reserved),
             process_memory: crate::device::process_memory().map(|(rss, _)| rss),
+            loss_scale,
+            skipped,
             checkpoint: None,
         };
         if let Some(dir) = self.run_dir.clone() {
@@ -437,6 +584,14 @@ impl<M: CausalLm> Trainer<M> {
         let k = c.accumulate;
         // Dropout masks are a function of (seed, step) too.
         self.device.seed(rng::hash3(c.seed, 7, self.step));
+        // Mixed precision: the passes run on a copy of the weights in the lower precision
+        // (same parameter ids, so its gradients key onto the f32 master weights).
+        let dtype = c.precision.dtype();
+        let low = dtype.map(|d| model.clone().map(&mut CastParams(d)));
+        let work = low.as_ref().unwrap_or(model);
+        // Each micro-batch's loss is divided by their number (accumulation) and multiplied by
+        // the loss scale (1 except in f16).
+        let factor = self.loss_scale / k as f64;
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut loss_sum = 0.0;
         for micro in 0..k {
@@ -451,23 +606,27 @@ impl<M: CausalLm> Trainer<M> {
             )?;
             let (inputs, targets) = batch_tensors(&batch, &self.device);
             let loss = if !c.recompute.blockwise() {
-                let loss = lm_loss(model.forward(inputs), targets);
-                let scaled = loss.clone().div_scalar(k as f64);
-                let grads = GradientsParams::from_grads(scaled.backward(), model);
-                accumulator.accumulate(model, grads);
+                let loss = lm_loss(to_f32(work.forward(inputs)), targets);
+                let grads =
+                    GradientsParams::from_grads(loss.clone().mul_scalar(factor).backward(), work);
+                accumulator.accumulate(work, grads);
                 loss
             } else {
-                let stages = model.blockwise().ok_or_else(|| {
+                let stages = work.blockwise().ok_or_else(|| {
                     Error::Config(format!(
                         "recompute: the '{}' family cannot run block by block",
                         model.family()
                     ))
                 })?;
-                self.blockwise_gradients(model, stages, inputs, targets, k, &mut accumulator)?
+                self.blockwise_gradients(work, stages, inputs, targets, factor, &mut accumulator)?
             };
             loss_sum += scalar(loss.detach())?;
         }
-        Ok((accumulator.grads(), loss_sum))
+        let grads = accumulator.grads();
+        if dtype.is_none() && self.loss_scale == 1.0 {
+            return Ok((grads, loss_sum));
+        }
+        Ok((unscale(model, grads, self.loss_scale), loss_sum))
     }
 
     /// Gradients of one micro-batch keeping only block inputs: a forward pass outside autodiff
@@ -481,7 +640,7 @@ impl<M: CausalLm> Trainer<M> {
         stages: &dyn Blockwise,
         inputs: Tensor<2, Int>,
         targets: Tensor<2, Int>,
-        k: usize,
+        factor: f64,
         accumulator: &mut GradientsAccumulator<M>,
     ) -> Result<Tensor<1>> {
         if stages.has_dropout() {
@@ -513,8 +672,8 @@ impl<M: CausalLm> Trainer<M> {
             .require_grad()
         };
         let top = lift(checkpoints[n].clone());
-        let loss = lm_loss(stages.head(top.clone()), targets);
-        let grads = loss.clone().div_scalar(k as f64).backward();
+        let loss = lm_loss(to_f32(stages.head(top.clone())), targets);
+        let grads = loss.clone().mul_scalar(factor).backward();
         let mut upstream = top.grad(&grads).ok_or_else(missing)?;
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         for i in (0..n).rev() {
@@ -584,6 +743,7 @@ impl<M: CausalLm> Trainer<M> {
             seed: self.config.seed,
             tokens_seen: self.tokens_seen,
             family: model.family().to_string(),
+            loss_scale: (self.config.precision == Precision::F16).then_some(self.loss_scale),
         };
         write_dir_atomic(&dir, |tmp| {
             save_model(model, &self.tokenizer, tmp)?;
@@ -602,6 +762,64 @@ impl<M: CausalLm> Trainer<M> {
         prune_checkpoints(&run_dir.join("checkpoints"), self.config.keep_checkpoints)?;
         Ok(dir)
     }
+}
+
+/// Casts every weight of a module copy to `self.0`, keeping ids, gradient tracking and the
+/// checkpointing strategy.
+struct CastParams(FloatDType);
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let strategy = tensor.gradient_checkpointing_strategy();
+        let mut cast = Tensor::<D>::from_inner(tensor.inner().cast(self.0));
+        if let Some(s) = strategy {
+            cast = cast.with_gradient_checkpointing_strategy(s);
+        }
+        if require_grad {
+            cast = cast.require_grad();
+        }
+        Param::from_mapped_value(id, cast, mapper)
+    }
+}
+
+/// Logits in f32 (the loss is always computed in single precision).
+fn to_f32(logits: Tensor<3>) -> Tensor<3> {
+    if logits.dtype() == burn::tensor::DType::F32 {
+        logits
+    } else {
+        logits.cast(FloatDType::F32)
+    }
+}
+
+/// Gradients in f32, divided by the loss scale.
+fn unscale<M: CausalLm>(model: &M, grads: GradientsParams, scale: f64) -> GradientsParams {
+    struct Unscale {
+        from: GradientsParams,
+        out: GradientsParams,
+        scale: f64,
+    }
+    impl ModuleVisitor for Unscale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.from.remove::<D>(param.id) {
+                let g = g.cast(FloatDType::F32);
+                let g = if self.scale == 1.0 {
+                    g
+                } else {
+                    g.div_scalar(self.scale)
+                };
+                self.out.register(param.id, g);
+            }
+        }
+    }
+    let mut v = Unscale {
+        from: grads,
+        out: GradientsParams::new(),
+        scale,
+    };
+    model.visit(&mut v);
+    v.out
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {

@@ -10,7 +10,7 @@ use cinder_engine::optim::{
 };
 use cinder_engine::rng;
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_engine::train::{Recompute, TrainConfig, Trainer};
+use cinder_engine::train::{Precision, Recompute, TrainConfig, Trainer};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
 
 /// Burn's seeded random state is global: tests that seed and draw hold this lock, so the test
@@ -270,6 +270,55 @@ fn recomputed_blocks_give_the_same_gradients() {
     t.set_recompute(Recompute::All);
     let losses = run(&mut t);
     assert!(losses.iter().all(|l| l.is_finite()) && losses.len() == 3);
+}
+
+#[test]
+fn half_precision_losses_follow_the_f32_run() {
+    let _serial = serial();
+    let device = Device::flex().autodiff();
+    let adamw = OptimizerConfig::AdamW(AdamWConfig::default());
+    let losses = |precision: Precision| {
+        let mut t = trainer_lr(&device, adamw, 8, 1, 15, 32, 1e-2);
+        t.set_precision(precision);
+        let mut out = Vec::new();
+        let mut scales = Vec::new();
+        while !t.finished() {
+            let r = t.step().unwrap_or_else(|e| panic!("{e}"));
+            out.push(r.loss);
+            scales.push(r.loss_scale);
+        }
+        (out, scales)
+    };
+    let (f32_run, _) = losses(Precision::F32);
+    assert!(f32_run[14] < f32_run[0] - 0.3, "{f32_run:?}");
+    for (precision, tolerance) in [(Precision::F16, 0.02), (Precision::Bf16, 0.05)] {
+        let (run, scales) = losses(precision);
+        let worst = run
+            .iter()
+            .zip(&f32_run)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{precision}: worst gap {worst:.4} over 15 steps; {run:?}");
+        assert!(worst < tolerance, "{precision}: {run:?} vs {f32_run:?}");
+        assert_eq!(scales[0].is_some(), precision == Precision::F16);
+    }
+    // A scale that overflows f16 (65504 at most): the step is skipped, the weights stay, and the
+    // scale halves until the gradients fit.
+    let mut t = trainer_lr(&device, adamw, 8, 1, 40, 32, 1e-2);
+    t.set_precision(Precision::F16);
+    t.set_loss_scale(2f64.powi(40));
+    let before = weights(t.model());
+    let first = t.step().unwrap_or_else(|e| panic!("{e}"));
+    assert!(first.skipped, "{first:?}");
+    assert_eq!(weights(t.model()), before);
+    let mut reports = vec![first];
+    while !t.finished() {
+        reports.push(t.step().unwrap_or_else(|e| panic!("{e}")));
+    }
+    let scales: Vec<f64> = reports.iter().filter_map(|r| r.loss_scale).collect();
+    assert!(scales.windows(2).all(|w| w[1] <= w[0]), "{scales:?}");
+    assert!(!reports[39].skipped, "never recovered: {scales:?}");
+    assert!(reports[39].loss < reports[0].loss - 0.2);
 }
 
 #[test]

@@ -654,6 +654,13 @@ impl TrainView {
             );
             number(ui, "Seed", &mut args.seed, 0..=u64::MAX, 1.0);
         });
+        egui::ComboBox::from_label("Precision")
+            .selected_text(args.precision.clone())
+            .show_ui(ui, |ui| {
+                for p in ["f32", "f16", "bf16"] {
+                    ui.selectable_value(&mut args.precision, p.to_string(), p);
+                }
+            });
         egui::ComboBox::from_label("Recompute")
             .selected_text(args.recompute.clone())
             .show_ui(ui, |ui| {
