@@ -4,8 +4,7 @@ use anyhow::{Context, Result, bail};
 use cinder_engine::device::{DeviceChoice, select};
 use cinder_engine::optim::{AdamWConfig, OptimizerConfig};
 use cinder_engine::rng;
-use cinder_engine::tokenizer::Tokenizer;
-use cinder_engine::train::{TrainConfig, Trainer};
+use cinder_engine::train::TrainConfig;
 use cinder_models::gpt2::Gpt2Config;
 
 use crate::cli::BenchTrainArgs;
@@ -36,12 +35,6 @@ pub fn train(args: BenchTrainArgs) -> Result<()> {
     );
     device.seed(0);
     let model = config.init(&device);
-    let vocab = config.vocab_size as u64;
-    let tokens: Vec<u32> = (0..1_000_000)
-        .map(|i| rng::below(1, 2, i, vocab) as u32)
-        .collect();
-    // The trainer needs a tokenizer only for samples, which the benchmark does not take.
-    let tokenizer = Tokenizer::train_char("ab")?;
     let steps = args.warmup + args.steps;
     let train = TrainConfig {
         steps,
@@ -53,12 +46,9 @@ pub fn train(args: BenchTrainArgs) -> Result<()> {
             weight_decay: 0.1,
             ..AdamWConfig::default()
         }),
-        eval_every: 0,
-        sample_every: 0,
-        checkpoint_every: 0,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(model, train, tokenizer, tokens, Vec::new(), &device, None)?;
+    let mut trainer = crate::bench_memory::random_data_trainer(model, train, 1_000_000, &device)?;
     let mut timed = 0.0;
     for i in 0..steps {
         let t0 = std::time::Instant::now();

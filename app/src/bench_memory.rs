@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cinder_engine::burn::module::Module;
+use cinder_engine::burn::tensor::Device;
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected, memory_usage, process_memory, select};
 use cinder_engine::optim::{
@@ -19,7 +20,7 @@ use cinder_engine::optim::{
 use cinder_engine::rng;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::{Recompute, TrainConfig, Trainer};
-use cinder_models::gpt2::Gpt2Config;
+use cinder_models::gpt2::{Gpt2, Gpt2Config};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{BenchMemoryArgs, MemoryProbeArgs, ProbeModelArgs};
@@ -48,10 +49,31 @@ fn model_config(m: &ProbeModelArgs) -> Result<Gpt2Config> {
     Ok(config)
 }
 
-fn random_tokens(vocab: usize, n: u64) -> Vec<u32> {
-    (0..n)
-        .map(|i| rng::below(1, 2, i, vocab as u64) as u32)
-        .collect()
+/// A trainer for `model` on `n` random tokens, with no evaluation, samples or checkpoints
+/// (a benchmark measures steps only; the tokenizer is a placeholder samples would need).
+pub(crate) fn random_data_trainer(
+    model: Gpt2,
+    train: TrainConfig,
+    n: u64,
+    device: &Device,
+) -> Result<Trainer<Gpt2>> {
+    let vocab = model.config().vocab_size as u64;
+    let tokens = (0..n).map(|i| rng::below(1, 2, i, vocab) as u32).collect();
+    let train = TrainConfig {
+        eval_every: 0,
+        sample_every: 0,
+        checkpoint_every: 0,
+        ..train
+    };
+    Ok(Trainer::new(
+        model,
+        train,
+        Tokenizer::train_char("ab")?,
+        tokens,
+        Vec::new(),
+        device,
+        None,
+    )?)
 }
 
 /// Current memory by the measure that applies to `selected`.
@@ -83,21 +105,9 @@ pub fn probe(a: MemoryProbeArgs) -> Result<()> {
         lr: 3e-4,
         warmup: 1,
         recompute,
-        eval_every: 0,
-        sample_every: 0,
-        checkpoint_every: 0,
         ..TrainConfig::default()
     };
-    let tokens = random_tokens(m.vocab, 200_000);
-    let mut trainer = Trainer::new(
-        model,
-        train,
-        Tokenizer::train_char("ab")?,
-        tokens,
-        Vec::new(),
-        &device,
-        None,
-    )?;
+    let mut trainer = random_data_trainer(model, train, 200_000, &device)?;
     let (baseline, source) = memory_now(&selected).unwrap_or((0, "not reported"));
     let mut pool_peak = baseline;
     let mut timed = 0.0;
@@ -300,21 +310,9 @@ fn optimizer_state(selected: &Selected) -> Result<()> {
             lr,
             warmup: 1,
             optimizer,
-            eval_every: 0,
-            sample_every: 0,
-            checkpoint_every: 0,
             ..TrainConfig::default()
         };
-        let tokens = random_tokens(config.vocab_size, 10_000);
-        let mut trainer = Trainer::new(
-            model,
-            train,
-            Tokenizer::train_char("ab")?,
-            tokens,
-            Vec::new(),
-            &device,
-            None,
-        )?;
+        let mut trainer = random_data_trainer(model, train, 10_000, &device)?;
         trainer.step()?;
         let state = trainer.optimizer_state_elements() as u64 * 4;
         if matches!(optimizer, OptimizerConfig::AdamW(_)) {

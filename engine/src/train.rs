@@ -483,12 +483,14 @@ impl<M: CausalLm> Trainer<M> {
         let loss_scale = self.loss_scale;
         let f16 = c.precision == Precision::F16;
         let (mut grads, loss_sum) = self.gradients(&model)?;
-        let norm = global_norm(&model, &grads)?;
-        if f16 && !norm.is_finite() {
-            // Overflow under this loss scale: no update; try again with half the scale.
-            self.loss_scale = (self.loss_scale / 2.0).max(1.0);
-            self.good_steps = 0;
-            return self.finish_step(model, t0, loss_sum, lr, norm, Some(loss_scale), true);
+        if f16 {
+            let norm = global_norm(&model, &grads)?;
+            if !norm.is_finite() {
+                // Overflow under this loss scale: no update; try again with half the scale.
+                self.loss_scale = (self.loss_scale / 2.0).max(1.0);
+                self.good_steps = 0;
+                return self.finish_step(model, t0, loss_sum, lr, norm, Some(loss_scale), true);
+            }
         }
         let grad_norm = clip_global_norm(&model, &mut grads, c.grad_clip)?;
         if f16 {
@@ -607,8 +609,7 @@ impl<M: CausalLm> Trainer<M> {
             let (inputs, targets) = batch_tensors(&batch, &self.device);
             let loss = if !c.recompute.blockwise() {
                 let loss = lm_loss(to_f32(work.forward(inputs)), targets);
-                let grads =
-                    GradientsParams::from_grads(loss.clone().mul_scalar(factor).backward(), work);
+                let grads = GradientsParams::from_grads(scaled(&loss, factor).backward(), work);
                 accumulator.accumulate(work, grads);
                 loss
             } else {
@@ -673,7 +674,7 @@ impl<M: CausalLm> Trainer<M> {
         };
         let top = lift(checkpoints[n].clone());
         let loss = lm_loss(to_f32(stages.head(top.clone())), targets);
-        let grads = loss.clone().mul_scalar(factor).backward();
+        let grads = scaled(&loss, factor).backward();
         let mut upstream = top.grad(&grads).ok_or_else(missing)?;
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         for i in (0..n).rev() {
@@ -781,6 +782,15 @@ impl ModuleMapper for CastParams {
             cast = cast.require_grad();
         }
         Param::from_mapped_value(id, cast, mapper)
+    }
+}
+
+/// `loss * factor`, without an operation when the factor is 1.
+fn scaled(loss: &Tensor<1>, factor: f64) -> Tensor<1> {
+    if factor == 1.0 {
+        loss.clone()
+    } else {
+        loss.clone().mul_scalar(factor)
     }
 }
 
