@@ -31,8 +31,6 @@ use crate::gui::bytes;
 struct Point {
     /// Peak bytes (process peak RSS on the CPU, pool reserved bytes on a GPU).
     peak: u64,
-    /// The same measure after the model and trainer were built, before the first step.
-    baseline: u64,
     /// Mean seconds per timed step.
     seconds_per_step: f64,
     /// "process peak RSS" or "memory pool".
@@ -108,8 +106,8 @@ pub fn probe(a: MemoryProbeArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let mut trainer = random_data_trainer(model, train, 200_000, &device)?;
-    let (baseline, source) = memory_now(&selected).unwrap_or((0, "not reported"));
-    let mut pool_peak = baseline;
+    let (start, source) = memory_now(&selected).unwrap_or((0, "not reported"));
+    let mut pool_peak = start;
     let mut timed = 0.0;
     for i in 0..1 + m.steps {
         let t0 = Instant::now();
@@ -128,7 +126,6 @@ pub fn probe(a: MemoryProbeArgs) -> Result<()> {
     };
     let point = Point {
         peak,
-        baseline,
         seconds_per_step: timed / m.steps.max(1) as f64,
         source: source.to_string(),
     };
@@ -185,8 +182,8 @@ pub fn run(a: BenchMemoryArgs, cache_dir: &Path) -> Result<()> {
         "## Recompute: gpt2 {} layers x {} wide, {} heads, context {}, vocabulary {}, AdamW, on {}\n",
         config.n_layer, config.n_embd, config.n_head, m.context, m.vocab, selected.description
     );
-    println!("| recompute | batch | peak MiB | baseline MiB | s/step | ms/sample |");
-    println!("|---|---|---|---|---|---|");
+    println!("| recompute | batch | peak MiB | s/step | ms/sample |");
+    println!("|---|---|---|---|---|");
     let mut results: Vec<(String, usize, Option<Point>)> = Vec::new();
     let mut source = String::new();
     for name in &a.modes {
@@ -195,9 +192,8 @@ pub fn run(a: BenchMemoryArgs, cache_dir: &Path) -> Result<()> {
             match run_probe(&exe, m, name, batch) {
                 Ok(p) => {
                     println!(
-                        "| {name} | {batch} | {:.0} | {:.0} | {:.3} | {:.1} |",
+                        "| {name} | {batch} | {:.0} | {:.3} | {:.1} |",
                         p.peak as f64 / MIB,
-                        p.baseline as f64 / MIB,
                         p.seconds_per_step,
                         1e3 * p.seconds_per_step / batch as f64
                     );
@@ -205,7 +201,7 @@ pub fn run(a: BenchMemoryArgs, cache_dir: &Path) -> Result<()> {
                     results.push((name.clone(), batch, Some(p)));
                 }
                 Err(e) => {
-                    println!("| {name} | {batch} | failed: {e} | | | |");
+                    println!("| {name} | {batch} | failed: {e} | | |");
                     results.push((name.clone(), batch, None));
                 }
             }
