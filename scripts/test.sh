@@ -39,7 +39,9 @@ status=0
 cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 2>&1 | tee "$log" || status=$?
 
 echo "==> the desktop window under Xvfb: a training run started from the UI, screenshots in out/gui/"
-cargo build --quiet -p cinder --bin cinder
+# The binary `cargo test --all-targets` built (same features; building `-p cinder` alone would
+# unify features differently and rebuild the whole GPU stack).
+cargo build --quiet --workspace --all-targets
 if scripts/gui_smoke.sh "${CARGO_TARGET_DIR:-target}/debug/cinder" 2>&1 | tee -a "$log"; then
   echo "gui window: 1 passed" >>"$log"
 else
