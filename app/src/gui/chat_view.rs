@@ -379,19 +379,7 @@ impl ChatView {
                     ui.selectable_value(&mut s.dtype, d.to_string(), d);
                 }
             });
-        let choices = devices.choices();
-        let current = choices
-            .iter()
-            .find(|(n, _)| *n == s.device)
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| s.device.clone());
-        egui::ComboBox::from_label("Device")
-            .selected_text(current)
-            .show_ui(ui, |ui| {
-                for (name, description) in &choices {
-                    ui.selectable_value(&mut s.device, name.to_string(), description);
-                }
-            });
+        devices.picker(ui, &mut s.device);
         let busy = self.is_active();
         if ui.add_enabled(!busy, egui::Button::new("Load")).clicked() {
             self.load(devices, ctx);

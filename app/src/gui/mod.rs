@@ -9,7 +9,9 @@
 //! device and the window renders on it, so there is one device and one memory pool.
 
 mod chat_view;
+mod plots;
 mod train_view;
+mod train_worker;
 mod widgets;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +97,23 @@ impl Devices {
             out.push(("gpu", format!("GPU: {short}")));
         }
         out
+    }
+
+    /// A "Device" picker over [`choices`](Self::choices) that edits `value`.
+    pub fn picker(&self, ui: &mut egui::Ui, value: &mut String) {
+        let choices = self.choices();
+        let current = choices
+            .iter()
+            .find(|(n, _)| *n == value.as_str())
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| value.clone());
+        egui::ComboBox::from_label("Device")
+            .selected_text(current)
+            .show_ui(ui, |ui| {
+                for (name, description) in &choices {
+                    ui.selectable_value(value, name.to_string(), description);
+                }
+            });
     }
 
     /// The preferred device name: the GPU when there is one.

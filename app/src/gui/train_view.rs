@@ -3,18 +3,20 @@
 //! loop as `cinder train`, and live plots of what each step reports.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 
-use cinder_engine::device::{Selected, memory_usage, process_memory};
 use cinder_engine::train::StepReport;
 use egui::{Key, KeyboardShortcut, Modifiers, RichText};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+
+use super::plots::{memory_series, small_plot, smooth};
+use super::train_worker::{Command, Event, run_worker};
 use serde::{Deserialize, Serialize};
 
 use super::Devices;
 use super::widgets::{Worker, bytes, number, text_field};
 use crate::cli::TrainArgs;
-use crate::train::{DEFAULT_STEPS, Session, prepare, preset, read_run_args};
+use crate::train::{DEFAULT_STEPS, preset, read_run_args};
 
 /// The training form: the command line's settings plus how the curves are drawn.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -147,32 +149,6 @@ impl RunData {
             .filter(|c| c != dir);
         Ok(data)
     }
-}
-
-enum Command {
-    Pause,
-    Resume,
-    Stop,
-    Save,
-}
-
-enum Event {
-    Log(String),
-    Started {
-        run_dir: PathBuf,
-        args: Box<TrainArgs>,
-        step: u64,
-        total: u64,
-    },
-    Step(Box<StepReport>),
-    Paused,
-    Resumed,
-    Saved(PathBuf),
-    Ended {
-        finished: bool,
-        checkpoint: Option<PathBuf>,
-    },
-    Failed(String),
 }
 
 /// The Train view.
@@ -670,19 +646,7 @@ impl TrainView {
             })
             .response
             .on_hover_text("Recompute activations in the backward pass to fit larger batches");
-        let choices = devices.choices();
-        let current = choices
-            .iter()
-            .find(|(n, _)| *n == args.device)
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| args.device.clone());
-        egui::ComboBox::from_label("Device")
-            .selected_text(current)
-            .show_ui(ui, |ui| {
-                for (name, description) in &choices {
-                    ui.selectable_value(&mut args.device, name.to_string(), description);
-                }
-            });
+        devices.picker(ui, &mut args.device);
         let mut out = args
             .out
             .as_ref()
@@ -907,200 +871,5 @@ impl TrainView {
                 ui.label(format!("ETA {left:.0}s"));
             }
         });
-    }
-}
-
-/// Device memory (in use and reserved) where the backend reports it, process memory otherwise,
-/// in MiB against the step.
-fn memory_series(reports: &[StepReport]) -> Vec<(&'static str, Vec<[f64; 2]>)> {
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let series = |f: &dyn Fn(&StepReport) -> Option<u64>| -> Vec<[f64; 2]> {
-        reports
-            .iter()
-            .filter_map(|r| f(r).map(|b| [r.step as f64, mib(b)]))
-            .collect()
-    };
-    let used = series(&|r| r.memory_in_use);
-    if !used.is_empty() {
-        return vec![
-            ("device in use", used),
-            ("device reserved", series(&|r| r.memory_reserved)),
-        ];
-    }
-    vec![("process resident", series(&|r| r.process_memory))]
-}
-
-fn small_plot(
-    ui: &mut egui::Ui,
-    title: &str,
-    id: &str,
-    width: f32,
-    height: f32,
-    link: egui::Id,
-    series: Vec<(&str, Vec<[f64; 2]>)>,
-) {
-    ui.vertical(|ui| {
-        ui.set_width(width);
-        ui.label(title);
-        Plot::new(id)
-            .height(height)
-            .width(width)
-            .legend(Legend::default())
-            .link_axis(link, [true, false])
-            .show(ui, |p| {
-                for (name, points) in series {
-                    p.line(Line::new(name, PlotPoints::from(points)));
-                }
-            });
-    });
-}
-
-/// TensorBoard's smoothing: an exponential moving average with its start-up bias removed.
-pub fn smooth(points: &[[f64; 2]], weight: f64) -> Vec<[f64; 2]> {
-    let weight = weight.clamp(0.0, 0.999);
-    let mut avg = 0.0;
-    let mut norm = 0.0;
-    points
-        .iter()
-        .map(|&[x, y]| {
-            avg = avg * weight + (1.0 - weight) * y;
-            norm = norm * weight + (1.0 - weight);
-            [x, avg / norm]
-        })
-        .collect()
-}
-
-fn run_worker(
-    args: TrainArgs,
-    cache_dir: &Path,
-    selected: &Selected,
-    commands: &Receiver<Command>,
-    send: &dyn Fn(Event),
-) {
-    let session = match prepare(args, cache_dir, selected, &mut |line| {
-        send(Event::Log(line))
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            send(Event::Failed(format!("{e:#}")));
-            return;
-        }
-    };
-    let Session {
-        mut trainer,
-        run_dir,
-        args,
-    } = session;
-    send(Event::Started {
-        run_dir: run_dir.clone(),
-        step: trainer.step_count(),
-        total: trainer.config().steps,
-        args: Box::new(args),
-    });
-    let mut paused = false;
-    let mut saved_at = None;
-    let mut stepped = false;
-    let save = |trainer: &cinder_engine::train::Trainer<_>| trainer.save_checkpoint(&run_dir);
-    loop {
-        let command = if paused {
-            match commands.recv() {
-                Ok(c) => Some(c),
-                Err(_) => Some(Command::Stop),
-            }
-        } else {
-            match commands.try_recv() {
-                Ok(c) => Some(c),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => Some(Command::Stop),
-            }
-        };
-        match command {
-            Some(Command::Pause) => {
-                paused = true;
-                send(Event::Paused);
-                continue;
-            }
-            Some(Command::Resume) => {
-                paused = false;
-                send(Event::Resumed);
-            }
-            Some(Command::Stop) => break,
-            Some(Command::Save) => {
-                if saved_at != Some(trainer.step_count()) {
-                    match save(&trainer) {
-                        Ok(path) => {
-                            saved_at = Some(trainer.step_count());
-                            send(Event::Saved(path));
-                        }
-                        Err(e) => send(Event::Log(format!("saving failed: {e}"))),
-                    }
-                }
-                continue;
-            }
-            None => {}
-        }
-        if paused {
-            continue;
-        }
-        if trainer.finished() {
-            break;
-        }
-        match trainer.step() {
-            Ok(mut report) => {
-                stepped = true;
-                if report.checkpoint.is_some() {
-                    saved_at = Some(report.step);
-                }
-                if report.memory_in_use.is_none() {
-                    // The trainer reads the pool of its autodiff device; ask the base device too.
-                    if let Some((used, reserved)) = memory_usage(&selected.device) {
-                        report.memory_in_use = Some(used);
-                        report.memory_reserved = Some(reserved);
-                    }
-                }
-                if report.process_memory.is_none() {
-                    report.process_memory = process_memory().map(|(rss, _)| rss);
-                }
-                send(Event::Step(Box::new(report)));
-            }
-            Err(e) => {
-                send(Event::Failed(format!(
-                    "step {}: {e:#}",
-                    trainer.step_count() + 1
-                )));
-                return;
-            }
-        }
-    }
-    let mut checkpoint = None;
-    if stepped && saved_at != Some(trainer.step_count()) {
-        match save(&trainer) {
-            Ok(path) => checkpoint = Some(path),
-            Err(e) => {
-                send(Event::Failed(format!("saving the final checkpoint: {e:#}")));
-                return;
-            }
-        }
-    }
-    send(Event::Ended {
-        finished: trainer.finished(),
-        checkpoint,
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn smoothing_starts_at_the_first_value_and_follows_the_trend() {
-        let pts = [[1.0, 4.0], [2.0, 2.0], [3.0, 2.0]];
-        let s = smooth(&pts, 0.5);
-        assert!((s[0][1] - 4.0).abs() < 1e-12);
-        // (0.5*0.5*4 + 0.5*2) / 0.75 = 2.666..
-        assert!((s[1][1] - 8.0 / 3.0).abs() < 1e-12);
-        assert!(s[2][1] < s[1][1]);
-        let none = smooth(&pts, 0.0);
-        assert!((none[1][1] - 2.0).abs() < 1e-12);
     }
 }
