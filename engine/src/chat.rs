@@ -63,7 +63,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat", source.to_string())
-            .map_err(|e| Error::Invalid(format!("the chat template does not compile: {e}")))?;
+            .map_err(|e| Error::Template(format!("does not compile: {e}")))?;
         Ok(Self {
             env,
             bos_token: bos_token.to_string(),
@@ -77,7 +77,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template("chat")
-            .map_err(|e| Error::Invalid(format!("chat template: {e}")))?;
+            .map_err(|e| Error::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
@@ -85,7 +85,7 @@ impl ChatTemplate {
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
-            .map_err(|e| Error::Invalid(format!("rendering the chat template failed: {e}")))
+            .map_err(|e| Error::Template(format!("rendering failed: {e}")))
     }
 }
 

@@ -145,7 +145,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let failed = write_dir_atomic(&dir, |d| {
             write_atomic(&d.join("a.txt"), b"two")?;
-            Err(Error::Invalid("disk full".into()))
+            Err(Error::Data("disk full".into()))
         });
         assert!(failed.is_err());
         assert_eq!(

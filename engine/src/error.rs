@@ -30,9 +30,42 @@ pub enum Error {
     /// A device that does not exist or cannot be opened.
     #[error("device: {0}")]
     Device(String),
-    /// Input that the operation cannot accept (a prompt too long, an empty corpus, ...).
+    /// A corpus or token stream that cannot feed the requested batches.
+    #[error("data: {0}")]
+    Data(String),
+    /// A generation request the model cannot serve (a prompt longer than the context, a beam
+    /// width of 0, ...).
+    #[error("generation: {0}")]
+    Request(String),
+    /// A chat template that does not compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// Tensors whose shapes or layouts do not fit together (a weight matrix that cannot be
+    /// quantized in blocks, optimizer state for a parameter the model lacks, ...).
     #[error("{0}")]
-    Invalid(String),
+    Shape(String),
+    /// Reading a tensor back from the device failed.
+    #[error("reading {what} back from the device: {message}")]
+    Readback {
+        /// What was being read ("the loss", "the gradient norm").
+        what: String,
+        /// The backend's error.
+        message: String,
+    },
+    /// Serialising a value (JSON, safetensors) failed.
+    #[error("serialising {what}: {message}")]
+    Serialize {
+        /// What was being serialised.
+        what: String,
+        /// The serialiser's error.
+        message: String,
+    },
+    /// A state the engine should never reach (a bug): reported instead of panicking.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A model that cannot be saved in an interchange format (e.g. block-quantized weights).
+    #[error("export: {0}")]
+    Export(String),
     /// An external command (npm, tar, ...) that failed.
     #[error("{command}: {message}")]
     Command {
@@ -49,6 +82,14 @@ impl Error {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A serialisation error about `what`.
+    pub fn serialize(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::Serialize {
+            what: what.into(),
+            message: message.to_string(),
         }
     }
 

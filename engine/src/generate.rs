@@ -12,7 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::lm::CausalLm;
 use crate::sampling::{SamplingConfig, sample_next};
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result};
+use crate::{Error, Result, readback};
 
 /// What to generate and when to stop.
 #[derive(Clone, Debug)]
@@ -79,19 +79,19 @@ fn last_position(logits: Tensor<3>) -> Tensor<2> {
 fn check_prompt<M: CausalLm>(model: &M, prompt: &[u32]) -> Result<()> {
     let ctx = model.context_length();
     if prompt.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::Request(
             "the prompt is empty: give at least one token".into(),
         ));
     }
     if prompt.len() > ctx {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Request(format!(
             "the prompt has {} tokens but the model's context is {ctx}",
             prompt.len()
         )));
     }
     let vocab = model.vocab_size() as u32;
     if let Some(bad) = prompt.iter().find(|&&id| id >= vocab) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Request(format!(
             "token id {bad} is outside the vocabulary ({vocab})"
         )));
     }
@@ -293,10 +293,10 @@ pub fn beam_search<M: CausalLm>(
 ) -> Result<Vec<Hypothesis>> {
     check_prompt(model, prompt)?;
     if config.width == 0 {
-        return Err(Error::Invalid("the beam width must be at least 1".into()));
+        return Err(Error::Request("the beam width must be at least 1".into()));
     }
     if prompt.len() + config.max_new_tokens > model.context_length() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Request(format!(
             "beam search needs the prompt ({}) plus --max-new-tokens ({}) within the context ({})",
             prompt.len(),
             config.max_new_tokens,
@@ -316,16 +316,8 @@ pub fn beam_search<M: CausalLm>(
         let total = (log_softmax(logits, 1) + scores).reshape([b * v]);
         let n = (2 * width).min(b * v);
         let (top, idx) = total.topk_with_indices(n, 0);
-        let top = top
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("reading beam scores: {e:?}")))?;
-        let idx = idx
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .map_err(|e| Error::Invalid(format!("reading beam tokens: {e:?}")))?;
+        let top = readback::f32_values(top, "beam scores")?;
+        let idx = readback::int_values(idx, "beam tokens")?;
         let mut next: Vec<(usize, u32, f32)> = Vec::with_capacity(width);
         for (&score, &flat) in top.iter().zip(&idx) {
             let (parent, token) = (flat as usize / v, (flat as usize % v) as u32);

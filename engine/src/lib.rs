@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod lm;
 pub mod optim;
 pub mod quant;
+pub mod readback;
 pub mod rng;
 pub mod sampling;
 pub mod schedule;

@@ -5,6 +5,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::Result;
 use crate::weights::NamedTensors;
 
 /// A causal language model the trainer can train and the decoder can run.
@@ -48,8 +49,9 @@ pub trait CausalLm: Module + Sized {
     /// `config.json` for the families that have one).
     fn config_json(&self) -> serde_json::Value;
 
-    /// Every weight under its family's interchange name (Hugging Face keys).
-    fn export_tensors(&self) -> NamedTensors;
+    /// Every weight under its family's interchange name (Hugging Face keys). Fails where the
+    /// weights have no such form (block-quantized projections) or cannot be read back.
+    fn export_tensors(&self) -> Result<NamedTensors>;
 
     /// The forward pass as separate stages, for recomputing activations block by block
     /// (`None` where the family does not offer it).

@@ -39,7 +39,7 @@ impl FromStr for WeightDtype {
             "f16" => Ok(Self::F16),
             "q8" => Ok(Self::Q8),
             "q4" => Ok(Self::Q4),
-            other => Err(Error::Invalid(format!(
+            other => Err(Error::Config(format!(
                 "unknown --dtype '{other}': expected f32, f16, q8 or q4"
             ))),
         }
@@ -86,7 +86,7 @@ impl std::fmt::Debug for QuantMatrix {
 
 fn check_shape(rows: usize, cols: usize) -> Result<()> {
     if cols == 0 || !cols.is_multiple_of(QK) || rows == 0 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Shape(format!(
             "a {rows}x{cols} matrix cannot be block-quantized: the inputs must be a positive \
              multiple of {QK}"
         )));
@@ -115,7 +115,7 @@ impl QuantMatrix {
     pub fn quantize(kind: BlockKind, values: &[f32], rows: usize, cols: usize) -> Result<Self> {
         check_shape(rows, cols)?;
         if values.len() != rows * cols {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Shape(format!(
                 "{} values do not make a {rows}x{cols} matrix",
                 values.len()
             )));

@@ -66,7 +66,7 @@ impl SamplingConfig {
 
     /// Checks the values are in range.
     pub fn check(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Invalid(m));
+        let bad = |m: String| Err(Error::Config(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!("temperature {} must be >= 0", self.temperature));
         }
@@ -88,13 +88,10 @@ impl SamplingConfig {
 
 /// Reads one integer back from the device.
 pub fn read_id(t: Tensor<1, Int>) -> Result<u32> {
-    t.into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .ok()
-        .and_then(|v| v.first().copied())
-        .map(|v| v as u32)
-        .ok_or_else(|| Error::Invalid("reading a token id back from the device failed".into()))
+    match crate::readback::int_values(t, "a token id")?[..] {
+        [id] => u32::try_from(id).map_err(|_| Error::Shape(format!("token id {id} out of range"))),
+        ref v => Err(Error::Shape(format!("{} token ids read back, expected 1", v.len()))),
+    }
 }
 
 /// Applies the repetition penalty to the logits of the tokens in `history`.

@@ -28,8 +28,8 @@ use crate::optim::{
 use crate::sampling::SamplingConfig;
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{read_safetensors, to_f32_data, write_safetensors};
-use crate::{Error, Result, rng};
+use crate::weights::{read_safetensors, write_safetensors};
+use crate::{Error, Result, readback, rng};
 
 /// Activation recomputation: memory traded for a second forward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,12 +291,6 @@ pub struct Trainer<M: CausalLm> {
     notes: Vec<String>,
 }
 
-fn scalar(t: Tensor<1>) -> Result<f64> {
-    let v = to_f32_data(t)
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("{e:?}")))?;
-    Ok(v.first().copied().unwrap_or(f32::NAN) as f64)
-}
 
 /// Cross-entropy of next-token predictions.
 ///
@@ -478,7 +472,7 @@ impl<M: CausalLm> Trainer<M> {
         let model = self
             .model
             .take()
-            .ok_or_else(|| Error::Invalid("trainer is broken".into()))?;
+            .ok_or_else(|| Error::Internal("the trainer lost its model in a failed step".into()))?;
         let lr = c.schedule().lr(self.step);
         let loss_scale = self.loss_scale;
         let f16 = c.precision == Precision::F16;
@@ -621,7 +615,7 @@ impl<M: CausalLm> Trainer<M> {
                 })?;
                 self.blockwise_gradients(work, stages, inputs, targets, factor, &mut accumulator)?
             };
-            loss_sum += scalar(loss.detach())?;
+            loss_sum += readback::scalar(loss.detach(), "the loss")?;
         }
         let grads = accumulator.grads();
         if dtype.is_none() && self.loss_scale == 1.0 {
@@ -652,7 +646,7 @@ impl<M: CausalLm> Trainer<M> {
             ));
         }
         let n = stages.num_blocks();
-        let missing = || Error::Invalid("recompute: a block's input received no gradient".into());
+        let missing = || Error::Internal("recompute: a block's input received no gradient".into());
         // Outside autodiff nothing is recorded, so each block's activations are freed as soon
         // as its output exists.
         let plain = model.valid();
@@ -703,7 +697,7 @@ impl<M: CausalLm> Trainer<M> {
         for i in 0..c.eval_batches.max(1) {
             let batch = lm_batch(tokens, c.batch_size, c.context, c.seed, 1, i as u64)?;
             let (inputs, targets) = batch_tensors(&batch, &device);
-            total += scalar(lm_loss(model.forward(inputs), targets))?;
+            total += readback::scalar(lm_loss(model.forward(inputs), targets), "the held-out loss")?;
         }
         Ok(total / c.eval_batches.max(1) as f64)
     }
@@ -750,7 +744,7 @@ impl<M: CausalLm> Trainer<M> {
             save_model(model, &self.tokenizer, tmp)?;
             write_safetensors(
                 &tmp.join("optimizer.safetensors"),
-                &self.optim.state_tensors(),
+                &self.optim.state_tensors()?,
             )?;
             write_atomic(&tmp.join("trainer_state.json"), to_json(&state)?.as_bytes())?;
             write_atomic(
@@ -833,7 +827,7 @@ fn unscale<M: CausalLm>(model: &M, grads: GradientsParams, scale: f64) -> Gradie
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))
+    serde_json::to_string_pretty(value).map_err(|e| Error::serialize("JSON", e))
 }
 
 /// Writes a model folder loadable by Cinder and by Hugging Face transformers:
@@ -843,12 +837,12 @@ pub fn save_model<M: CausalLm>(model: &M, tokenizer: &Tokenizer, dir: &Path) -> 
         &dir.join("config.json"),
         to_json(&model.config_json())?.as_bytes(),
     )?;
-    write_safetensors(&dir.join("model.safetensors"), &model.export_tensors())?;
+    write_safetensors(&dir.join("model.safetensors"), &model.export_tensors()?)?;
     tokenizer.save(&dir.join("tokenizer.json"))
 }
 
 fn append_metrics(path: &Path, report: &StepReport) -> Result<()> {
-    let line = serde_json::to_string(report).map_err(|e| Error::Invalid(e.to_string()))?;
+    let line = serde_json::to_string(report).map_err(|e| Error::serialize("a metrics line", e))?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -13,7 +13,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::checkpoint::write_atomic;
-use crate::{Error, Result};
+use crate::{Error, Result, readback};
 
 /// Tensors read from a file, by name, converted to f32.
 pub type NamedTensors = BTreeMap<String, TensorData>;
@@ -122,9 +122,7 @@ pub fn safetensors_bytes(
 ) -> Result<Vec<u8>> {
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, data) in tensors {
-        let values = data
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("tensor '{name}' is not f32: {e:?}")))?;
+        let values = readback::data_values(data.clone(), &format!("tensor '{name}'"))?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         buffers.push((name.clone(), data.shape().to_vec(), bytes));
     }
@@ -133,11 +131,11 @@ pub fn safetensors_bytes(
         .map(|(name, shape, bytes)| {
             safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
                 .map(|view| (name.clone(), view))
-                .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))
+                .map_err(|e| Error::serialize(format!("tensor '{name}'"), e))
         })
         .collect::<Result<_>>()?;
     safetensors::serialize(views, metadata)
-        .map_err(|e| Error::Invalid(format!("safetensors serialisation failed: {e}")))
+        .map_err(|e| Error::serialize("safetensors", e))
 }
 
 /// Writes f32 tensors to a safetensors file, atomically.
@@ -146,19 +144,10 @@ pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
     write_atomic(path, &safetensors_bytes(tensors, Some(metadata))?)
 }
 
-/// Converts a tensor of any float dtype to f32 host data.
-pub fn to_f32_data<const D: usize>(tensor: Tensor<D>) -> TensorData {
-    let tensor = if tensor.dtype() == DType::F32 {
-        tensor
-    } else {
-        tensor.cast(DType::F32)
-    };
-    tensor.into_data()
-}
-
 struct Collector {
     path: Vec<String>,
     out: Vec<(String, TensorData)>,
+    error: Option<Error>,
 }
 
 impl ModuleVisitor for Collector {
@@ -169,19 +158,29 @@ impl ModuleVisitor for Collector {
         self.path.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out
-            .push((self.path.join("."), to_f32_data(param.val())));
+        if self.error.is_some() {
+            return;
+        }
+        let name = self.path.join(".");
+        match readback::f32_data(param.val(), &name) {
+            Ok(data) => self.out.push((name, data)),
+            Err(e) => self.error = Some(e),
+        }
     }
 }
 
 /// Every float parameter of a module with its dotted path (`h.0.attn.c_attn.weight`).
-pub fn named_parameters<M: Module>(module: &M) -> Vec<(String, TensorData)> {
+pub fn named_parameters<M: Module>(module: &M) -> Result<Vec<(String, TensorData)>> {
     let mut collector = Collector {
         path: Vec::new(),
         out: Vec::new(),
+        error: None,
     };
     module.visit(&mut collector);
-    collector.out
+    match collector.error {
+        Some(e) => Err(e),
+        None => Ok(collector.out),
+    }
 }
 
 struct Loader<'a> {

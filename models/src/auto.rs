@@ -122,7 +122,7 @@ pub fn load(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<
     let (model, mut stop_tokens) = match family {
         "gpt2" => {
             if dtype.is_some_and(|d| d != WeightDtype::F32) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "--dtype {dtype:?}: quantized weights are implemented for LLaMA models; \
                      GPT-2 runs in f32"
                 )));

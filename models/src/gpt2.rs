@@ -448,11 +448,11 @@ impl CausalLm for Gpt2 {
         Some(self)
     }
 
-    fn export_tensors(&self) -> NamedTensors {
-        named_parameters(self)
+    fn export_tensors(&self) -> EngineResult<NamedTensors> {
+        Ok(named_parameters(self)?
             .into_iter()
             .filter_map(|(path, data)| hf_names(&path).into_iter().next().map(|name| (name, data)))
-            .collect()
+            .collect())
     }
 }
 
@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn export_uses_hugging_face_names() {
         let model = Gpt2Config::tiny().init(&Device::flex());
-        let names: Vec<String> = model.export_tensors().into_keys().collect();
+        let names: Vec<String> = model.export_tensors().unwrap().into_keys().collect();
         assert!(names.contains(&"transformer.wte.weight".to_string()));
         assert!(names.contains(&"transformer.h.1.attn.c_attn.bias".to_string()));
         assert!(names.contains(&"transformer.ln_f.weight".to_string()));

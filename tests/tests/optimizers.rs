@@ -98,6 +98,7 @@ fn trainer_from(
 fn weights(model: &Gpt2) -> Vec<f32> {
     model
         .export_tensors()
+        .unwrap()
         .into_values()
         .flat_map(|d| d.try_to_vec::<f32>().unwrap_or_default())
         .collect()

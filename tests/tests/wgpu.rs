@@ -90,6 +90,7 @@ fn training_step_matches_the_cpu() {
         let weights: Vec<f32> = trainer
             .model()
             .export_tensors()
+            .unwrap()
             .into_values()
             .flat_map(|d| d.try_to_vec::<f32>().unwrap_or_default())
             .collect();

@@ -40,7 +40,7 @@ pub fn lm_batch_rows(
     step: u64,
 ) -> Result<LmBatch> {
     if tokens.len() < context + 2 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Data(format!(
             "the corpus has {} tokens, too few for windows of {} (context + 1)",
             tokens.len(),
             context + 1

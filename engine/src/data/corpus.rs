@@ -63,7 +63,7 @@ impl Corpus {
                 #[cfg(target_family = "wasm")]
                 {
                     let _ = cache_dir;
-                    Err(Error::Invalid(
+                    Err(Error::Data(
                         "the Tang corpus is fetched natively only".into(),
                     ))
                 }

@@ -187,7 +187,7 @@ pub fn clean_tang_dir(source: &Path, out: &Path) -> Result<TangSummary> {
     write_atomic(&out.join("train.txt"), (train.join("\n") + "\n").as_bytes())?;
     write_atomic(&out.join("val.txt"), (val.join("\n") + "\n").as_bytes())?;
     let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| Error::Invalid(format!("summary: {e}")))?;
+        .map_err(|e| Error::serialize("the corpus summary", e))?;
     write_atomic(&out.join("summary.json"), json.as_bytes())?;
     Ok(summary)
 }

@@ -29,8 +29,8 @@ pub use adamw::AdamWConfig;
 pub use lion::LionConfig;
 pub use sgd::{HeunConfig, SgdConfig};
 
-use crate::weights::{NamedTensors, to_f32_data};
-use crate::{Error, Result};
+use crate::weights::NamedTensors;
+use crate::{Error, Result, readback};
 
 /// Which optimizer, with its hyper-parameters (the learning rate comes from the schedule).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,14 +158,16 @@ impl Optimizer {
     }
 
     /// The state as named tensors (`PATH.SLOT`, e.g. `h.0.attn.c_attn.weight.exp_avg`).
-    pub fn state_tensors(&self) -> NamedTensors {
+    pub fn state_tensors(&self) -> Result<NamedTensors> {
         let mut out = NamedTensors::new();
         for (path, slots) in &self.state {
             for (slot, t) in slots {
-                out.insert(format!("{path}.{slot}"), to_f32_data(t.clone()));
+                let name = format!("{path}.{slot}");
+                let data = readback::f32_data(t.clone(), &name)?;
+                out.insert(name, data);
             }
         }
-        out
+        Ok(out)
     }
 
     /// Elements held in optimizer state.
@@ -197,13 +199,11 @@ impl Optimizer {
                 })
                 .max_by_key(|(p, _)| p.len())
             else {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Shape(format!(
                     "optimizer state '{key}' belongs to no parameter of this model"
                 )));
             };
-            let values = data
-                .try_to_vec::<f32>()
-                .map_err(|e| Error::Invalid(format!("optimizer state '{key}': {e:?}")))?;
+            let values = crate::readback::data_values(data, &format!("optimizer state '{key}'"))?;
             let n = values.len();
             let t = Tensor::from_data(TensorData::new(values, [n]), device);
             state.entry(path).or_default().insert(slot, t);
@@ -386,10 +386,7 @@ pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> Result<f64>
     let Some(total) = visitor.total else {
         return Ok(0.0);
     };
-    let value = to_f32_data(total)
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("reading the gradient norm: {e:?}")))?;
-    Ok((value.first().copied().unwrap_or(0.0) as f64).sqrt())
+    Ok(readback::scalar(total, "the gradient norm")?.sqrt())
 }
 
 /// Multiplies every gradient by `factor`.
@@ -441,7 +438,7 @@ mod tests {
     }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        to_f32_data(t).try_to_vec::<f32>().unwrap_or_default()
+        readback::f32_values(t, "a test tensor").unwrap()
     }
 
     #[test]
@@ -486,7 +483,7 @@ mod tests {
         );
         assert!((b[0] - (0.5 - 0.01)).abs() < 1e-6, "{b:?}");
         assert!(model.lin.weight.val().is_require_grad());
-        let state = opt.state_tensors();
+        let state = opt.state_tensors().unwrap();
         assert!(
             state.contains_key("lin.weight.exp_avg") && state.contains_key("lin.bias.exp_avg_sq")
         );
@@ -560,6 +557,7 @@ mod tests {
         // Momentum after one step: (1 - b2) g.
         let m = opt
             .state_tensors()
+            .unwrap()
             .remove("lin.weight.exp_avg")
             .and_then(|d| d.try_to_vec::<f32>().ok())
             .unwrap_or_default();
@@ -574,12 +572,12 @@ mod tests {
         let (model, grads, device) = setup();
         let mut opt = Optimizer::new(OptimizerConfig::Lion(LionConfig::default()));
         let model = opt.step(0.01, model, grads);
-        let saved = opt.state_tensors();
+        let saved = opt.state_tensors().unwrap();
         let mut back = Optimizer::new(OptimizerConfig::Lion(LionConfig::default()));
         back.load_state(saved.clone(), 1, &param_paths(&model), &device)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back.steps(), 1);
-        assert_eq!(back.state_tensors().len(), saved.len());
+        assert_eq!(back.state_tensors().unwrap().len(), saved.len());
         let mut wrong = saved;
         wrong.insert(
             "nothing.here.exp_avg".into(),

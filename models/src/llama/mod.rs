@@ -732,20 +732,21 @@ impl CausalLm for Llama {
         self.config.to_hf_json()
     }
 
-    fn export_tensors(&self) -> NamedTensors {
+    fn export_tensors(&self) -> EngineResult<NamedTensors> {
         let source = Path::new("model");
-        named_parameters(self)
-            .into_iter()
-            .filter_map(|(path, data)| {
-                let name = hf_names(&path).into_iter().next()?;
-                let data = if is_projection(&name) {
-                    transpose_2d(&data, source, &name).ok()?
-                } else {
-                    data
-                };
-                Some((name, data))
-            })
-            .collect()
+        let mut out = NamedTensors::new();
+        for (path, data) in named_parameters(self)? {
+            let Some(name) = hf_names(&path).into_iter().next() else {
+                continue;
+            };
+            let data = if is_projection(&name) {
+                transpose_2d(&data, source, &name)?
+            } else {
+                data
+            };
+            out.insert(name, data);
+        }
+        Ok(out)
     }
 }
 
@@ -795,7 +796,7 @@ mod tests {
         device.seed(9);
         let config = LlamaConfig::tiny();
         let model = config.init(&device);
-        let back = Llama::from_hf_tensors(&config, model.export_tensors(), Path::new("m"), &device)
+        let back = Llama::from_hf_tensors(&config, model.export_tensors().unwrap(), Path::new("m"), &device)
             .unwrap_or_else(|e| panic!("{e}"));
         let x = ids(&[1, 2, 3, 4], &device);
         let diff = (model.forward(x.clone()) - back.forward(x))
@@ -803,7 +804,7 @@ mod tests {
             .max()
             .into_scalar::<f32>();
         assert!(diff < 1e-6, "{diff}");
-        let names: Vec<String> = model.export_tensors().into_keys().collect();
+        let names: Vec<String> = model.export_tensors().unwrap().into_keys().collect();
         assert!(names.contains(&"model.layers.1.self_attn.k_proj.weight".to_string()));
         assert!(names.contains(&"lm_head.weight".to_string()));
         assert!(names.contains(&"model.norm.weight".to_string()));

@@ -110,10 +110,7 @@ fn from_file(
 
 /// A row-major `[rows, cols]` tensor's values.
 fn host_values(t: Tensor<2>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::Invalid(format!("reading weights: {e:?}")))
+    cinder_engine::readback::f32_values(t, "weights")
 }
 
 /// A dense Burn projection (`[in, out]`) as `[out, in]` blocks.
@@ -156,7 +153,7 @@ impl Llama {
             }
             let matrices: [QuantMatrix; 7] = matrices
                 .try_into()
-                .map_err(|_| Error::Invalid("a layer has seven projections".into()))?;
+                .map_err(|_| Error::Internal("a layer has seven projections".into()))?;
             layers.push(LayerQuant(matrices));
         }
         let head = match self.lm_head.take() {
