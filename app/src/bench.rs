@@ -1,28 +1,18 @@
 //! `cinder bench train`: training throughput on random tokens.
 
 use anyhow::{Context, Result, bail};
-use cinder_engine::device::{DeviceChoice, select};
+use cinder_engine::device::select;
 use cinder_engine::optim::{AdamWConfig, OptimizerConfig};
 use cinder_engine::rng;
 use cinder_engine::train::TrainConfig;
-use cinder_models::gpt2::Gpt2Config;
 
 use crate::cli::BenchTrainArgs;
 
-/// (model, context, batch) of a named workload.
-fn workload(name: &str) -> Result<(Gpt2Config, usize, usize)> {
-    Ok(match name {
-        "tiny" => (Gpt2Config::new(65, 64, 128, 4, 4), 64, 12),
-        "small" => (Gpt2Config::new(8192, 256, 384, 6, 6), 256, 8),
-        other => bail!("unknown --workload '{other}': expected tiny or small"),
-    })
-}
-
 /// `cinder bench train`: training tokens per second on random data.
 pub fn train(args: BenchTrainArgs) -> Result<()> {
-    let (config, context, batch) = workload(&args.workload)?;
-    let choice: DeviceChoice = args.device.parse()?;
-    let selected = select(choice)?;
+    let (preset, batch, context) = args.workload.shape();
+    let config = preset.config();
+    let selected = select(args.device)?;
     let device = selected.device.clone().autodiff();
     eprintln!(
         "bench train {}: gpt2 {} layers x {} wide, {} heads, vocab {}, batch {batch} x {context}, AdamW, on {}",
@@ -42,10 +32,7 @@ pub fn train(args: BenchTrainArgs) -> Result<()> {
         context,
         lr: 3e-4,
         warmup: 1,
-        optimizer: OptimizerConfig::AdamW(AdamWConfig {
-            weight_decay: 0.1,
-            ..AdamWConfig::default()
-        }),
+        optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
         ..TrainConfig::default()
     };
     let mut trainer = crate::bench_memory::random_data_trainer(model, train, 1_000_000, &device)?;

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use cinder_engine::burn::module::Module;
 use cinder_engine::burn::tensor::Device;
 use cinder_engine::data::{Corpus, CorpusSource};
-use cinder_engine::device::{DeviceChoice, Selected, memory_usage, process_memory, select};
+use cinder_engine::device::{Selected, memory_usage, process_memory, select};
 use cinder_engine::optim::{
     AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
 };
@@ -35,10 +35,6 @@ struct Point {
     seconds_per_step: f64,
     /// "process peak RSS" or "memory pool".
     source: String,
-}
-
-fn mode(name: &str) -> Result<Recompute> {
-    name.parse().with_context(|| format!("--modes: '{name}'"))
 }
 
 fn model_config(m: &ProbeModelArgs) -> Result<Gpt2Config> {
@@ -70,7 +66,6 @@ pub(crate) fn random_data_trainer(
         tokens,
         Vec::new(),
         device,
-        None,
     )?)
 }
 
@@ -85,9 +80,8 @@ fn memory_now(selected: &Selected) -> Option<(u64, &'static str)> {
 /// `cinder bench memory-probe`: one point, printed as a JSON line.
 pub fn probe(a: MemoryProbeArgs) -> Result<()> {
     let m = &a.model;
-    let recompute = mode(&a.mode)?;
-    let choice: DeviceChoice = m.device.parse()?;
-    let selected = select(choice)?;
+    let recompute = a.mode;
+    let selected = select(m.device)?;
     let device = if recompute.needs_checkpointing_device() {
         selected.device.clone().autodiff().gradient_checkpointing()
     } else {
@@ -137,7 +131,7 @@ fn run_probe(exe: &Path, m: &ProbeModelArgs, mode: &str, batch: usize) -> Result
     let out = std::process::Command::new(exe)
         .args(["bench", "memory-probe", "--mode", mode, "--batch"])
         .arg(batch.to_string())
-        .args(["--device", &m.device, "--layers"])
+        .args(["--device", &m.device.to_string(), "--layers"])
         .arg(m.layers.to_string())
         .arg("--width")
         .arg(m.width.to_string())
@@ -169,14 +163,12 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// `cinder bench memory`.
 pub fn run(a: BenchMemoryArgs, cache_dir: &Path) -> Result<()> {
     let m = &a.model;
-    for name in &a.modes {
-        mode(name)?;
-    }
+    let modes: Vec<String> = a.modes.iter().map(Recompute::to_string).collect();
     if a.batches.is_empty() || a.batches.contains(&0) {
         bail!("--batches: give positive batch sizes, e.g. 2,4,8");
     }
     let config = model_config(m)?;
-    let selected = select(m.device.parse()?)?;
+    let selected = select(m.device)?;
     let exe = std::env::current_exe().context("finding the cinder executable")?;
     println!(
         "## Recompute: gpt2 {} layers x {} wide, {} heads, context {}, vocabulary {}, AdamW, on {}\n",
@@ -186,7 +178,7 @@ pub fn run(a: BenchMemoryArgs, cache_dir: &Path) -> Result<()> {
     println!("|---|---|---|---|---|");
     let mut results: Vec<(String, usize, Option<Point>)> = Vec::new();
     let mut source = String::new();
-    for name in &a.modes {
+    for name in &modes {
         for &batch in &a.batches {
             eprintln!("measuring recompute={name} batch={batch} ...");
             match run_probe(&exe, m, name, batch) {
@@ -238,7 +230,7 @@ pub fn run(a: BenchMemoryArgs, cache_dir: &Path) -> Result<()> {
             .and_then(|(_, b, p)| p.as_ref().map(|p| (*b, p.seconds_per_step / *b as f64)))
     };
     let base = largest("none");
-    for name in &a.modes {
+    for name in &modes {
         match (largest(name), base) {
             (Some((b, t)), Some((b0, t0))) => println!(
                 "| {name} | {b} | {:.1} | {:.1}x | {:+.0}% |",
@@ -295,7 +287,7 @@ fn optimizer_state(selected: &Selected) -> Result<()> {
     println!("|---|---|---|---|---|");
     let mut adamw_state = None;
     for (optimizer, lr) in optimizers(3e-4) {
-        eprintln!("one step of {} on GPT-2 124M ...", optimizer.name());
+        eprintln!("one step of {} on GPT-2 124M ...", optimizer.kind());
         device.seed(0);
         let model = config.clone().init(&device);
         let params = model.num_params() as u64 * 4;
@@ -319,7 +311,7 @@ fn optimizer_state(selected: &Selected) -> Result<()> {
             .unwrap_or_default();
         println!(
             "| {} | {} | {} | {} | {ratio} |",
-            optimizer.name(),
+            optimizer.kind(),
             bytes(params),
             bytes(params),
             bytes(state)
@@ -348,7 +340,7 @@ fn optimizer_losses(selected: &Selected, cache_dir: &Path, steps: u64) -> Result
     for (optimizer, lr) in optimizers(3e-3) {
         eprintln!(
             "{steps} steps of {} on the Tang poems ...",
-            optimizer.name()
+            optimizer.kind()
         );
         device.seed(0);
         let model = config.clone().init(&device);
@@ -372,7 +364,6 @@ fn optimizer_losses(selected: &Selected, cache_dir: &Path, steps: u64) -> Result
             train_tokens.clone(),
             val_tokens.clone(),
             &device,
-            None,
         )?;
         let t0 = Instant::now();
         let mut losses = Vec::new();
@@ -388,7 +379,7 @@ fn optimizer_losses(selected: &Selected, cache_dir: &Path, steps: u64) -> Result
         let train_loss = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
         println!(
             "| {} | {lr:.0e} | {train_loss:.3} | {held_out:.3} | {:.0} |",
-            optimizer.name(),
+            optimizer.kind(),
             t0.elapsed().as_secs_f64()
         );
     }

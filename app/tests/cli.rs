@@ -64,9 +64,11 @@ fn bad_arguments_get_clear_errors() {
         ],
         cwd,
     );
-    assert_eq!(out.status.code(), Some(1));
+    // A usage error (exit status 2) that names the value and the choices.
+    assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("unknown device 'tpu'"),
+        text(&out.stderr).contains("invalid value 'tpu'")
+            && text(&out.stderr).contains("auto, gpu, wgpu, cpu"),
         "{}",
         text(&out.stderr)
     );

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cinder::gui::{CinderApp, Devices, RunStatus, Settings, View};
+use cinder_engine::data::CorpusSource;
+use cinder_engine::device::DeviceChoice;
+use cinder_engine::optim::OptimizerKind;
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -34,22 +37,23 @@ fn corpus(dir: &Path) -> PathBuf {
 /// Settings for a run that takes a fraction of a second per step on the CPU.
 fn tiny_run(dir: &Path, steps: u64) -> Settings {
     let mut s = Settings::default();
-    let a = &mut s.train.args;
-    a.corpus = corpus(dir).display().to_string();
-    a.n_layer = Some(1);
-    a.n_head = Some(2);
-    a.n_embd = Some(32);
+    let m = &mut s.train.settings.model;
+    m.corpus = CorpusSource::File(corpus(dir));
+    m.n_layer = Some(1);
+    m.n_head = Some(2);
+    m.n_embd = Some(32);
+    let a = &mut s.train.settings.train;
     a.context = 32;
     a.batch_size = 4;
-    a.steps = Some(steps);
+    a.steps = steps;
     a.eval_every = 5;
     a.eval_batches = 2;
     a.sample_every = 5;
     a.sample_tokens = 12;
     a.checkpoint_every = 0;
     a.warmup = 2;
-    a.device = "cpu".into();
-    a.out = Some(dir.join("run"));
+    s.train.settings.device = DeviceChoice::Cpu;
+    s.train.out = Some(dir.join("run"));
     s
 }
 
@@ -57,8 +61,8 @@ fn tiny_run(dir: &Path, steps: u64) -> Settings {
 fn the_optimizer_picker_offers_every_optimizer_and_trains_with_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = tiny_run(dir.path(), 6);
-    settings.train.args.optimizer = "adafactor".into();
-    settings.train.args.lr = 0.3;
+    settings.train.settings.train.optimizer = OptimizerKind::AdaFactor.default_config();
+    settings.train.settings.train.lr = 0.3;
     let mut h = harness(settings, dir.path());
     h.get_by_label("Relative step");
     h.get_by_label("Start").click();
@@ -66,7 +70,7 @@ fn the_optimizer_picker_offers_every_optimizer_and_trains_with_it() {
     wait_for(&mut h, 120, "the AdaFactor run", |app| {
         app.train.status == RunStatus::Finished
     });
-    let saved = std::fs::read_to_string(dir.path().join("run/train_config.json")).expect("read");
+    let saved = std::fs::read_to_string(dir.path().join("run/run.json")).expect("read");
     assert!(saved.contains("\"adafactor\""), "{saved}");
     let r = &h.state().train.run.reports;
     assert!(r[5].loss < r[0].loss, "{} -> {}", r[0].loss, r[5].loss);
@@ -223,11 +227,11 @@ fn chat_streams_tokens_and_survives_a_broken_model() {
         view: View::Chat,
         ..Settings::default()
     };
-    settings.chat.device = "cpu".into();
+    settings.chat.device = DeviceChoice::Cpu;
     settings.chat.model = broken.display().to_string();
     settings.chat.max_tokens = 12;
-    settings.chat.temperature = 1.0;
-    settings.chat.seed = 3;
+    settings.chat.sampling.temperature = 1.0;
+    settings.chat.sampling.seed = 3;
     let mut h = harness(settings, dir.path());
 
     h.get_by_label("Load").click();
@@ -295,8 +299,8 @@ fn theme_and_views_switch_and_settings_round_trip() {
     let saved = serde_json::to_string(&h.state().settings()).expect("serialize");
     let back: Settings = serde_json::from_str(&saved).expect("deserialize");
     assert!(!back.dark);
-    assert_eq!(back.train.args, h.state().train.form.args);
+    assert_eq!(back.train, h.state().train.form);
     // Older or partial settings fall back to defaults field by field.
     let partial: Settings = serde_json::from_str(r#"{"dark": false}"#).expect("partial");
-    assert_eq!(partial.train.args, Settings::default().train.args);
+    assert_eq!(partial.train, Settings::default().train);
 }

@@ -33,6 +33,41 @@ impl Message {
     }
 }
 
+/// A conversation as the text a model continues, and the strings that end its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatPrompt {
+    /// The prompt text, ending where the assistant's answer begins.
+    pub text: String,
+    /// Text that marks the end of the answer beyond the model's own stop tokens.
+    pub stop_strings: Vec<String>,
+}
+
+/// Formats `messages` for a model: with its chat template when it has one, otherwise as a plain
+/// `User:` / `Assistant:` transcript (models trained without a chat format), which stops when
+/// the model starts writing the next `User:` turn.
+pub fn chat_prompt(template: Option<&ChatTemplate>, messages: &[Message]) -> Result<ChatPrompt> {
+    if let Some(template) = template {
+        return Ok(ChatPrompt {
+            text: template.render(messages, true)?,
+            stop_strings: Vec::new(),
+        });
+    }
+    let mut text = String::new();
+    for m in messages {
+        let who = match m.role.as_str() {
+            "user" => "User",
+            "system" => "System",
+            _ => "Assistant",
+        };
+        text.push_str(&format!("{who}: {}\n", m.content));
+    }
+    text.push_str("Assistant:");
+    Ok(ChatPrompt {
+        text,
+        stop_strings: vec!["\nUser:".to_string()],
+    })
+}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -92,6 +127,21 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_without_a_template_gets_a_plain_transcript() {
+        let messages = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+        ];
+        let p = chat_prompt(None, &messages).unwrap();
+        assert_eq!(p.text, "System: Be brief.\nUser: Hi\nAssistant:");
+        assert_eq!(p.stop_strings, ["\nUser:"]);
+        let t = ChatTemplate::new(CHATML, "", "").unwrap();
+        let p = chat_prompt(Some(&t), &messages[1..]).unwrap();
+        assert!(p.text.ends_with("<|im_start|>assistant\n"), "{}", p.text);
+        assert!(p.stop_strings.is_empty());
+    }
 
     #[test]
     fn renders_chatml_with_a_generation_prompt() {

@@ -5,14 +5,15 @@
 //! such as Mesa's lavapipe included; `gpu` insists on hardware; `cpu` is burn-flex.
 
 use std::fmt;
-use std::str::FromStr;
 
 use burn::tensor::{Device, DeviceKind};
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// What the user asked for with `--device`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Where to compute (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// A hardware GPU if there is one, else the CPU backend.
     #[default]
@@ -25,30 +26,9 @@ pub enum DeviceChoice {
     Cpu,
 }
 
-impl FromStr for DeviceChoice {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "gpu" => Ok(Self::Gpu),
-            "wgpu" => Ok(Self::Wgpu),
-            "cpu" => Ok(Self::Cpu),
-            other => Err(Error::Device(format!(
-                "unknown device '{other}': expected one of auto, gpu, wgpu, cpu"
-            ))),
-        }
-    }
-}
-
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Auto => "auto",
-            Self::Gpu => "gpu",
-            Self::Wgpu => "wgpu",
-            Self::Cpu => "cpu",
-        })
+        crate::settings::fmt_value_enum(self, f)
     }
 }
 
@@ -78,8 +58,12 @@ pub fn list_adapters() -> Vec<AdapterInfo> {
     #[cfg(not(target_family = "wasm"))]
     {
         use burn::tensor::wgpu::wgpu;
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        // Burn computes on Vulkan, Metal, DX12 and WebGPU. Probing OpenGL as well would open a
+        // connection to the display server, which prints errors on a headless machine (e.g.
+        // "XDG_RUNTIME_DIR is invalid or not set") before a healthy run.
+        descriptor.backends &= wgpu::Backends::PRIMARY;
+        let instance = wgpu::Instance::new(descriptor);
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         adapters
             .iter()
@@ -114,7 +98,8 @@ pub fn list_adapters() -> Vec<AdapterInfo> {
 pub struct Selected {
     /// The Burn device.
     pub device: Device,
-    /// What was chosen, e.g. "wgpu: NVIDIA RTX 4090 (discrete, Vulkan)" or "cpu (burn-flex)".
+    /// What was chosen and why, in one line, e.g. "wgpu: NVIDIA RTX 4090 (discrete, Vulkan)"
+    /// or "cpu (burn-flex): auto found no hardware GPU (wgpu sees: llvmpipe [cpu])".
     pub description: String,
     /// Whether the device is a wgpu device (its memory pool can be queried).
     pub is_wgpu: bool,
@@ -174,7 +159,15 @@ fn cpu() -> Selected {
 pub fn select_from(choice: DeviceChoice, adapters: &[AdapterInfo]) -> Result<Selected> {
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),
-        DeviceChoice::Auto => Ok(wgpu_device(adapters, true).unwrap_or_else(cpu)),
+        DeviceChoice::Auto => Ok(wgpu_device(adapters, true).unwrap_or_else(|| {
+            let mut s = cpu();
+            s.description = format!(
+                "{}: auto found no hardware GPU (wgpu sees: {})",
+                s.description,
+                describe(adapters)
+            );
+            s
+        })),
         DeviceChoice::Gpu => wgpu_device(adapters, true).ok_or_else(|| {
             Error::Device(format!(
                 "--device gpu: no hardware GPU found (wgpu sees: {}); use --device wgpu for a \
@@ -254,17 +247,12 @@ mod tests {
 
     #[test]
     fn parses_choices_and_rejects_unknown_ones() {
-        assert_eq!(
-            "AUTO".parse::<DeviceChoice>().ok(),
-            Some(DeviceChoice::Auto)
-        );
-        assert_eq!("cpu".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cpu));
-        let err = "tpu"
-            .parse::<DeviceChoice>()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("unknown device 'tpu'"), "{err}");
+        use clap::ValueEnum;
+        assert_eq!(DeviceChoice::from_str("AUTO", true), Ok(DeviceChoice::Auto));
+        assert_eq!(DeviceChoice::from_str("cpu", false), Ok(DeviceChoice::Cpu));
+        assert_eq!(DeviceChoice::Wgpu.to_string(), "wgpu");
+        let err = DeviceChoice::from_str("tpu", false).unwrap_err();
+        assert!(err.contains("tpu"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::sampling::{SamplingConfig, sample_next};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, readback};
 
+/// Tokens an answer may have unless the caller says otherwise (`--max-new-tokens`).
+pub const MAX_NEW_TOKENS: usize = 256;
+
 /// What to generate and when to stop.
 #[derive(Clone, Debug)]
 pub struct GenerateConfig {

@@ -4,8 +4,8 @@
 //! The engine never names a model family. Families implement [`lm::CausalLm`] and
 //! [`weights::Pretrained`]; the trainer and the decoder work with any of them.
 
+pub mod atomic;
 pub mod chat;
-pub mod checkpoint;
 pub mod data;
 pub mod device;
 mod error;
@@ -16,8 +16,10 @@ pub mod optim;
 pub mod quant;
 pub mod readback;
 pub mod rng;
+pub mod run;
 pub mod sampling;
 pub mod schedule;
+pub mod settings;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -10,8 +10,6 @@
 //!
 //! N=outputs (rows), K=inputs (columns), T=input rows
 
-use std::str::FromStr;
-
 use crate::gguf::{GgmlType, QK};
 use crate::{Error, Result};
 
@@ -30,19 +28,49 @@ pub enum WeightDtype {
     Q4,
 }
 
-impl FromStr for WeightDtype {
-    type Err = Error;
+/// The weight precision asked for (`--dtype`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeChoice {
+    /// A GGUF file's own f16, 8- or 4-bit weights on the CPU; f32 otherwise.
+    #[default]
+    Auto,
+    /// Every weight in f32.
+    F32,
+    /// Projections and output head in f16.
+    F16,
+    /// Projections in 8-bit blocks.
+    Q8,
+    /// Projections in 4-bit blocks, the output head in 8 bits.
+    Q4,
+}
 
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "q8" => Ok(Self::Q8),
-            "q4" => Ok(Self::Q4),
-            other => Err(Error::Config(format!(
-                "unknown --dtype '{other}': expected f32, f16, q8 or q4"
-            ))),
+impl DtypeChoice {
+    /// The precision asked for; `None` for automatic.
+    pub fn weight_dtype(self) -> Option<WeightDtype> {
+        match self {
+            Self::Auto => None,
+            Self::F32 => Some(WeightDtype::F32),
+            Self::F16 => Some(WeightDtype::F16),
+            Self::Q8 => Some(WeightDtype::Q8),
+            Self::Q4 => Some(WeightDtype::Q4),
         }
+    }
+}
+
+impl std::fmt::Display for DtypeChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::settings::fmt_value_enum(self, f)
     }
 }
 

@@ -15,41 +15,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result, rng};
 
-fn one() -> f32 {
-    1.0
-}
-
 /// How the next token is chosen. The filters apply in the order Hugging Face applies them:
 /// repetition penalty, temperature, top-k, top-p, min-p.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
 pub struct SamplingConfig {
     /// Softmax temperature; 0 means greedy (argmax).
+    #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
-    /// Keep only the `k` most likely tokens (0 = no limit).
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    /// Keep the smallest set of most likely tokens whose probability reaches `p` (1.0 = no limit).
+    /// Sample among the most likely tokens holding this much probability (1 = all).
+    #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
-    /// Drop tokens less likely than `min_p` times the most likely one (0 = off).
-    #[serde(default)]
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
     pub min_p: f32,
-    /// Divide positive logits (multiply negative ones) of tokens already in the sequence by
-    /// this (1.0 = off; CTRL, Keskar et al. 2019).
-    #[serde(default = "one")]
+    /// Divide positive logits (multiply negative ones) of tokens already in the text by this
+    /// (1 = off; 1.1-1.3 is typical; CTRL, Keskar et al. 2019).
+    #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
     /// Seed for the random choices.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-        }
+        crate::settings::defaults()
     }
 }
 
@@ -90,7 +84,10 @@ impl SamplingConfig {
 pub fn read_id(t: Tensor<1, Int>) -> Result<u32> {
     match crate::readback::int_values(t, "a token id")?[..] {
         [id] => u32::try_from(id).map_err(|_| Error::Shape(format!("token id {id} out of range"))),
-        ref v => Err(Error::Shape(format!("{} token ids read back, expected 1", v.len()))),
+        ref v => Err(Error::Shape(format!(
+            "{} token ids read back, expected 1",
+            v.len()
+        ))),
     }
 }
 

@@ -16,7 +16,7 @@ use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use crate::{Error, Result};
 
 /// The end-of-text token every tokenizer built here carries.
@@ -53,6 +53,17 @@ impl FromStr for TokenizerKind {
         }
     }
 }
+
+impl std::fmt::Display for TokenizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Char => f.write_str("char"),
+            Self::Bpe(n) => write!(f, "bpe:{n}"),
+        }
+    }
+}
+
+crate::serde_as_string!(TokenizerKind);
 
 /// A loaded tokenizer and the ids the engine cares about.
 #[derive(Clone)]

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use crate::{Error, Result, readback};
 
 /// Tensors read from a file, by name, converted to f32.
@@ -134,8 +134,7 @@ pub fn safetensors_bytes(
                 .map_err(|e| Error::serialize(format!("tensor '{name}'"), e))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, metadata)
-        .map_err(|e| Error::serialize("safetensors", e))
+    safetensors::serialize(views, metadata).map_err(|e| Error::serialize("safetensors", e))
 }
 
 /// Writes f32 tensors to a safetensors file, atomically.

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use cinder_engine::burn;
 use cinder_engine::chat::ChatTemplate;
-use cinder_engine::checkpoint::resolve_model_dir;
 use cinder_engine::gguf::GgufFile;
 use cinder_engine::quant::WeightDtype;
+use cinder_engine::run::resolve_model_dir;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::{Error, Result};
 

@@ -91,7 +91,7 @@ fn trainer_from(
         seed: 4,
         ..TrainConfig::default()
     };
-    Trainer::new(model, config, tok, tokens.clone(), tokens, device, None)
+    Trainer::new(model, config, tok, tokens.clone(), tokens, device)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -171,8 +171,8 @@ fn every_optimizer_lowers_the_loss() {
         let mut t = trainer_lr(&device, config, 8, 1, 12, 32, lr);
         let losses = run(&mut t);
         let (first, last) = (losses[0], losses[losses.len() - 1]);
-        eprintln!("{}: {first:.3} -> {last:.3}", config.name());
-        assert!(last < first - 0.2, "{}: {first} -> {last}", config.name());
+        eprintln!("{}: {first:.3} -> {last:.3}", config.kind());
+        assert!(last < first - 0.2, "{}: {first} -> {last}", config.kind());
     }
 }
 

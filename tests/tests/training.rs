@@ -2,9 +2,9 @@
 //! saved model loads back unchanged.
 
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
-use cinder_engine::checkpoint::resolve_model_dir;
 use cinder_engine::lm::CausalLm;
 use cinder_engine::rng;
+use cinder_engine::run::{FsStorage, Run, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::{TrainConfig, Trainer, save_model};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
@@ -53,7 +53,7 @@ fn setup(steps: u64, device: &Device) -> (Gpt2, Tokenizer, Vec<u32>, TrainConfig
 fn loss_falls_below_1_5_within_80_steps() {
     let device = Device::flex().autodiff();
     let (model, tok, tokens, config) = setup(80, &device);
-    let mut trainer = Trainer::new(model, config, tok, tokens.clone(), tokens, &device, None)
+    let mut trainer = Trainer::new(model, config, tok, tokens.clone(), tokens, &device)
         .unwrap_or_else(|e| panic!("{e}"));
     let first = trainer.step().unwrap_or_else(|e| panic!("{e}")).loss;
     let mut last = first;
@@ -86,7 +86,6 @@ fn resumed_run_repeats_the_uninterrupted_losses() {
         tokens.clone(),
         tokens.clone(),
         &device,
-        None,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let expected: Vec<f64> = (0..2 * n)
@@ -102,34 +101,40 @@ fn resumed_run_repeats_the_uninterrupted_losses() {
         tokens.clone(),
         tokens.clone(),
         &device,
-        Some(run.path().to_path_buf()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let mut files = Run::new(Box::new(FsStorage::new(run.path()))).unwrap();
     let mut got: Vec<f64> = (0..n)
-        .map(|_| first.step().unwrap_or_else(|e| panic!("{e}")).loss)
+        .map(|_| {
+            files
+                .step(&mut first)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .loss
+        })
         .collect();
-    first
-        .save_checkpoint(run.path())
-        .unwrap_or_else(|e| panic!("{e}"));
+    files.save(&first).unwrap_or_else(|e| panic!("{e}"));
     drop(first);
+    drop(files);
 
     let ckpt = resolve_model_dir(run.path()).unwrap_or_else(|e| panic!("{e}"));
     assert!(ckpt.ends_with("step-0000004"), "{}", ckpt.display());
     let model = Gpt2::from_pretrained(&ckpt, &device).unwrap_or_else(|e| panic!("{e}"));
     let tok = Tokenizer::from_file(&ckpt.join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"));
-    let mut second = Trainer::new(
-        model,
-        config,
-        tok,
-        tokens.clone(),
-        tokens,
-        &device,
-        Some(run.path().to_path_buf()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    second.restore(&ckpt).unwrap_or_else(|e| panic!("{e}"));
+    let mut second = Trainer::new(model, config, tok, tokens.clone(), tokens, &device)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut files = Run::new(Box::new(FsStorage::new(run.path()))).unwrap();
+    let latest = files.latest().unwrap().unwrap();
+    second
+        .restore(&files.checkpoint(&latest).unwrap())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(second.step_count(), n);
-    got.extend((0..n).map(|_| second.step().unwrap_or_else(|e| panic!("{e}")).loss));
+    files.truncate_metrics(n).unwrap();
+    got.extend((0..n).map(|_| {
+        files
+            .step(&mut second)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .loss
+    }));
     for (i, (a, b)) in expected.iter().zip(&got).enumerate() {
         assert!(
             (a - b).abs() < 1e-5,

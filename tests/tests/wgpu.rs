@@ -81,7 +81,6 @@ fn training_step_matches_the_cpu() {
             tokens.clone(),
             tokens.clone(),
             &device,
-            None,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let reports: Vec<_> = (0..2)

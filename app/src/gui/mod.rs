@@ -8,22 +8,21 @@
 //! When the engine computes on a GPU it uses the window's own wgpu device: Burn acquires the
 //! device and the window renders on it, so there is one device and one memory pool.
 
-mod chat_view;
+mod chat;
 mod plots;
-mod train_view;
-mod train_worker;
+mod train;
 mod widgets;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cinder_engine::device::{DeviceChoice, Selected, list_adapters};
 use egui::{Key, KeyboardShortcut, Modifiers};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::GuiArgs;
-pub use chat_view::{ChatSettings, ChatView};
-pub use train_view::{RunStatus, TrainView};
+use crate::cli::{GuiArgs, ViewChoice};
+pub use chat::{ChatSettings, ChatView};
+pub use train::{RunStatus, TrainForm, TrainView};
 pub use widgets::bytes;
 
 /// Which view fills the window.
@@ -45,7 +44,7 @@ pub struct Settings {
     /// The view shown at start.
     pub view: View,
     /// The training form.
-    pub train: train_view::TrainForm,
+    pub train: TrainForm,
     /// The chat view's model and sampling settings.
     pub chat: ChatSettings,
 }
@@ -55,7 +54,7 @@ impl Default for Settings {
         Self {
             dark: true,
             view: View::Train,
-            train: train_view::TrainForm::default(),
+            train: TrainForm::default(),
             chat: ChatSettings::default(),
         }
     }
@@ -74,51 +73,45 @@ impl Devices {
         Self { gpu: None }
     }
 
-    /// The device a form's `device` string names: `cpu`, or `gpu` for the shared GPU.
-    pub fn resolve(&self, name: &str) -> std::result::Result<Selected, String> {
-        match name {
-            "cpu" => cinder_engine::device::select(DeviceChoice::Cpu).map_err(|e| e.to_string()),
-            _ => self.gpu.clone().ok_or_else(|| {
-                "no GPU is shared with this window (start with `cinder gui --device wgpu` to use \
-                 a software renderer); choose cpu"
-                    .to_string()
-            }),
+    /// The device `choice` names here: `cpu` is the CPU backend; `gpu` and `wgpu` the GPU
+    /// shared with the window; `auto` that GPU when there is one, else the CPU.
+    pub fn resolve(&self, choice: DeviceChoice) -> std::result::Result<Selected, String> {
+        let cpu = || cinder_engine::device::select(DeviceChoice::Cpu).map_err(|e| e.to_string());
+        match (choice, &self.gpu) {
+            (DeviceChoice::Cpu, _) | (DeviceChoice::Auto, None) => cpu(),
+            (_, Some(gpu)) => Ok(gpu.clone()),
+            (_, None) => Err(
+                "no GPU is shared with this window (start with `cinder gui --device \
+                 wgpu` to use a software renderer); choose cpu"
+                    .to_string(),
+            ),
         }
     }
 
-    /// The names a device picker offers.
-    pub fn choices(&self) -> Vec<(&'static str, String)> {
-        let mut out = vec![("cpu", "CPU (burn-flex)".to_string())];
-        if let Some(gpu) = &self.gpu {
+    /// A "Device" picker: auto, the CPU, and the shared GPU when there is one.
+    pub fn picker(&self, ui: &mut egui::Ui, value: &mut DeviceChoice) {
+        let gpu = self.gpu.as_ref().map(|gpu| {
             // "wgpu: NVIDIA GeForce RTX 4090 (discrete, Vulkan)" -> "GPU: NVIDIA GeForce RTX 4090"
             let name = gpu.description.trim_start_matches("wgpu: ");
             let name = name.split(" (").next().unwrap_or(name);
-            let short: String = name.chars().take(32).collect();
-            out.push(("gpu", format!("GPU: {short}")));
-        }
-        out
-    }
-
-    /// A "Device" picker over [`choices`](Self::choices) that edits `value`.
-    pub fn picker(&self, ui: &mut egui::Ui, value: &mut String) {
-        let choices = self.choices();
-        let current = choices
-            .iter()
-            .find(|(n, _)| *n == value.as_str())
-            .map(|(_, d)| d.clone())
-            .unwrap_or_else(|| value.clone());
+            format!("GPU: {}", name.chars().take(32).collect::<String>())
+        });
+        let label = |c: DeviceChoice| match c {
+            DeviceChoice::Auto => "Auto".to_string(),
+            DeviceChoice::Cpu => "CPU (burn-flex)".to_string(),
+            _ => gpu
+                .clone()
+                .unwrap_or_else(|| "GPU (none shared)".to_string()),
+        };
         egui::ComboBox::from_label("Device")
-            .selected_text(current)
+            .selected_text(label(*value))
             .show_ui(ui, |ui| {
-                for (name, description) in &choices {
-                    ui.selectable_value(value, name.to_string(), description);
+                ui.selectable_value(value, DeviceChoice::Auto, label(DeviceChoice::Auto));
+                ui.selectable_value(value, DeviceChoice::Cpu, label(DeviceChoice::Cpu));
+                if gpu.is_some() {
+                    ui.selectable_value(value, DeviceChoice::Gpu, label(DeviceChoice::Gpu));
                 }
             });
-    }
-
-    /// The preferred device name: the GPU when there is one.
-    pub fn default_name(&self) -> &'static str {
-        if self.gpu.is_some() { "gpu" } else { "cpu" }
     }
 }
 
@@ -141,9 +134,12 @@ impl CinderApp {
     /// An app with `settings`, computing on `devices`, caching downloads in `cache_dir`.
     pub fn new(settings: Settings, devices: Devices, cache_dir: &Path) -> Self {
         let mut settings = settings;
-        for device in [&mut settings.train.args.device, &mut settings.chat.device] {
-            if devices.resolve(device).is_err() {
-                *device = devices.default_name().to_string();
+        for device in [
+            &mut settings.train.settings.device,
+            &mut settings.chat.device,
+        ] {
+            if devices.resolve(*device).is_err() {
+                *device = DeviceChoice::Auto;
             }
         }
         Self {
@@ -333,13 +329,20 @@ fn install_cjk_fallback(ctx: &egui::Context) {
     ctx.add_font(FontInsert::new(path, FontData::from_owned(bytes), families));
 }
 
+/// The window icon (assets/icon.png).
+const ICON: &[u8] = include_bytes!("../../../assets/icon.png");
+
 fn native_options(setup: Option<eframe::egui_wgpu::WgpuSetup>) -> eframe::NativeOptions {
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("Cinder")
+        .with_app_id("cinder")
+        .with_inner_size([1280.0, 800.0])
+        .with_min_inner_size([720.0, 480.0]);
+    if let Ok(icon) = eframe::icon_data::from_png_bytes(ICON) {
+        viewport = viewport.with_icon(icon);
+    }
     let mut options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("Cinder")
-            .with_app_id("cinder")
-            .with_inner_size([1280.0, 800.0])
-            .with_min_inner_size([720.0, 480.0]),
+        viewport,
         renderer: eframe::Renderer::Wgpu,
         ..Default::default()
     };
@@ -351,13 +354,7 @@ fn native_options(setup: Option<eframe::egui_wgpu::WgpuSetup>) -> eframe::Native
 
 /// Opens the window and runs until it is closed.
 pub fn run(args: GuiArgs, cache_dir: &Path) -> Result<()> {
-    let choice: DeviceChoice = args.device.parse().context("--device")?;
-    if let Some(view) = args.view.as_deref()
-        && !matches!(view, "train" | "chat")
-    {
-        anyhow::bail!("--view '{view}': expected train or chat");
-    }
-    let shared = open_shared_gpu(choice);
+    let shared = open_shared_gpu(args.device);
     let devices = Devices {
         gpu: shared.as_ref().map(|(s, _)| s.clone()),
     };
@@ -391,26 +388,29 @@ pub fn run(args: GuiArgs, cache_dir: &Path) -> Result<()> {
 
 /// Command-line values override the remembered settings.
 fn apply_args(settings: &mut Settings, args: &GuiArgs) {
-    match args.view.as_deref() {
-        Some("chat") => settings.view = View::Chat,
-        Some("train") => settings.view = View::Train,
-        _ => {}
+    match args.view {
+        Some(ViewChoice::Chat) => settings.view = View::Chat,
+        Some(ViewChoice::Train) => settings.view = View::Train,
+        None => {}
     }
     let form = &mut settings.train;
     if let Some(corpus) = &args.corpus {
-        form.args.corpus = corpus.clone();
+        form.settings.model.corpus = corpus.clone();
     }
-    if let Some(preset) = &args.preset {
-        form.set_preset(preset);
+    if let Some(preset) = args.preset {
+        form.settings.model.preset = preset;
+        form.settings.model.n_layer = None;
+        form.settings.model.n_head = None;
+        form.settings.model.n_embd = None;
     }
     if let Some(steps) = args.steps {
-        form.args.steps = Some(steps);
+        form.settings.train.steps = steps;
     }
     if let Some(every) = args.sample_every {
-        form.args.sample_every = every;
+        form.settings.train.sample_every = every;
     }
     if let Some(out) = &args.out {
-        form.args.out = Some(out.clone());
+        form.out = Some(out.clone());
     }
     if let Some(model) = &args.model {
         settings.chat.model = model.display().to_string();

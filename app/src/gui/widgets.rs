@@ -127,6 +127,32 @@ pub fn number<T: egui::emath::Numeric>(
     r
 }
 
+/// A labelled picker over the values of a settings enum, each shown as the command line spells
+/// it, with its doc line as the hover text.
+pub fn choice<T: clap::ValueEnum + PartialEq + Clone>(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut T,
+) {
+    let name = |v: &T| {
+        v.to_possible_value()
+            .map(|p| p.get_name().to_string())
+            .unwrap_or_default()
+    };
+    egui::ComboBox::from_label(label)
+        .selected_text(name(value))
+        .show_ui(ui, |ui| {
+            for v in T::value_variants() {
+                let help = v
+                    .to_possible_value()
+                    .and_then(|p| p.get_help().map(|h| h.to_string()))
+                    .unwrap_or_default();
+                ui.selectable_value(value, v.clone(), name(v))
+                    .on_hover_text(help);
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,8 @@ impl std::fmt::Display for CorpusSource {
     }
 }
 
+crate::serde_as_string!(CorpusSource);
+
 /// A corpus with its held-out split.
 #[derive(Clone, Debug)]
 pub struct Corpus {

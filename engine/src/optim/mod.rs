@@ -14,6 +14,8 @@
 
 mod adafactor;
 mod adamw;
+mod args;
+mod heun;
 mod lion;
 mod sgd;
 
@@ -26,8 +28,10 @@ use serde::{Deserialize, Serialize};
 
 pub use adafactor::{AdaFactorConfig, adafactor_state_elements};
 pub use adamw::AdamWConfig;
+pub use args::{OptimizerArgs, OptimizerKind};
+pub use heun::HeunConfig;
 pub use lion::LionConfig;
-pub use sgd::{HeunConfig, SgdConfig};
+pub use sgd::SgdConfig;
 
 use crate::weights::NamedTensors;
 use crate::{Error, Result, readback};
@@ -57,25 +61,14 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    /// The names `--optimizer` accepts.
-    pub const NAMES: [&'static str; 5] = ["adamw", "sgd", "adafactor", "lion", "heun"];
-
-    /// The optimizer's short name.
-    pub fn name(&self) -> &'static str {
+    /// Which rule this is.
+    pub fn kind(&self) -> OptimizerKind {
         match self {
-            Self::Sgd(_) => "sgd",
-            Self::AdamW(_) => "adamw",
-            Self::AdaFactor(_) => "adafactor",
-            Self::Lion(_) => "lion",
-            Self::Heun(_) => "heun",
-        }
-    }
-
-    /// Gradient evaluations per step: 2 for Heun (see [`Optimizer::trial`]), 1 otherwise.
-    pub fn evaluations(&self) -> usize {
-        match self {
-            Self::Heun(_) => 2,
-            _ => 1,
+            Self::Sgd(_) => OptimizerKind::Sgd,
+            Self::AdamW(_) => OptimizerKind::AdamW,
+            Self::AdaFactor(_) => OptimizerKind::AdaFactor,
+            Self::Lion(_) => OptimizerKind::Lion,
+            Self::Heun(_) => OptimizerKind::Heun,
         }
     }
 }
@@ -130,7 +123,23 @@ impl Optimizer {
         self.step
     }
 
-    /// Applies one update with learning rate `lr`.
+    /// One optimizer step from `model`, whose gradients are `grads`, with learning rate `lr`.
+    /// `gradient_at` evaluates the gradient of the same batch at another point, for the rules
+    /// that take more than one evaluation per step (Heun's method); the others never call it.
+    pub fn update<M: Module>(
+        &mut self,
+        lr: f64,
+        model: M,
+        grads: GradientsParams,
+        gradient_at: &mut dyn FnMut(&M) -> Result<GradientsParams>,
+    ) -> Result<M> {
+        match self.config {
+            OptimizerConfig::Heun(_) => heun::step(self, lr, model, grads, gradient_at),
+            _ => Ok(self.step(lr, model, grads)),
+        }
+    }
+
+    /// Applies one update with learning rate `lr` and the given gradients.
     pub fn step<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
         self.step += 1;
         let mut mapper = UpdateMapper {
@@ -146,7 +155,7 @@ impl Optimizer {
     /// Heun's trial point: the model after a plain gradient step `p - lr g`, leaving the
     /// optimizer's state and step count untouched. The trainer takes the second gradient
     /// there and passes the average of both to [`step`](Self::step).
-    pub fn trial<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+    fn trial<M: Module>(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
         let mut mapper = UpdateMapper {
             path: Vec::new(),
             optim: self,
@@ -247,7 +256,7 @@ impl ModuleMapper for UpdateMapper<'_> {
             let mut slots = self.optim.state.remove(&path).unwrap_or_default();
             let updated = match &self.optim.config {
                 OptimizerConfig::Sgd(c) => sgd::update(c, &mut slots, p, grad, lr),
-                OptimizerConfig::Heun(c) => sgd::heun_update(c, p, grad, lr),
+                OptimizerConfig::Heun(c) => heun::update(c, p, grad, lr),
                 OptimizerConfig::AdamW(c) => adamw::update(c, &mut slots, p, grad, lr, t),
                 OptimizerConfig::AdaFactor(c) => adafactor::update(c, &mut slots, p, grad, lr, t),
                 OptimizerConfig::Lion(c) => lion::update(c, &mut slots, p, grad, lr),

@@ -1,4 +1,4 @@
-//! Stochastic gradient descent, written as an optimizer, and Heun's predictor-corrector.
+//! Stochastic gradient descent, written as an optimizer.
 //!
 //! SGD with momentum `mu`, optional Nesterov momentum and decoupled weight decay `wd`
 //! (matrices only, as for AdamW):
@@ -10,12 +10,6 @@
 //! ```
 //!
 //! With `mu = 0` this is plain `p = p - lr g`.
-//!
-//! Heun's method treats training as integrating the gradient flow `dp/dt = -g(p)`: a trial
-//! Euler step to `q = p - lr g(p)`, a second gradient `g(q)` on the same batch, then the
-//! corrected step `p = p (1 - lr wd) - lr (g(p) + g(q)) / 2`. The trainer evaluates the second
-//! gradient (see [`OptimizerConfig::evaluations`](super::OptimizerConfig::evaluations)) and
-//! hands this rule the average.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -43,13 +37,6 @@ impl Default for SgdConfig {
     }
 }
 
-/// Heun hyper-parameters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct HeunConfig {
-    /// Decoupled weight decay on matrices, applied in the corrected step.
-    pub weight_decay: f64,
-}
-
 pub(super) fn update<const D: usize>(
     c: &SgdConfig,
     slots: &mut Slots,
@@ -73,14 +60,4 @@ pub(super) fn update<const D: usize>(
     };
     put(slots, "momentum", b);
     p - d.mul_scalar(lr)
-}
-
-pub(super) fn heun_update<const D: usize>(
-    c: &HeunConfig,
-    p: Tensor<D>,
-    averaged: Tensor<D>,
-    lr: f64,
-) -> Tensor<D> {
-    let decay = if D >= 2 { c.weight_decay } else { 0.0 };
-    p.mul_scalar(1.0 - lr * decay) - averaged.mul_scalar(lr)
 }

@@ -796,8 +796,13 @@ mod tests {
         device.seed(9);
         let config = LlamaConfig::tiny();
         let model = config.init(&device);
-        let back = Llama::from_hf_tensors(&config, model.export_tensors().unwrap(), Path::new("m"), &device)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let back = Llama::from_hf_tensors(
+            &config,
+            model.export_tensors().unwrap(),
+            Path::new("m"),
+            &device,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let x = ids(&[1, 2, 3, 4], &device);
         let diff = (model.forward(x.clone()) - back.forward(x))
             .abs()

@@ -4,22 +4,23 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::TryRecvError;
 use std::time::Instant;
 
-use cinder_engine::burn::tensor::Device;
 use cinder_engine::chat::Message;
-use cinder_engine::device::{Selected, memory_usage};
-use cinder_engine::generate::{GenerateConfig, StopReason, generate_text};
+use cinder_engine::device::DeviceChoice;
+use cinder_engine::generate::{MAX_NEW_TOKENS, StopReason};
+use cinder_engine::quant::DtypeChoice;
 use cinder_engine::sampling::SamplingConfig;
-use cinder_models::auto::LoadedModel;
-use cinder_models::with_model;
 use egui::{Key, RichText};
 use serde::{Deserialize, Serialize};
 
+mod worker;
+
+use worker::{Command, Event, run_worker};
+
 use super::Devices;
-use super::widgets::{Worker, bytes, number, text_field};
-use crate::generate::{load_on, model_path, speed_line};
+use super::widgets::{Worker, bytes, choice, number, text_field};
 
 /// The chat view's remembered settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,39 +28,27 @@ use crate::generate::{load_on, model_path, speed_line};
 pub struct ChatSettings {
     /// A .gguf file, a Hugging Face folder, a Cinder checkpoint or run folder, or `smollm2`.
     pub model: String,
-    /// Weight precision: auto, f32, f16, q8, q4.
-    pub dtype: String,
-    /// `cpu` or `gpu`.
-    pub device: String,
+    /// Weight precision.
+    pub dtype: DtypeChoice,
+    /// Where the model runs.
+    pub device: DeviceChoice,
     /// System prompt (empty: the template's default).
     pub system: String,
-    /// Softmax temperature; 0 is greedy.
-    pub temperature: f32,
-    /// Keep the k most likely tokens (0 = all).
-    pub top_k: usize,
-    /// Keep the most likely tokens holding this much probability.
-    pub top_p: f32,
-    /// Penalty on tokens already in the text (1 = off).
-    pub repetition_penalty: f32,
+    /// How each next token is chosen (the same settings and defaults as `cinder chat`).
+    pub sampling: SamplingConfig,
     /// Tokens per answer at most.
     pub max_tokens: usize,
-    /// Sampling seed.
-    pub seed: u64,
 }
 
 impl Default for ChatSettings {
     fn default() -> Self {
         Self {
             model: "smollm2".into(),
-            dtype: "auto".into(),
-            device: "gpu".into(),
+            dtype: DtypeChoice::default(),
+            device: DeviceChoice::default(),
             system: String::new(),
-            temperature: 0.7,
-            top_k: 40,
-            top_p: 0.95,
-            repetition_penalty: 1.1,
-            max_tokens: 256,
-            seed: 0,
+            sampling: SamplingConfig::default(),
+            max_tokens: MAX_NEW_TOKENS,
         }
     }
 }
@@ -80,28 +69,6 @@ pub struct ModelInfo {
     pub description: String,
     /// Whether the model has a chat template (otherwise turns are plain "User:/Assistant:" text).
     pub has_template: bool,
-}
-
-enum Command {
-    Load {
-        path: String,
-        dtype: String,
-        device: Box<Selected>,
-    },
-    Generate {
-        messages: Vec<Message>,
-        settings: Box<ChatSettings>,
-    },
-}
-
-enum Event {
-    Stage(String),
-    Loaded(ModelInfo),
-    LoadFailed(String),
-    Text(String),
-    Done { speed: String, stop: StopReason },
-    Failed(String),
-    Memory(Option<(u64, u64)>),
 }
 
 /// The Chat view.
@@ -178,7 +145,7 @@ impl ChatView {
         if self.is_active() {
             return;
         }
-        let device = match devices.resolve(&self.settings.device) {
+        let device = match devices.resolve(self.settings.device) {
             Ok(d) => d,
             Err(e) => {
                 self.error = Some(format!("device: {e}"));
@@ -188,7 +155,7 @@ impl ChatView {
         self.error = None;
         let command = Command::Load {
             path: self.settings.model.trim().to_string(),
-            dtype: self.settings.dtype.clone(),
+            dtype: self.settings.dtype,
             device: Box::new(device),
         };
         if let Some(w) = self.worker(ctx) {
@@ -372,13 +339,7 @@ impl ChatView {
                 s.model = "smollm2".into();
             }
         });
-        egui::ComboBox::from_label("Weights")
-            .selected_text(s.dtype.clone())
-            .show_ui(ui, |ui| {
-                for d in ["auto", "f32", "f16", "q8", "q4"] {
-                    ui.selectable_value(&mut s.dtype, d.to_string(), d);
-                }
-            });
+        choice(ui, "Weights", &mut s.dtype);
         devices.picker(ui, &mut s.device);
         let busy = self.is_active();
         if ui.add_enabled(!busy, egui::Button::new("Load")).clicked() {
@@ -408,18 +369,20 @@ impl ChatView {
         egui::Grid::new("sampling-grid")
             .num_columns(2)
             .show(ui, |ui| {
-                number(ui, "Temperature", &mut s.temperature, 0.0..=2.0, 0.01);
-                number(ui, "Top-k", &mut s.top_k, 0..=1000, 0.5);
-                number(ui, "Top-p", &mut s.top_p, 0.0..=1.0, 0.005);
+                let p = &mut s.sampling;
+                number(ui, "Temperature", &mut p.temperature, 0.0..=2.0, 0.01);
+                number(ui, "Top-k", &mut p.top_k, 0..=1000, 0.5);
+                number(ui, "Top-p", &mut p.top_p, 0.0..=1.0, 0.005);
+                number(ui, "Min-p", &mut p.min_p, 0.0..=1.0, 0.005);
                 number(
                     ui,
                     "Repetition penalty",
-                    &mut s.repetition_penalty,
+                    &mut p.repetition_penalty,
                     1.0..=2.0,
                     0.005,
                 );
                 number(ui, "Max tokens", &mut s.max_tokens, 1..=8192, 1.0);
-                number(ui, "Seed", &mut s.seed, 0..=u64::MAX, 1.0);
+                number(ui, "Seed", &mut p.seed, 0..=u64::MAX, 1.0);
             });
         ui.label("System prompt");
         let label = ui.weak("(empty: the model's default)");
@@ -517,133 +480,4 @@ impl ChatView {
                 }
             });
     }
-}
-
-fn run_worker(
-    cache_dir: &std::path::Path,
-    commands: &Receiver<Command>,
-    cancel: &AtomicBool,
-    send: &dyn Fn(Event),
-) {
-    let mut current: Option<(LoadedModel, Device)> = None;
-    while let Ok(command) = commands.recv() {
-        match command {
-            Command::Load {
-                path,
-                dtype,
-                device,
-            } => {
-                // The old model's memory is freed before the new one is read.
-                current = None;
-                match load_model(&path, &dtype, &device, cache_dir, send) {
-                    Ok(loaded) => {
-                        let info = ModelInfo {
-                            description: format!(
-                                "{} ({}, {:?} weights) on {}",
-                                loaded
-                                    .source
-                                    .file_name()
-                                    .map(|n| n.to_string_lossy().to_string())
-                                    .unwrap_or(path.clone()),
-                                loaded.family(),
-                                loaded.dtype,
-                                device.description
-                            ),
-                            has_template: loaded.chat_template.is_some(),
-                        };
-                        send(Event::Memory(memory_usage(&device.device)));
-                        send(Event::Loaded(info));
-                        current = Some((loaded, device.device.clone()));
-                    }
-                    Err(e) => send(Event::LoadFailed(format!("{path}: {e:#}"))),
-                }
-            }
-            Command::Generate { messages, settings } => {
-                let Some((loaded, device)) = &current else {
-                    send(Event::Failed("no model is loaded".into()));
-                    continue;
-                };
-                match answer(loaded, device, &messages, &settings, cancel, send) {
-                    Ok((speed, stop)) => {
-                        send(Event::Memory(memory_usage(device)));
-                        send(Event::Done { speed, stop });
-                    }
-                    Err(e) => send(Event::Failed(format!("{e:#}"))),
-                }
-            }
-        }
-    }
-}
-
-fn load_model(
-    path: &str,
-    dtype: &str,
-    device: &Selected,
-    cache_dir: &std::path::Path,
-    send: &dyn Fn(Event),
-) -> anyhow::Result<LoadedModel> {
-    if path.is_empty() {
-        anyhow::bail!("no model path given");
-    }
-    if path == "smollm2" {
-        send(Event::Stage("fetching SmolLM2 (first use only)".into()));
-    }
-    let path = model_path(std::path::Path::new(path), cache_dir)?;
-    send(Event::Stage(format!("reading {}", path.display())));
-    load_on(&path, dtype, device, &mut |note| send(Event::Stage(note)))
-}
-
-fn answer(
-    loaded: &LoadedModel,
-    device: &Device,
-    messages: &[Message],
-    settings: &ChatSettings,
-    cancel: &AtomicBool,
-    send: &dyn Fn(Event),
-) -> anyhow::Result<(String, StopReason)> {
-    let mut stop_strings = Vec::new();
-    let prompt_text = match &loaded.chat_template {
-        Some(template) => template.render(messages, true)?,
-        None => {
-            // Plain transcript for models trained without a chat format.
-            stop_strings.push("\nUser:".to_string());
-            let mut text = String::new();
-            for m in messages {
-                let who = match m.role.as_str() {
-                    "user" => "User",
-                    "system" => "System",
-                    _ => "Assistant",
-                };
-                text.push_str(&format!("{who}: {}\n", m.content));
-            }
-            text.push_str("Assistant:");
-            text
-        }
-    };
-    let prompt = loaded.tokenizer.encode(&prompt_text)?;
-    let config = GenerateConfig {
-        max_new_tokens: settings.max_tokens,
-        sampling: SamplingConfig {
-            temperature: settings.temperature,
-            top_k: settings.top_k,
-            top_p: settings.top_p,
-            min_p: 0.0,
-            repetition_penalty: settings.repetition_penalty,
-            seed: settings.seed,
-        },
-        stop_tokens: loaded.stop_tokens.clone(),
-    };
-    let out = with_model!(&loaded.model, |m| generate_text(
-        m,
-        &loaded.tokenizer,
-        &prompt,
-        &config,
-        &stop_strings,
-        device,
-        |piece| {
-            send(Event::Text(piece.to_string()));
-            !cancel.load(Ordering::SeqCst)
-        }
-    ))?;
-    Ok((speed_line(&out), out.stop))
 }

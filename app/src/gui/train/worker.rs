@@ -1,14 +1,14 @@
-//! The training worker: sets up a run with [`prepare`] and steps it on its own thread, taking
-//! commands from the Train view and reporting each step.
+//! The training worker: opens the run as `cinder train` does and steps it on its own thread,
+//! taking commands from the Train view and reporting each step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use cinder_engine::device::{Selected, memory_usage, process_memory};
 use cinder_engine::train::StepReport;
+use cinder_models::recipe::TrainSettings;
 
-use crate::cli::TrainArgs;
-use crate::train::{Session, prepare};
+use crate::train::{Session, open_session};
 
 /// What the view asks of a running worker.
 pub(super) enum Command {
@@ -27,7 +27,7 @@ pub(super) enum Event {
     Log(String),
     Started {
         run_dir: PathBuf,
-        args: Box<TrainArgs>,
+        settings: Box<TrainSettings>,
         step: u64,
         total: u64,
     },
@@ -42,45 +42,58 @@ pub(super) enum Event {
     Failed(String),
 }
 
-/// Sets up the run and steps it until it finishes or is stopped, obeying `commands` and
+/// The run a worker is asked to train.
+pub(super) struct Job {
+    /// The settings of a new run (a resumed run uses its own).
+    pub settings: TrainSettings,
+    /// Run folder of a new run.
+    pub out: Option<PathBuf>,
+    /// The run folder to continue.
+    pub resume: Option<PathBuf>,
+    /// Steps a resumed run goes to.
+    pub steps: Option<u64>,
+    /// Where corpora are cached.
+    pub cache_dir: PathBuf,
+    /// The device.
+    pub selected: Selected,
+}
+
+/// Opens the run and steps it until it finishes or is stopped, obeying `commands` and
 /// reporting through `send`; a run that took steps ends with a checkpoint.
-pub(super) fn run_worker(
-    args: TrainArgs,
-    cache_dir: &Path,
-    selected: &Selected,
-    commands: &Receiver<Command>,
-    send: &dyn Fn(Event),
-) {
-    let session = match prepare(args, cache_dir, selected, &mut |line| {
-        send(Event::Log(line))
-    }) {
+pub(super) fn run_worker(job: Job, commands: &Receiver<Command>, send: &dyn Fn(Event)) {
+    let session = open_session(
+        job.settings,
+        job.out,
+        job.resume,
+        job.steps,
+        &job.cache_dir,
+        &job.selected,
+        &mut |line| send(Event::Log(line)),
+    );
+    let Session {
+        mut trainer,
+        mut run,
+        run_dir,
+        settings,
+    } = match session {
         Ok(s) => s,
         Err(e) => {
             send(Event::Failed(format!("{e:#}")));
             return;
         }
     };
-    let Session {
-        mut trainer,
-        run_dir,
-        args,
-    } = session;
     send(Event::Started {
-        run_dir: run_dir.clone(),
+        run_dir,
         step: trainer.step_count(),
         total: trainer.config().steps,
-        args: Box::new(args),
+        settings: Box::new(settings),
     });
     let mut paused = false;
     let mut saved_at = None;
     let mut stepped = false;
-    let save = |trainer: &cinder_engine::train::Trainer<_>| trainer.save_checkpoint(&run_dir);
     loop {
         let command = if paused {
-            match commands.recv() {
-                Ok(c) => Some(c),
-                Err(_) => Some(Command::Stop),
-            }
+            Some(commands.recv().unwrap_or(Command::Stop))
         } else {
             match commands.try_recv() {
                 Ok(c) => Some(c),
@@ -101,7 +114,7 @@ pub(super) fn run_worker(
             Some(Command::Stop) => break,
             Some(Command::Save) => {
                 if saved_at != Some(trainer.step_count()) {
-                    match save(&trainer) {
+                    match run.save(&trainer) {
                         Ok(path) => {
                             saved_at = Some(trainer.step_count());
                             send(Event::Saved(path));
@@ -119,7 +132,7 @@ pub(super) fn run_worker(
         if trainer.finished() {
             break;
         }
-        match trainer.step() {
+        match run.step(&mut trainer) {
             Ok(mut report) => {
                 stepped = true;
                 if report.checkpoint.is_some() {
@@ -127,7 +140,7 @@ pub(super) fn run_worker(
                 }
                 if report.memory_in_use.is_none() {
                     // The trainer reads the pool of its autodiff device; ask the base device too.
-                    if let Some((used, reserved)) = memory_usage(&selected.device) {
+                    if let Some((used, reserved)) = memory_usage(&job.selected.device) {
                         report.memory_in_use = Some(used);
                         report.memory_reserved = Some(reserved);
                     }
@@ -148,7 +161,7 @@ pub(super) fn run_worker(
     }
     let mut checkpoint = None;
     if stepped && saved_at != Some(trainer.step_count()) {
-        match save(&trainer) {
+        match run.save(&trainer) {
             Ok(path) => checkpoint = Some(path),
             Err(e) => {
                 send(Event::Failed(format!("saving the final checkpoint: {e:#}")));

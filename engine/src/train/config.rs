@@ -1,0 +1,195 @@
+//! The settings of a training run: each one defined once, with its default and its doc line,
+//! shared by the command line (clap derives the flags from these structs), the desktop and
+//! browser forms, and the `train_config.json` a checkpoint carries.
+
+use burn::tensor::FloatDType;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimizerConfig;
+use crate::schedule::WarmupCosine;
+use crate::{Error, Result};
+
+/// Activation recomputation: memory traded for a second forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Recompute {
+    /// Keep every activation for the backward pass.
+    #[default]
+    None,
+    /// Keep only each transformer block's input; the backward pass runs each block again, one
+    /// at a time, so at most one block's activations are alive (needs dropout 0).
+    Blocks,
+    /// Burn's gradient-checkpointing strategy: recompute cheap element-wise results instead of
+    /// storing them.
+    Checkpointing,
+    /// Blocks on a device with Burn's gradient-checkpointing strategy.
+    All,
+}
+
+impl Recompute {
+    /// Whether the model's device must carry Burn's gradient-checkpointing strategy.
+    pub fn needs_checkpointing_device(self) -> bool {
+        matches!(self, Self::Checkpointing | Self::All)
+    }
+
+    /// Whether the trainer recomputes block by block.
+    pub fn blockwise(self) -> bool {
+        matches!(self, Self::Blocks | Self::All)
+    }
+}
+
+impl std::fmt::Display for Recompute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::settings::fmt_value_enum(self, f)
+    }
+}
+
+/// Floating-point type of the forward and backward passes. The weights, the optimizer state
+/// and the update stay in f32 (master weights); each step runs on a copy cast to the chosen
+/// type, and its gradients are cast back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Single precision throughout.
+    #[default]
+    F32,
+    /// Half precision with dynamic loss scaling (see `LossScaler`).
+    F16,
+    /// bfloat16: f32's range with 8 bits of mantissa, so no loss scaling.
+    Bf16,
+}
+
+impl Precision {
+    /// The Burn type of the passes; `None` for f32.
+    pub fn dtype(self) -> Option<FloatDType> {
+        match self {
+            Self::F32 => None,
+            Self::F16 => Some(FloatDType::F16),
+            Self::Bf16 => Some(FloatDType::BF16),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::settings::fmt_value_enum(self, f)
+    }
+}
+
+/// Everything that shapes a training run except the model and its data (the model's own shape
+/// lives in its family's config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Optimizer steps to run.
+    #[arg(long, default_value_t = 600)]
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Tokens per training sequence.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+    /// Micro-batches per optimizer step (gradient accumulation: exactly the update of one
+    /// batch of batch-size x accumulate sequences).
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// Steps of linear warmup.
+    #[arg(long, default_value_t = 30)]
+    pub warmup: u64,
+    /// The optimizer and its hyper-parameters (on the command line: --optimizer and its flags).
+    #[arg(skip)]
+    pub optimizer: OptimizerConfig,
+    /// Which activations the backward pass recomputes instead of keeping.
+    #[arg(long, value_enum, default_value_t)]
+    pub recompute: Recompute,
+    /// Floating-point type of the forward and backward passes (weights and optimizer state
+    /// stay f32; f32 with a note where the device lacks the type).
+    #[arg(long, value_enum, default_value_t)]
+    pub precision: Precision,
+    /// Maximum global gradient norm (0 = no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Evaluate on the held-out split every N steps (0 = never).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    pub eval_batches: usize,
+    /// Sample text every N steps (0 = never).
+    #[arg(long, default_value_t = 100)]
+    pub sample_every: u64,
+    /// Tokens per sample.
+    #[arg(long, default_value_t = 48)]
+    pub sample_tokens: usize,
+    /// Text the samples start from (empty: a fresh line).
+    #[arg(long, default_value = "")]
+    pub sample_prompt: String,
+    /// Write a checkpoint every N steps (0 = only at the end; always at the end).
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep (older ones are deleted).
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Seed for initialisation, batches, dropout and samples.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        crate::settings::defaults()
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values that would otherwise fail deep inside a step.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: &str| Err(Error::Config(m.to_string()));
+        if self.batch_size == 0 {
+            return fail("batch size must be at least 1");
+        }
+        if self.context == 0 {
+            return fail("context must be at least 1");
+        }
+        if self.accumulate == 0 {
+            return fail("accumulate must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return fail("learning rate must be a positive number");
+        }
+        Ok(())
+    }
+
+    /// The learning-rate schedule these settings describe.
+    pub fn schedule(&self) -> WarmupCosine {
+        WarmupCosine {
+            peak: self.lr,
+            warmup: self.warmup.min(self.steps.saturating_sub(1)).max(1),
+            total: self.steps,
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_survive_a_json_round_trip_and_fill_missing_keys() {
+        let d = TrainConfig::default();
+        assert_eq!(d.steps, 600);
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let partial: TrainConfig = serde_json::from_str(r#"{"steps": 7}"#).unwrap();
+        assert_eq!(partial.steps, 7);
+        assert_eq!(partial.lr, d.lr);
+    }
+}

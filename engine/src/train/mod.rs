@@ -1,0 +1,509 @@
+//! The training loop, driven one step at a time.
+//!
+//! [`Trainer::step`] runs one optimizer step (all of its accumulated micro-batches) and reports
+//! what happened, including any evaluation or sample that fell due. It does no I/O: a
+//! [`Run`](crate::run::Run) records the reports and writes the checkpoints the trainer hands
+//! it, so a command-line loop, a desktop worker and a browser page drive the same code.
+//!
+//! One idea per file: `config` (the settings), `loss` (the objective), `precision` (mixed
+//! precision and loss scaling), `recompute` (block-wise recomputation), and here the step.
+//!
+//! B=batch, T=time, V=vocab
+
+mod config;
+mod loss;
+mod precision;
+mod recompute;
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+pub use config::{Precision, Recompute, TrainConfig};
+pub use loss::lm_loss;
+pub use precision::LossScaler;
+
+use crate::data::{LmBatch, lm_batch, lm_batch_rows};
+use crate::generate::{GenerateConfig, generate};
+use crate::lm::CausalLm;
+use crate::optim::{Optimizer, clip_global_norm, global_norm, param_paths};
+use crate::run::{CHECKPOINT_FORMAT, Checkpoint, TrainerState};
+use crate::sampling::SamplingConfig;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{parse_safetensors, safetensors_bytes};
+use crate::{Error, Result, readback, rng};
+
+/// What one optimizer step did (one line of a run's `metrics.jsonl`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Steps completed, this one included.
+    pub step: u64,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second during this step.
+    pub tokens_per_sec: f64,
+    /// Seconds since the trainer was created.
+    pub elapsed_s: f64,
+    /// Held-out loss, when an evaluation fell due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// A sampled text, when one fell due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
+    /// Bytes of device memory in use, where the backend reports it (Burn's memory pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_in_use: Option<u64>,
+    /// Bytes of device memory reserved by the pool, where the backend reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reserved: Option<u64>,
+    /// Resident bytes of the whole process, where the system reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_memory: Option<u64>,
+    /// The f16 loss scale used by this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Whether the update was skipped because the f16 gradients overflowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// Where a checkpoint written after this step went (set by the run that wrote it).
+    #[serde(skip)]
+    pub checkpoint: Option<std::path::PathBuf>,
+}
+
+/// What the gradient computation needs, apart from the model: borrowed from the trainer so the
+/// optimizer can ask for gradients at another point (Heun's method) while it is being stepped.
+struct Batches<'a> {
+    config: &'a TrainConfig,
+    tokens: &'a [u32],
+    device: &'a Device,
+    step: u64,
+    loss_scale: f64,
+}
+
+/// Trains a [`CausalLm`] on token streams.
+pub struct Trainer<M: CausalLm> {
+    model: Option<M>,
+    optim: Optimizer,
+    config: TrainConfig,
+    tokenizer: Tokenizer,
+    train_tokens: Vec<u32>,
+    val_tokens: Vec<u32>,
+    device: Device,
+    step: u64,
+    tokens_seen: u64,
+    started: web_time::Instant,
+    scaler: LossScaler,
+    notes: Vec<String>,
+}
+
+fn batch_tensors(batch: &LmBatch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let shape = [batch.batch, batch.context];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+    )
+}
+
+fn to_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| Error::serialize(what, e))
+}
+
+impl<M: CausalLm> Trainer<M> {
+    /// A trainer for `model` (whose parameters must live on an autodiff device), starting at
+    /// step 0.
+    pub fn new(
+        model: M,
+        config: TrainConfig,
+        tokenizer: Tokenizer,
+        train_tokens: Vec<u32>,
+        val_tokens: Vec<u32>,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let mut config = config;
+        let mut notes = Vec::new();
+        if let Some(dtype) = config.precision.dtype()
+            && !device.supports_dtype(dtype)
+        {
+            notes.push(format!(
+                "precision {}: this device has no {dtype:?} arithmetic; training in f32",
+                config.precision
+            ));
+            config.precision = Precision::F32;
+        }
+        if config.context > model.context_length() {
+            return Err(Error::Config(format!(
+                "context {} exceeds the model's maximum of {}",
+                config.context,
+                model.context_length()
+            )));
+        }
+        if tokenizer.vocab_size() > model.vocab_size() {
+            return Err(Error::Config(format!(
+                "the tokenizer has {} entries but the model only {}",
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            )));
+        }
+        // Fail now, not at the first step, if the corpus cannot fill a window.
+        lm_batch(&train_tokens, 1, config.context, 0, 0, 0)?;
+        Ok(Self {
+            model: Some(model),
+            optim: Optimizer::new(config.optimizer),
+            scaler: LossScaler::new(config.precision),
+            config,
+            tokenizer,
+            train_tokens,
+            val_tokens,
+            device: device.clone(),
+            step: 0,
+            tokens_seen: 0,
+            started: web_time::Instant::now(),
+            notes,
+        })
+    }
+
+    /// Continues from `ckpt` (whose weights the caller has already loaded into the model given
+    /// to [`new`](Self::new)): optimizer moments, step, data position and loss scale.
+    pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        let state = TrainerState::read(ckpt)?;
+        let family = self.model().family();
+        if state.family != family {
+            return Err(Error::format(
+                ckpt.path(TrainerState::FILE),
+                format!(
+                    "checkpoint is for a '{}' model, not '{family}'",
+                    state.family
+                ),
+            ));
+        }
+        let name = "optimizer.safetensors";
+        let moments = parse_safetensors(&ckpt.path(name), ckpt.file(name)?)?;
+        let paths = param_paths(self.model());
+        self.optim
+            .load_state(moments, state.step, &paths, &self.device)?;
+        self.step = state.step;
+        self.tokens_seen = state.tokens_seen;
+        self.config.seed = state.seed;
+        if let Some(scale) = state.loss_scale {
+            self.scaler.set_scale(scale);
+        }
+        Ok(())
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &M {
+        // The model is only taken out for the duration of an update inside `step`.
+        self.model
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("model taken during an update"))
+    }
+
+    /// The tokenizer the model reads.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Steps completed.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Changes how the next steps recompute activations (for `All`, the model must live on a
+    /// device with Burn's gradient-checkpointing strategy).
+    pub fn set_recompute(&mut self, recompute: Recompute) {
+        self.config.recompute = recompute;
+    }
+
+    /// Changes the precision of the next steps (f32 where the device lacks the type).
+    pub fn set_precision(&mut self, precision: Precision) {
+        let supported = precision
+            .dtype()
+            .is_none_or(|d| self.device.supports_dtype(d));
+        self.config.precision = if supported { precision } else { Precision::F32 };
+        self.scaler = LossScaler::new(self.config.precision);
+    }
+
+    /// Sets the f16 loss scale (65536 at the start of a run), e.g. to start lower.
+    pub fn set_loss_scale(&mut self, scale: f64) {
+        self.scaler.set_scale(scale);
+    }
+
+    /// Things the trainer changed about its configuration, for the user (e.g. a precision the
+    /// device lacks, replaced by f32).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Elements held in optimizer state.
+    pub fn optimizer_state_elements(&self) -> usize {
+        self.optim.state_elements()
+    }
+
+    /// Whether all configured steps are done.
+    pub fn finished(&self) -> bool {
+        self.step >= self.config.steps
+    }
+
+    /// Whether a checkpoint is due after the step just taken (every `checkpoint_every` steps,
+    /// and after the last).
+    pub fn checkpoint_due(&self) -> bool {
+        let every = self.config.checkpoint_every;
+        self.step > 0 && ((every > 0 && self.step.is_multiple_of(every)) || self.finished())
+    }
+
+    /// Runs one optimizer step and whatever evaluation or sample falls due after it.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let t0 = web_time::Instant::now();
+        let model = self.model.take().ok_or_else(|| {
+            Error::Internal("the trainer lost its model in an earlier failed step".into())
+        })?;
+        let lr = self.config.schedule().lr(self.step);
+        let batches = Batches {
+            config: &self.config,
+            tokens: &self.train_tokens,
+            device: &self.device,
+            step: self.step,
+            loss_scale: self.scaler.scale(),
+        };
+        let loss_scale = self.scaler.is_dynamic().then_some(self.scaler.scale());
+        let (mut grads, loss_sum) = match batches.gradients(&model) {
+            Ok(g) => g,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        let norm = if self.scaler.is_dynamic() {
+            global_norm(&model, &grads)?
+        } else {
+            0.0
+        };
+        if !self.scaler.record(norm) {
+            // The f16 gradients overflowed under this scale: no update this step.
+            return self.finish_step(model, t0, loss_sum, lr, norm, loss_scale, true);
+        }
+        let grad_norm = clip_global_norm(&model, &mut grads, self.config.grad_clip)?;
+        let clip = self.config.grad_clip;
+        let mut gradient_at = |m: &M| -> Result<GradientsParams> {
+            let (mut g, _) = batches.gradients(m)?;
+            clip_global_norm(m, &mut g, clip)?;
+            Ok(g)
+        };
+        let model = self.optim.update(lr, model, grads, &mut gradient_at)?;
+        self.finish_step(model, t0, loss_sum, lr, grad_norm, loss_scale, false)
+    }
+
+    /// Counts a step taken (or skipped) and runs what falls due after it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_step(
+        &mut self,
+        model: M,
+        t0: web_time::Instant,
+        loss_sum: f64,
+        lr: f64,
+        grad_norm: f64,
+        loss_scale: Option<f64>,
+        skipped: bool,
+    ) -> Result<StepReport> {
+        let c = &self.config;
+        let k = c.accumulate;
+        self.model = Some(model);
+        self.step += 1;
+        let tokens = (c.batch_size * c.context * k) as u64;
+        self.tokens_seen += tokens;
+        let tokens_per_sec = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+
+        let due =
+            |every: u64, step: u64, last: bool| every > 0 && (step.is_multiple_of(every) || last);
+        let last = self.finished();
+        let eval_loss = if due(self.config.eval_every, self.step, last) {
+            Some(self.evaluate()?)
+        } else {
+            None
+        };
+        let sample = if due(self.config.sample_every, self.step, last) {
+            Some(self.sample(self.config.seed ^ self.step)?)
+        } else {
+            None
+        };
+        let pool = crate::device::memory_usage(&self.device);
+        Ok(StepReport {
+            step: self.step,
+            loss: loss_sum / k as f64,
+            lr,
+            grad_norm,
+            tokens_per_sec,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            eval_loss,
+            sample,
+            memory_in_use: pool.map(|(used, _)| used),
+            memory_reserved: pool.map(|(_, reserved)| reserved),
+            process_memory: crate::device::process_memory().map(|(rss, _)| rss),
+            loss_scale,
+            skipped,
+            checkpoint: None,
+        })
+    }
+
+    /// Mean loss over the fixed held-out batches.
+    pub fn evaluate(&self) -> Result<f64> {
+        let model = self.model().valid();
+        let device = self.device.clone().without_autodiff();
+        let c = &self.config;
+        let tokens = if self.val_tokens.len() >= c.context + 2 {
+            &self.val_tokens
+        } else {
+            &self.train_tokens
+        };
+        let mut total = 0.0;
+        for i in 0..c.eval_batches.max(1) {
+            let batch = lm_batch(tokens, c.batch_size, c.context, c.seed, 1, i as u64)?;
+            let (inputs, targets) = batch_tensors(&batch, &device);
+            let loss = lm_loss(model.forward(inputs), targets);
+            total += readback::scalar(loss, "the held-out loss")?;
+        }
+        Ok(total / c.eval_batches.max(1) as f64)
+    }
+
+    /// Text sampled from the model, starting at the configured prompt.
+    pub fn sample(&self, seed: u64) -> Result<String> {
+        let model = self.model().valid();
+        let device = self.device.clone().without_autodiff();
+        let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
+        if prompt.is_empty() {
+            // Documents are separated by newlines in the corpora, so a fresh line is the natural
+            // start; the end-of-text token where a newline is not a single token.
+            let newline = self.tokenizer.encode("\n")?;
+            prompt = match newline.as_slice() {
+                [id] => vec![*id],
+                _ => vec![self.tokenizer.eos_id().unwrap_or(0)],
+            };
+        }
+        let sampling = SamplingConfig {
+            seed,
+            ..SamplingConfig::default()
+        };
+        let config = GenerateConfig::new(self.config.sample_tokens, sampling, None);
+        let (new, _) = generate(&model, &prompt, &config, &device, |_| true)?;
+        let mut all = prompt;
+        all.extend(new);
+        self.tokenizer.decode(&all)
+    }
+
+    /// The trainer's complete state as checkpoint files: the model folder (loadable by Cinder
+    /// and by Hugging Face transformers), optimizer moments, trainer state and configuration.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let model = self.model();
+        let state = TrainerState {
+            format: CHECKPOINT_FORMAT,
+            step: self.step,
+            seed: self.config.seed,
+            tokens_seen: self.tokens_seen,
+            family: model.family().to_string(),
+            loss_scale: self.scaler.is_dynamic().then_some(self.scaler.scale()),
+        };
+        let mut ckpt = model_files(model, &self.tokenizer)?;
+        let optimizer = safetensors_bytes(&self.optim.state_tensors()?, None)?;
+        ckpt.insert("optimizer.safetensors", optimizer);
+        ckpt.insert(TrainerState::FILE, to_json(TrainerState::FILE, &state)?);
+        ckpt.insert(
+            "train_config.json",
+            to_json("train_config.json", &self.config)?,
+        );
+        Ok(ckpt)
+    }
+}
+
+impl Batches<'_> {
+    /// Gradients of this step's batch (all its micro-batches, each loss divided by their
+    /// number) at `model`, and the sum of the micro-batch losses. Micro-batch `j` of `k` holds
+    /// rows `j b .. (j + 1) b` of the step's batch of `k b` rows, so accumulating `k`
+    /// micro-batches of `b` sees exactly the sequences of one batch of `k b`.
+    fn gradients<M: CausalLm>(&self, model: &M) -> Result<(GradientsParams, f64)> {
+        let c = self.config;
+        let k = c.accumulate;
+        // Dropout masks are a function of (seed, step) too.
+        self.device.seed(rng::hash3(c.seed, 7, self.step));
+        let dtype = c.precision.dtype();
+        let low = dtype.map(|d| precision::cast_params(model, d));
+        let work = low.as_ref().unwrap_or(model);
+        // Each micro-batch's loss is divided by their number (accumulation) and multiplied by
+        // the loss scale (1 except in f16).
+        let factor = self.loss_scale / k as f64;
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss_sum = 0.0;
+        for micro in 0..k {
+            let batch = lm_batch_rows(
+                self.tokens,
+                c.batch_size,
+                micro * c.batch_size,
+                c.context,
+                c.seed,
+                0,
+                self.step,
+            )?;
+            let (inputs, targets) = batch_tensors(&batch, self.device);
+            let loss = if c.recompute.blockwise() {
+                recompute::blockwise_gradients(
+                    work,
+                    self.device,
+                    inputs,
+                    targets,
+                    factor,
+                    &mut accumulator,
+                )?
+            } else {
+                let loss = lm_loss(precision::to_f32(work.forward(inputs)), targets);
+                let scaled = precision::scaled(&loss, factor);
+                let grads = GradientsParams::from_grads(scaled.backward(), work);
+                accumulator.accumulate(work, grads);
+                loss
+            };
+            loss_sum += readback::scalar(loss.detach(), "the loss")?;
+        }
+        let grads = accumulator.grads();
+        if dtype.is_none() && self.loss_scale == 1.0 {
+            return Ok((grads, loss_sum));
+        }
+        Ok((precision::unscale(model, grads, self.loss_scale), loss_sum))
+    }
+}
+
+/// A model folder loadable by Cinder and by Hugging Face transformers: `config.json`,
+/// `model.safetensors` and `tokenizer.json`.
+pub fn model_files<M: CausalLm>(model: &M, tokenizer: &Tokenizer) -> Result<Checkpoint> {
+    let mut files = Checkpoint::new("model");
+    files.insert("config.json", to_json("config.json", &model.config_json())?);
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    files.insert(
+        "model.safetensors",
+        safetensors_bytes(&model.export_tensors()?, Some(metadata))?,
+    );
+    files.insert("tokenizer.json", tokenizer.to_json()?.into_bytes());
+    Ok(files)
+}
+
+/// Writes [`model_files`] into the folder `dir`, atomically.
+pub fn save_model<M: CausalLm>(
+    model: &M,
+    tokenizer: &Tokenizer,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let files = model_files(model, tokenizer)?;
+    crate::atomic::write_dir_atomic(dir, |tmp| {
+        for (name, bytes) in files.files() {
+            crate::atomic::write_atomic(&tmp.join(name), bytes)?;
+        }
+        Ok(())
+    })
+}

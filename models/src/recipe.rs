@@ -1,0 +1,322 @@
+//! What `cinder train` trains, and how: a GPT-2 of a size preset on a corpus with a tokenizer
+//! trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
+//! desktop and browser form's state); [`prepare`] turns it into a [`Trainer`] ready to step
+//! inside a [`Run`], starting fresh, from a Hugging Face folder, or from the run's latest
+//! checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use cinder_engine::data::{Corpus, CorpusSource};
+use cinder_engine::device::{DeviceChoice, Selected};
+use cinder_engine::run::{Checkpoint, Run, resolve_model_dir};
+use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
+use cinder_engine::train::{TrainConfig, Trainer};
+use cinder_engine::weights::parse_safetensors;
+use cinder_engine::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::gpt2::{Gpt2, Gpt2Config};
+
+/// GPT-2 sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Gpt2Preset {
+    /// 4 blocks x 128, 4 heads ([`Gpt2Config::tiny`]).
+    #[default]
+    #[value(name = "tiny")]
+    #[serde(rename = "tiny")]
+    Tiny,
+    /// 6 blocks x 384, 6 heads ([`Gpt2Config::small`]).
+    #[value(name = "small")]
+    #[serde(rename = "small")]
+    Small,
+    /// OpenAI's GPT-2 small, 12 blocks x 768 ([`Gpt2Config::gpt2_124m`]).
+    #[value(name = "gpt2-124m")]
+    #[serde(rename = "gpt2-124m")]
+    Gpt2_124m,
+}
+
+impl Gpt2Preset {
+    /// The model shape this preset names.
+    pub fn config(self) -> Gpt2Config {
+        match self {
+            Self::Tiny => Gpt2Config::tiny(),
+            Self::Small => Gpt2Config::small(),
+            Self::Gpt2_124m => Gpt2Config::gpt2_124m(),
+        }
+    }
+}
+
+impl std::fmt::Display for Gpt2Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        cinder_engine::settings::fmt_value_enum(self, f)
+    }
+}
+
+/// The model and the data it learns from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct ModelRecipe {
+    /// Corpus: tang (the complete Tang poems), fortunes (Debian's), or a UTF-8 text file.
+    #[arg(long, default_value = "tang")]
+    pub corpus: CorpusSource,
+    /// Tokenizer trained on the corpus: char, bpe (8192 entries) or bpe:N.
+    #[arg(long, default_value = "char")]
+    pub tokenizer: TokenizerKind,
+    /// Model size preset.
+    #[arg(long, value_enum, default_value_t)]
+    pub preset: Gpt2Preset,
+    /// Transformer blocks (overrides the preset).
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    /// Attention heads (overrides the preset).
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Width (overrides the preset).
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    /// Dropout on embeddings, attention and residual branches.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Start from this Hugging Face GPT-2 folder (or run) instead of random weights.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+}
+
+impl Default for ModelRecipe {
+    fn default() -> Self {
+        cinder_engine::settings::defaults()
+    }
+}
+
+impl ModelRecipe {
+    /// The model shape: the preset with the overrides, for a vocabulary of `vocab` and
+    /// sequences of `context` tokens.
+    pub fn model_config(&self, vocab: usize, context: usize) -> Gpt2Config {
+        let mut c = self.preset.config();
+        c.vocab_size = vocab;
+        c.n_positions = context;
+        c.n_layer = self.n_layer.unwrap_or(c.n_layer);
+        c.n_head = self.n_head.unwrap_or(c.n_head);
+        c.n_embd = self.n_embd.unwrap_or(c.n_embd);
+        c.resid_pdrop = self.dropout;
+        c.embd_pdrop = self.dropout;
+        c.attn_pdrop = self.dropout;
+        c
+    }
+}
+
+/// The layout version of `run.json`.
+pub const RUN_FORMAT: u32 = 2;
+
+/// Everything a training run is: its `run.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainSettings {
+    /// Layout version ([`RUN_FORMAT`]).
+    pub format: u32,
+    /// The model and its data.
+    pub model: ModelRecipe,
+    /// The trainer's settings.
+    pub train: TrainConfig,
+    /// Where to compute.
+    pub device: DeviceChoice,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            format: RUN_FORMAT,
+            model: ModelRecipe::default(),
+            train: TrainConfig::default(),
+            device: DeviceChoice::default(),
+        }
+    }
+}
+
+impl TrainSettings {
+    /// Checks what would otherwise fail after the corpus is read.
+    pub fn check(&self) -> Result<()> {
+        self.train.validate()?;
+        if self.train.recompute.blockwise() && self.model.dropout > 0.0 {
+            return Err(Error::Config(format!(
+                "recompute {}: block-by-block recomputation needs dropout 0 (or use recompute \
+                 checkpointing)",
+                self.train.recompute
+            )));
+        }
+        Ok(())
+    }
+
+    /// The settings of the run in `run` (its `run.json`), continued: a resumed run keeps them
+    /// all except how long it runs (`steps`, when given) and where it computes (`device`).
+    pub fn resumed(run: &Run, steps: Option<u64>, device: DeviceChoice) -> Result<Self> {
+        let mut saved: Self = run.settings()?.ok_or_else(|| {
+            Error::format(
+                run.locate(cinder_engine::run::RUN_FILE),
+                "missing: not a run folder",
+            )
+        })?;
+        if saved.format != RUN_FORMAT {
+            return Err(Error::format(
+                run.locate(cinder_engine::run::RUN_FILE),
+                format!(
+                    "run format {} is not supported (expected {RUN_FORMAT})",
+                    saved.format
+                ),
+            ));
+        }
+        if let Some(steps) = steps {
+            saved.train.steps = steps;
+        }
+        saved.device = device;
+        Ok(saved)
+    }
+}
+
+/// A GPT-2 and its tokenizer from checkpoint files.
+pub fn model_from_checkpoint(
+    ckpt: &Checkpoint,
+    device: &cinder_engine::burn::tensor::Device,
+) -> Result<(Gpt2, Tokenizer)> {
+    let config = Gpt2Config::from_json(&ckpt.path("config.json"), ckpt.text("config.json")?)?;
+    let weights = ckpt.path("model.safetensors");
+    let tensors = parse_safetensors(&weights, ckpt.file("model.safetensors")?)?;
+    let model = Gpt2::from_hf_tensors(&config, tensors, &weights, device)?;
+    let tokenizer = Tokenizer::from_json(ckpt.text("tokenizer.json")?)
+        .map_err(|e| Error::format(ckpt.path("tokenizer.json"), e.to_string()))?;
+    Ok((model, tokenizer))
+}
+
+/// Sets up `settings` in `run` on `selected` (the trainer's model goes on its autodiff device):
+/// loads the corpus, trains or loads the tokenizer, builds or loads the model, and, when
+/// `resume`, restores the run's latest checkpoint. `say` receives one line per stage. Records
+/// the settings in the run.
+pub fn prepare(
+    settings: &TrainSettings,
+    run: &mut Run,
+    resume: bool,
+    selected: &Selected,
+    cache_dir: &Path,
+    say: &mut dyn FnMut(String),
+) -> Result<Trainer<Gpt2>> {
+    settings.check()?;
+    let recompute = settings.train.recompute;
+    let device = if recompute.needs_checkpointing_device() {
+        selected.device.clone().autodiff().gradient_checkpointing()
+    } else {
+        selected.device.clone().autodiff()
+    };
+    say(format!("device: {}", selected.description));
+    let ckpt = if resume {
+        let name = run.latest()?.ok_or_else(|| {
+            Error::Config(format!(
+                "{}: the run has no checkpoint yet",
+                run.locate("").display()
+            ))
+        })?;
+        Some(run.checkpoint(&name)?)
+    } else {
+        None
+    };
+
+    let recipe = &settings.model;
+    let corpus = Corpus::load(&recipe.corpus, cache_dir)?;
+    say(format!(
+        "corpus {}: {} characters for training, {} held out",
+        recipe.corpus,
+        corpus.train.chars().count(),
+        corpus.val.chars().count()
+    ));
+
+    let (model, tokenizer) = if let Some(ckpt) = &ckpt {
+        model_from_checkpoint(ckpt, &device)?
+    } else if let Some(dir) = &recipe.init_from {
+        let dir = resolve_model_dir(dir)?;
+        let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        (Gpt2::from_pretrained(&dir, &device)?, tok)
+    } else {
+        let t0 = web_time::Instant::now();
+        let tok = Tokenizer::train(recipe.tokenizer, &corpus.train)?;
+        say(format!(
+            "tokenizer {}: {} entries ({:.1}s)",
+            recipe.tokenizer,
+            tok.vocab_size(),
+            t0.elapsed().as_secs_f64()
+        ));
+        let mut config = recipe.model_config(tok.vocab_size(), settings.train.context);
+        config.bos_token_id = tok.eos_id().map(|i| i as usize);
+        config.eos_token_id = tok.eos_id().map(|i| i as usize);
+        config.check()?;
+        device.seed(settings.train.seed);
+        (config.init(&device), tok)
+    };
+    let cfg = model.config();
+    say(format!(
+        "model gpt2: {} layers, {} heads, width {}, context {}, vocabulary {}, {:.2}M parameters",
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        cfg.n_positions,
+        cfg.vocab_size,
+        cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
+    ));
+
+    let t0 = web_time::Instant::now();
+    let train_tokens = tokenizer.encode_corpus(&corpus.train)?;
+    let val_tokens = tokenizer.encode_corpus(&corpus.val)?;
+    say(format!(
+        "encoded {} training and {} held-out tokens ({:.1}s)",
+        train_tokens.len(),
+        val_tokens.len(),
+        t0.elapsed().as_secs_f64()
+    ));
+
+    let mut trainer = Trainer::new(
+        model,
+        settings.train.clone(),
+        tokenizer,
+        train_tokens,
+        val_tokens,
+        &device,
+    )?;
+    for note in trainer.notes() {
+        say(format!("note: {note}"));
+    }
+    if let Some(ckpt) = &ckpt {
+        trainer.restore(ckpt)?;
+        run.truncate_metrics(trainer.step_count())?;
+        say(format!(
+            "resumed from {} at step {}",
+            ckpt.path("").display(),
+            trainer.step_count()
+        ));
+    }
+    run.write_settings(settings)?;
+    Ok(trainer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_survive_run_json_and_fill_missing_keys_with_the_defaults() {
+        let s = TrainSettings::default();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<TrainSettings>(&json).unwrap(), s);
+        let partial: TrainSettings =
+            serde_json::from_str(r#"{"format": 2, "model": {"tokenizer": "bpe:300"}}"#).unwrap();
+        assert_eq!(partial.model.tokenizer, TokenizerKind::Bpe(300));
+        assert_eq!(partial.train, TrainConfig::default());
+    }
+
+    #[test]
+    fn the_tiny_preset_is_the_tiny_config() {
+        let c = ModelRecipe::default().model_config(65, 64);
+        let t = Gpt2Config::tiny();
+        assert_eq!(
+            (c.n_layer, c.n_head, c.n_embd),
+            (t.n_layer, t.n_head, t.n_embd)
+        );
+    }
+}
