@@ -1,5 +1,8 @@
 //! The `cinder` binary as a user runs it.
 
+// A set-up step that fails (starting the binary, a temporary folder) should fail the test loudly.
+#![allow(clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -8,7 +11,7 @@ fn cinder(args: &[&str], cwd: &Path) -> Output {
         .args(args)
         .current_dir(cwd)
         .output()
-        .unwrap_or_else(|e| panic!("running cinder: {e}"))
+        .expect("running cinder")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -22,12 +25,12 @@ fn fixture() -> PathBuf {
 #[test]
 fn greedy_generation_prints_the_transformers_continuation() {
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture().join("reference.json")).unwrap_or_default(),
+        &std::fs::read_to_string(fixture().join("reference.json")).expect("read the reference"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("parse the reference");
     let case = &reference["prompts"][0];
-    let prompt = case["text"].as_str().unwrap_or_default();
-    let expected = case["greedy_text"].as_str().unwrap_or_default();
+    let prompt = case["text"].as_str().expect("a prompt");
+    let expected = case["greedy_text"].as_str().expect("a continuation");
     let model = fixture();
     let out = cinder(
         &[
@@ -110,16 +113,16 @@ fn bad_arguments_get_clear_errors() {
 
 #[test]
 fn train_stop_resume_and_generate_from_the_run() {
-    let work = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().expect("tempdir");
     let corpus = work.path().join("poems.txt");
     let lines: String = (0..200)
         .map(|i| format!("line {} of the little corpus.\n", i % 13))
         .collect();
-    std::fs::write(&corpus, lines).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&corpus, lines).expect("write corpus");
     let run = work.path().join("run");
     let common = [
         "--corpus",
-        corpus.to_str().unwrap_or_default(),
+        corpus.to_str().expect("a UTF-8 path"),
         "--n-layer",
         "1",
         "--n-embd",
@@ -145,7 +148,7 @@ fn train_stop_resume_and_generate_from_the_run() {
     first.extend(common);
     first.extend([
         "--out",
-        run.to_str().unwrap_or_default(),
+        run.to_str().expect("a UTF-8 path"),
         "--stop-after",
         "6",
     ]);
@@ -162,7 +165,7 @@ fn train_stop_resume_and_generate_from_the_run() {
         &[
             "train",
             "--resume",
-            run.to_str().unwrap_or_default(),
+            run.to_str().expect("a UTF-8 path"),
             "--device",
             "cpu",
         ],
@@ -175,14 +178,14 @@ fn train_stop_resume_and_generate_from_the_run() {
         "{err}"
     );
     assert!(text(&out.stdout).contains("Generating from the trained model"));
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("read metrics");
     assert_eq!(metrics.lines().count(), 12);
 
     let out = cinder(
         &[
             "generate",
             "--model",
-            run.to_str().unwrap_or_default(),
+            run.to_str().expect("a UTF-8 path"),
             "--prompt",
             "line",
             "--max-new-tokens",

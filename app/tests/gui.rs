@@ -183,7 +183,7 @@ fn pause_resume_stop_and_continue_from_the_folder() {
         .reports
         .last()
         .map(|r| r.step)
-        .unwrap_or(0);
+        .expect("steps before the stop");
     assert!(stopped_at < 400);
 
     // A fresh app opens the run from its folder, with its curves, and continues it.
@@ -237,7 +237,7 @@ fn chat_streams_tokens_and_survives_a_broken_model() {
     h.get_by_label("Load").click();
     h.step();
     wait_for(&mut h, 60, "the load error", |app| app.chat.error.is_some());
-    let error = h.state().chat.error.clone().unwrap_or_default();
+    let error = h.state().chat.error.clone().expect("a load error");
     assert!(error.contains("broken.gguf"), "{error}");
     assert!(h.state().chat.model.is_none());
     h.get_by_label_contains("broken.gguf");

@@ -418,50 +418,48 @@ mod tests {
     #[test]
     fn char_tokenizer_round_trips_chinese_and_newlines() {
         let text = "春眠不覺曉，處處聞啼鳥。\n夜來風雨聲，花落知多少。\n";
-        let tok = Tokenizer::train_char(text).unwrap_or_else(|e| panic!("{e}"));
-        let ids = tok.encode(text).unwrap_or_else(|e| panic!("{e}"));
+        let tok = Tokenizer::train_char(text).unwrap();
+        let ids = tok.encode(text).unwrap();
         assert_eq!(ids.len(), text.chars().count());
-        assert_eq!(tok.decode(&ids).unwrap_or_default(), text);
+        assert_eq!(tok.decode(&ids).unwrap(), text);
         // '，' and '。' and '\n' occur most, so they get the first ids after the specials.
         assert!(ids.iter().all(|&i| i >= 2));
         assert_eq!(tok.eos_id(), Some(0));
-        let unknown = tok.encode("春X").unwrap_or_default();
+        let unknown = tok.encode("春X").unwrap();
         assert_eq!(unknown[1], 1, "unseen characters map to <unk>");
-        let json = tok.to_json().unwrap_or_default();
-        let back = Tokenizer::from_json(&json).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(back.encode(text).unwrap_or_default(), ids);
+        let json = tok.to_json().unwrap();
+        let back = Tokenizer::from_json(&json).unwrap();
+        assert_eq!(back.encode(text).unwrap(), ids);
     }
 
     #[test]
     fn bpe_tokenizer_learns_merges_and_round_trips() {
         let text = "the cat sat on the mat. the cat ate the rat.\n".repeat(50);
-        let tok =
-            Tokenizer::train(TokenizerKind::Bpe(300), &text).unwrap_or_else(|e| panic!("{e}"));
+        let tok = Tokenizer::train(TokenizerKind::Bpe(300), &text).unwrap();
         assert!(
             tok.vocab_size() > 257 && tok.vocab_size() <= 300,
             "{}",
             tok.vocab_size()
         );
         let line = "the cat sat on the mat.\n";
-        let ids = tok.encode(line).unwrap_or_default();
+        let ids = tok.encode(line).unwrap();
         assert!(
             ids.len() < line.len(),
             "merges shorten the sequence: {ids:?}"
         );
-        assert_eq!(tok.decode(&ids).unwrap_or_default(), line);
+        assert_eq!(tok.decode(&ids).unwrap(), line);
         assert!(tok.eos_id().is_some());
     }
 
     #[test]
     fn stream_holds_back_partial_characters() {
         let text = "月落烏啼霜滿天\n".repeat(20);
-        let tok =
-            Tokenizer::train(TokenizerKind::Bpe(280), &text).unwrap_or_else(|e| panic!("{e}"));
-        let ids = tok.encode("月落烏啼").unwrap_or_default();
+        let tok = Tokenizer::train(TokenizerKind::Bpe(280), &text).unwrap();
+        let ids = tok.encode("月落烏啼").unwrap();
         let mut stream = tok.stream();
         let mut out = String::new();
         for id in ids {
-            let piece = stream.push(id).unwrap_or_default();
+            let piece = stream.push(id).unwrap();
             assert!(!piece.contains('\u{FFFD}'));
             out.push_str(&piece);
         }
@@ -471,12 +469,12 @@ mod tests {
     #[test]
     fn parses_kinds() {
         assert_eq!(
-            "char".parse::<TokenizerKind>().ok(),
-            Some(TokenizerKind::Char)
+            "char".parse::<TokenizerKind>().unwrap(),
+            TokenizerKind::Char
         );
         assert_eq!(
-            "bpe:512".parse::<TokenizerKind>().ok(),
-            Some(TokenizerKind::Bpe(512))
+            "bpe:512".parse::<TokenizerKind>().unwrap(),
+            TokenizerKind::Bpe(512)
         );
         assert!("bpe:10".parse::<TokenizerKind>().is_err());
         assert!("words".parse::<TokenizerKind>().is_err());

@@ -268,27 +268,25 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_truncation() {
-        let dir = tempfile::tempdir()
-            .map_err(|e| e.to_string())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
         let mut tensors = NamedTensors::new();
         tensors.insert(
             "a".into(),
             TensorData::new(vec![1.0f32, -2.5, 3.0, 4.0], [2, 2]),
         );
-        write_safetensors(&path, &tensors).unwrap_or_else(|e| panic!("{e}"));
-        let back = read_safetensors(&path).unwrap_or_else(|e| panic!("{e}"));
-        let values = back["a"].try_to_vec::<f32>().unwrap_or_default();
+        write_safetensors(&path, &tensors).unwrap();
+        let back = read_safetensors(&path).unwrap();
+        let values = back["a"].try_to_vec::<f32>().unwrap();
         assert_eq!(values, vec![1.0, -2.5, 3.0, 4.0]);
         assert_eq!(back["a"].shape().to_vec(), vec![2, 2]);
 
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = read_safetensors(&path)
             .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+            .expect("a truncated file loaded")
+            .to_string();
         assert!(
             err.contains("w.safetensors") && err.contains("not a valid safetensors"),
             "{err}"

@@ -14,17 +14,71 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// A JSON array of token ids.
+/// A JSON array of token ids (a fixture without one is broken, not empty).
 pub fn json_ids(value: &serde_json::Value) -> Vec<u32> {
     value
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(serde_json::Value::as_u64)
-                .map(|x| x as u32)
-                .collect()
+        .expect("an array of token ids in the fixture")
+        .iter()
+        .map(|x| {
+            let id = x.as_u64().expect("a token id in the fixture");
+            u32::try_from(id).expect("a token id that fits in u32")
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+/// The numbers of a JSON array, or of an array of arrays, flattened row by row.
+pub fn json_f32s(value: &serde_json::Value) -> Vec<f32> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().flat_map(json_f32s).collect(),
+        other => vec![other.as_f64().expect("a number in the fixture") as f32],
+    }
+}
+
+/// f32's machine epsilon, 2^-23: one rounding moves a value by at most half of it, relatively.
+pub const EPS: f64 = f32::EPSILON as f64;
+
+/// The largest magnitude among `values`.
+pub fn max_abs(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|x| f64::from(x.abs()))
+        .fold(0.0, f64::max)
+}
+
+/// How far apart two f32 evaluations of the same computation may be when each sums in its own
+/// order: an n-term sum is within n ε of the exact one relative to its terms' magnitudes, so
+/// each result is within `roundings` ε of `scale` (the terms summed along the computation's
+/// longest path, and the largest value standing for the magnitudes), and the two within twice
+/// that.
+pub fn difference_bound(roundings: usize, scale: f64) -> f64 {
+    2.0 * roundings as f64 * EPS * scale
+}
+
+/// Asserts that `got` and `want`, two evaluations of one computation, agree within
+/// [`difference_bound`] of the largest value in `want`, and prints the measured difference as a
+/// fraction of the bound.
+#[track_caller]
+pub fn assert_close(
+    got: &burn::tensor::TensorData,
+    want: &burn::tensor::TensorData,
+    roundings: usize,
+    what: &str,
+) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shapes");
+    let g: Vec<f32> = got.iter::<f32>().collect();
+    let w: Vec<f32> = want.iter::<f32>().collect();
+    let bound = difference_bound(roundings, max_abs(&w));
+    let diff = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .fold(0.0, f64::max);
+    eprintln!(
+        "{what}: largest difference {diff:.3e}, {:.3} of the bound {bound:.3e}",
+        diff / bound
+    );
+    got.assert_approx_eq::<f32>(want, burn::tensor::Tolerance::absolute(bound));
 }
 
 /// The git-ignored cache where fetched corpora and weights live (`CINDER_CACHE` overrides it,
@@ -145,4 +199,65 @@ pub mod gguf {
         }
         out
     }
+}
+
+/// The greedy choices at positions `from..T` of `logits` (`[1, T, V]`) that every CPU makes the
+/// same way: those where the best logit beats the runner-up by more than `2 bound`, `bound`
+/// being how far another evaluation's logits may be from these. Returns how many positions from
+/// `from` on are clear before the first that is not.
+pub fn clear_greedy_steps(logits: &burn::tensor::TensorData, from: usize, bound: f64) -> usize {
+    let dims = logits.shape().to_vec();
+    let (t, v) = (dims[1], dims[2]);
+    let values: Vec<f32> = logits.iter::<f32>().collect();
+    (from..t)
+        .take_while(|&i| {
+            let mut row: Vec<f32> = values[i * v..(i + 1) * v].to_vec();
+            row.sort_by(|a, b| b.total_cmp(a));
+            f64::from(row[0] - row[1]) > 2.0 * bound
+        })
+        .count()
+}
+
+/// Terms summed along the forward pass of the `gpt2-tiny` fixture over `t` positions, each a
+/// rounding relative to the magnitudes (see [`difference_bound`]): per layer, ln_1 (mean and
+/// variance, 2 x 32), c_attn (32), scores (head size 8), softmax and attention-weighted values
+/// (t each), c_proj (32), ln_2 (64), c_fc (32) and the MLP's c_proj (128), with `ulps` for each
+/// of exp, tanh and the two reciprocal square roots; then ln_f (64 and a reciprocal square root)
+/// and the tied head (32).
+pub fn gpt2_tiny_roundings(t: usize, ulps: usize) -> usize {
+    2 * (64 + 32 + 8 + 2 * t + 32 + 64 + 32 + 128 + 4 * ulps) + (64 + ulps) + 32
+}
+
+/// Terms summed along the forward pass of the `llama-tiny` fixture over `t` positions, each a
+/// rounding relative to the magnitudes (see [`difference_bound`]): per layer, the RMS norm (32),
+/// q, k and v (32), the rotary angles (position times frequency, up to t ulps), scores (head
+/// size 8), softmax and attention-weighted values (t each), o (32), the RMS norm (32), gate
+/// times up (32 + 32) and down (64), with `ulps` for each of exp, silu, sine, cosine and the two
+/// reciprocal square roots; then the final norm (32 and a reciprocal square root) and the head
+/// (32).
+pub fn llama_tiny_roundings(t: usize, ulps: usize) -> usize {
+    2 * (32 + 32 + t + 8 + 2 * t + 32 + 32 + 64 + 64 + 6 * ulps) + (32 + ulps) + 32
+}
+
+/// Ulps of error in exp, tanh, sine, cosine and the reciprocal square root on the CPU.
+pub const CPU_ULPS: usize = 4;
+
+/// The same on a Vulkan device: the specification allows exp 3 + 2|x| ulps, with |x| below 6
+/// for these fixtures' activations.
+pub const VULKAN_ULPS: usize = 16;
+
+/// The fixtures' reference logits are written with 7 significant digits: 5 ε more.
+pub const FIXTURE_DIGITS: usize = 5;
+
+/// Saves `trainer`'s state as a checkpoint of the run in `dir` and returns the checkpoint's
+/// folder (a model folder `from_pretrained` loads) and its files (what `restore` takes).
+pub fn checkpoint<M: cinder_engine::lm::CausalLm>(
+    dir: &std::path::Path,
+    trainer: &cinder_engine::train::Trainer<M>,
+) -> (PathBuf, cinder_engine::run::Checkpoint) {
+    use cinder_engine::run::{FsStorage, Run};
+    let mut run = Run::new(Box::new(FsStorage::new(dir))).unwrap();
+    let folder = run.save(trainer).unwrap();
+    let latest = run.latest().unwrap().unwrap();
+    (folder, run.checkpoint(&latest).unwrap())
 }

@@ -9,9 +9,9 @@ use cinder_models::gpt2::Gpt2;
 
 fn copy_fixture(to: &Path) {
     let from = cinder_tests::fixtures().join("gpt2-tiny");
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(to).unwrap();
     for name in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(from.join(name), to.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::fs::copy(from.join(name), to.join(name)).expect(name);
     }
 }
 
@@ -24,11 +24,11 @@ fn load_error(dir: &Path) -> String {
 
 #[test]
 fn truncated_safetensors_is_reported() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     copy_fixture(dir.path());
     let weights = dir.path().join("model.safetensors");
-    let bytes = std::fs::read(&weights).unwrap_or_default();
-    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_error(dir.path());
     assert!(
         err.contains("model.safetensors") && err.contains("not a valid safetensors"),
@@ -38,21 +38,19 @@ fn truncated_safetensors_is_reported() {
 
 #[test]
 fn tensor_of_the_wrong_shape_is_reported() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     copy_fixture(dir.path());
     let weights = dir.path().join("model.safetensors");
-    let mut tensors = read_safetensors(&weights).unwrap_or_else(|e| panic!("{e}"));
+    let mut tensors = read_safetensors(&weights).unwrap();
     let key = "transformer.h.0.attn.c_attn.weight".to_string();
-    let data = tensors
-        .remove(&key)
-        .unwrap_or_else(|| panic!("fixture lacks {key}"));
-    let values = data.try_to_vec::<f32>().unwrap_or_default();
+    let data = tensors.remove(&key).expect("the fixture has the tensor");
+    let values = data.try_to_vec::<f32>().unwrap();
     let n = values.len();
     tensors.insert(
         key.clone(),
         cinder_engine::burn::tensor::TensorData::new(values, [1, n]),
     );
-    write_safetensors(&weights, &tensors).unwrap_or_else(|e| panic!("{e}"));
+    write_safetensors(&weights, &tensors).unwrap();
     let err = load_error(dir.path());
     assert!(
         err.contains(&key) && err.contains("shape") && err.contains("model.safetensors"),
@@ -62,12 +60,12 @@ fn tensor_of_the_wrong_shape_is_reported() {
 
 #[test]
 fn missing_tensor_is_reported() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     copy_fixture(dir.path());
     let weights = dir.path().join("model.safetensors");
-    let mut tensors = read_safetensors(&weights).unwrap_or_else(|e| panic!("{e}"));
+    let mut tensors = read_safetensors(&weights).unwrap();
     tensors.remove("transformer.ln_f.weight");
-    write_safetensors(&weights, &tensors).unwrap_or_else(|e| panic!("{e}"));
+    write_safetensors(&weights, &tensors).unwrap();
     let err = load_error(dir.path());
     assert!(
         err.contains("missing tensor") && err.contains("ln_f.weight"),
@@ -77,14 +75,14 @@ fn missing_tensor_is_reported() {
 
 #[test]
 fn config_without_a_needed_key_is_reported() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     copy_fixture(dir.path());
     let path = dir.path().join("config.json");
     let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
-            .unwrap_or_default();
-    config.as_object_mut().map(|m| m.remove("n_embd"));
-    std::fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let removed = config.as_object_mut().and_then(|m| m.remove("n_embd"));
+    assert!(removed.is_some(), "the fixture's config has n_embd");
+    std::fs::write(&path, config.to_string()).unwrap();
     let err = load_error(dir.path());
     assert!(
         err.contains("config.json") && err.contains("n_embd"),
@@ -94,21 +92,21 @@ fn config_without_a_needed_key_is_reported() {
 
 #[test]
 fn missing_tokenizer_is_reported() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
     let err = cinder_engine::tokenizer::Tokenizer::from_file(&path)
         .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        .expect("a missing tokenizer.json loaded")
+        .to_string();
     assert!(
         err.contains("tokenizer.json") && err.contains("No such file"),
         "{err}"
     );
-    std::fs::write(&path, "{\"version\": 1}").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&path, "{\"version\": 1}").unwrap();
     let err = cinder_engine::tokenizer::Tokenizer::from_file(&path)
         .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        .expect("an invalid tokenizer.json loaded")
+        .to_string();
     assert!(
         err.contains("tokenizer.json") && err.contains("not a valid tokenizer.json"),
         "{err}"

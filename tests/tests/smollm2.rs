@@ -24,9 +24,9 @@ fn greedy_chat_answers_match_transformers_with_4_bit_weights() {
 }
 
 fn check(dtype: WeightDtype) {
-    let path = fetch::smollm2(&cinder_tests::cache_dir(), false).unwrap_or_else(|e| panic!("{e}"));
+    let path = fetch::smollm2(&cinder_tests::cache_dir(), false).unwrap();
     let device = Device::flex();
-    let loaded = load(&path, &device, Some(dtype)).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = load(&path, &device, Some(dtype)).unwrap();
     let template = loaded
         .chat_template
         .as_ref()
@@ -34,17 +34,14 @@ fn check(dtype: WeightDtype) {
     let reference = cinder_tests::fixtures().join("smollm2-greedy.json");
     let json = cinder_tests::read_json(&reference);
     let ids = cinder_tests::json_ids;
-    let cases = json["cases"].as_array().cloned().unwrap_or_default();
+    let cases = json["cases"].as_array().cloned().expect("no cases");
     assert!(!cases.is_empty());
     for case in cases {
-        let prompt = case["prompt"].as_str().unwrap_or_default();
+        let prompt = case["prompt"].as_str().expect("no prompt");
         let text = template
             .render(&[Message::new("user", prompt)], true)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let prompt_ids = loaded
-            .tokenizer
-            .encode(&text)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
+        let prompt_ids = loaded.tokenizer.encode(&text).unwrap();
         assert_eq!(
             prompt_ids,
             ids(&case["prompt_ids"]),
@@ -52,7 +49,7 @@ fn check(dtype: WeightDtype) {
         );
         let expected = ids(&case["greedy_new_ids"]);
         let config = GenerateConfig {
-            max_new_tokens: json["new_tokens"].as_u64().unwrap_or(40) as usize,
+            max_new_tokens: json["new_tokens"].as_u64().expect("no new_tokens") as usize,
             sampling: SamplingConfig::greedy(),
             stop_tokens: loaded.stop_tokens.clone(),
         };
@@ -63,7 +60,7 @@ fn check(dtype: WeightDtype) {
             &device,
             |_| true
         ))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         // transformers keeps the end-of-turn token it stops on; Cinder does not return it.
         let end = expected
             .iter()
@@ -71,7 +68,10 @@ fn check(dtype: WeightDtype) {
             .unwrap_or(expected.len());
         let expected = &expected[..end];
         assert_eq!(new, expected, "{dtype:?} greedy answer to {prompt:?}");
-        let answer = loaded.tokenizer.decode(&new).unwrap_or_default();
-        assert_eq!(answer, case["greedy_text"].as_str().unwrap_or_default());
+        let answer = loaded.tokenizer.decode(&new).unwrap();
+        assert_eq!(
+            answer,
+            case["greedy_text"].as_str().expect("no greedy_text")
+        );
     }
 }

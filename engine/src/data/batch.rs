@@ -110,7 +110,7 @@ mod tests {
     #[test]
     fn windows_are_shifted_by_one_and_reproducible() {
         let tokens: Vec<u32> = (0..100).collect();
-        let a = lm_batch(&tokens, 4, 8, 1, 0, 5).unwrap_or_else(|e| panic!("{e}"));
+        let a = lm_batch(&tokens, 4, 8, 1, 0, 5).unwrap();
         assert_eq!(a.inputs.len(), 32);
         for row in 0..4 {
             let (x, y) = (
@@ -122,22 +122,16 @@ mod tests {
             }
             assert!(x[7] < 99);
         }
-        assert_eq!(
-            a,
-            lm_batch(&tokens, 4, 8, 1, 0, 5).unwrap_or_else(|e| panic!("{e}"))
-        );
-        assert_ne!(
-            a,
-            lm_batch(&tokens, 4, 8, 1, 0, 6).unwrap_or_else(|e| panic!("{e}"))
-        );
+        assert_eq!(a, lm_batch(&tokens, 4, 8, 1, 0, 5).unwrap());
+        assert_ne!(a, lm_batch(&tokens, 4, 8, 1, 0, 6).unwrap());
     }
 
     #[test]
     fn too_short_corpus_is_an_error() {
         let err = lm_batch(&[1, 2, 3], 1, 8, 0, 0, 0)
             .err()
-            .map(|e| e.to_string());
-        assert!(err.unwrap_or_default().contains("too few"));
+            .expect("a batch from three tokens");
+        assert!(err.to_string().contains("too few"));
     }
 
     #[test]

@@ -263,17 +263,17 @@ mod tests {
 
     #[test]
     fn text_file_holds_out_its_tail() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.txt");
         let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
-        let c = Corpus::from_text_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, &text).unwrap();
+        let c = Corpus::from_text_file(&path).unwrap();
         assert!(c.val.starts_with("line 95\n") && c.train.ends_with("line 94\n"));
-        std::fs::write(&path, "").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, "").unwrap();
         let err = Corpus::from_text_file(&path)
             .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+            .expect("an empty corpus loaded")
+            .to_string();
         assert!(err.contains("c.txt") && err.contains("empty"), "{err}");
     }
 }

