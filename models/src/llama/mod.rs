@@ -27,7 +27,9 @@ use cinder_engine::weights::{
     NamedTensors, load_parameters, named_parameters, read_safetensors_dir, transpose_2d,
 };
 
-use crate::blocks::{causal_attention, extend_cache};
+use crate::blocks::{
+    KvCache, LayerCache, causal_attention, extend_cache, kv_cache_methods, tied_logits,
+};
 
 mod quant;
 
@@ -398,9 +400,6 @@ pub struct Attention {
     head_dim: usize,
 }
 
-/// Keys and values of past positions for one layer, after rotation: `[B, K, S, D]` each.
-pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
-
 /// Repeats each key/value head for the query heads that share it.
 ///
 /// # Shapes
@@ -518,13 +517,6 @@ pub struct Llama {
     quant: Option<Arc<QuantWeights>>,
 }
 
-/// Decoding state: one [`LayerCache`] per layer.
-#[derive(Debug, Default)]
-pub struct LlamaCache {
-    layers: Vec<LayerCache>,
-    len: usize,
-}
-
 /// Whether a Hugging Face tensor is a projection stored `[out, in]` (Burn keeps `[in, out]`).
 fn is_projection(name: &str) -> bool {
     name.ends_with("_proj.weight") || name == "lm_head.weight"
@@ -546,24 +538,21 @@ impl Llama {
         &self.config
     }
 
-    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut LlamaCache>) -> Tensor<3> {
-        let [b, t] = tokens.dims();
-        let device = tokens.device();
-        let past = cache.as_ref().map_or(0, |c| c.len);
-        let rotary = Rotary::new(&self.inv_freq, past, t, &device);
+    /// Logits for `tokens`, continuing the sequence in `cache` when there is one.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]` -> `[B, T, V]`
+    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let rotary = Rotary::new(&self.inv_freq, past, t, &tokens.device());
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| {
-                if c.layers.len() <= i {
-                    c.layers.resize_with(i + 1, || None);
-                }
-                &mut c.layers[i]
-            });
             let quant = self.quant.as_ref().map(|q| &q.layers[i]);
-            x = layer.forward(x, &rotary, layer_cache, quant);
+            x = layer.forward(x, &rotary, cache.as_deref_mut().map(|c| c.layer(i)), quant);
         }
         if let Some(c) = cache {
-            c.len += t;
+            c.advance(t);
         }
         let x = self.norm.forward(x);
         if let Some(q) = &self.quant {
@@ -571,13 +560,7 @@ impl Llama {
         }
         match &self.lm_head {
             Some(head) => head.forward(x),
-            None => {
-                let [_, _, c] = x.dims();
-                let vocab = self.config.vocab_size;
-                x.reshape([b * t, c])
-                    .matmul(self.embed_tokens.weight.val().transpose())
-                    .reshape([b, t, vocab])
-            }
+            None => tied_logits(x, &self.embed_tokens),
         }
     }
 
@@ -694,7 +677,7 @@ fn rotary_file_row(r: usize, d: usize) -> usize {
 }
 
 impl CausalLm for Llama {
-    type Cache = LlamaCache;
+    kv_cache_methods!();
 
     fn family(&self) -> &'static str {
         "llama"
@@ -706,26 +689,6 @@ impl CausalLm for Llama {
 
     fn context_length(&self) -> usize {
         self.config.max_position_embeddings
-    }
-
-    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.run(tokens, None)
-    }
-
-    fn new_cache(&self) -> LlamaCache {
-        LlamaCache::default()
-    }
-
-    fn cache_len(cache: &LlamaCache) -> usize {
-        cache.len
-    }
-
-    fn reorder_cache(cache: &mut LlamaCache, rows: &[usize], device: &Device) {
-        crate::blocks::reorder_layers(&mut cache.layers, rows, device);
-    }
-
-    fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut LlamaCache) -> Tensor<3> {
-        self.run(tokens, Some(cache))
     }
 
     fn config_json(&self) -> serde_json::Value {
@@ -796,8 +759,13 @@ mod tests {
         device.seed(9);
         let config = LlamaConfig::tiny();
         let model = config.init(&device);
-        let back = Llama::from_hf_tensors(&config, model.export_tensors().unwrap(), Path::new("m"), &device)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let back = Llama::from_hf_tensors(
+            &config,
+            model.export_tensors().unwrap(),
+            Path::new("m"),
+            &device,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let x = ids(&[1, 2, 3, 4], &device);
         let diff = (model.forward(x.clone()) - back.forward(x))
             .abs()
