@@ -131,6 +131,10 @@ macro_rules! kv_cache_methods {
     () => {
         type Cache = $crate::blocks::KvCache;
 
+        /// Logits for every position.
+        ///
+        /// # Shapes
+        /// - tokens: `[B, T]` -> `[B, T, V]`
         fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
             self.run(tokens, None)
         }
@@ -147,6 +151,10 @@ macro_rules! kv_cache_methods {
             cache.reorder(rows, device);
         }
 
+        /// Logits for `tokens`, which continue the sequence held in `cache`.
+        ///
+        /// # Shapes
+        /// - tokens: `[B, T]` -> `[B, T, V]`; the cache grows by T positions
         fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3> {
             self.run(tokens, Some(cache))
         }
