@@ -1,7 +1,10 @@
-//! Building blocks shared by the families that burn-nn does not provide.
+//! Building blocks shared by the families that burn-nn does not provide: causal attention, the
+//! key/value cache, the tied output head, and the [`CausalLm`](cinder_engine::lm::CausalLm)
+//! methods every decoder-only family writes the same way.
 //!
-//! B=batch, H=heads, T=time (new positions), S=past+time, D=head size
+//! B=batch, H=heads, T=time (new positions), S=past+time, D=head size, C=channels, V=vocab
 
+use burn::nn::Embedding;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -44,17 +47,50 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     }
 }
 
-/// Keeps, for each new batch row `i`, row `rows[i]` of every cached layer.
-pub fn reorder_layers(
-    layers: &mut [Option<(Tensor<4>, Tensor<4>)>],
-    rows: &[usize],
-    device: &Device,
-) {
-    let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows.len()]), device);
-    for layer in layers.iter_mut() {
-        if let Some((k, v)) = layer.take() {
-            *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
+/// Keys and values of past positions for one layer, as attention consumes them (after rotary
+/// embeddings, where the family has them): `[B, H, S, D]` each; `None` before the first step.
+pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
+/// Decoding state of a decoder-only model: one [`LayerCache`] per layer and the number of
+/// positions they hold.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Layer `index`'s cache, created empty on first use.
+    pub fn layer(&mut self, index: usize) -> &mut LayerCache {
+        if self.layers.len() <= index {
+            self.layers.resize_with(index + 1, || None);
+        }
+        &mut self.layers[index]
+    }
+
+    /// Counts `t` new positions, once every layer has appended them.
+    pub fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Keeps, for each new batch row `i`, row `rows[i]` of every layer.
+    pub fn reorder(&mut self, rows: &[usize], device: &Device) {
+        let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows.len()]), device);
+        for layer in self.layers.iter_mut() {
+            if let Some((k, v)) = layer.take() {
+                *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
+            }
         }
     }
 }
@@ -64,11 +100,7 @@ pub fn reorder_layers(
 /// # Shapes
 /// - k, v: `[B, H, T, D]`; the cache holds `[B, H, S - T, D]`
 /// - output: `[B, H, S, D]` each
-pub fn extend_cache(
-    cache: &mut Option<(Tensor<4>, Tensor<4>)>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-) -> (Tensor<4>, Tensor<4>) {
+pub fn extend_cache(cache: &mut LayerCache, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
     let (k, v) = match cache.take() {
         Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
         None => (k, v),
@@ -76,3 +108,56 @@ pub fn extend_cache(
     *cache = Some((k.clone(), v.clone()));
     (k, v)
 }
+
+/// An output head tied to the token embedding: `logits = x · wteᵀ`.
+///
+/// # Shapes
+/// - x: `[B, T, C]`, the embedding's weight: `[V, C]`
+/// - output: `[B, T, V]`
+pub fn tied_logits(x: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
+    let [b, t, c] = x.dims();
+    let weight = embedding.weight.val();
+    let vocab = weight.dims()[0];
+    x.reshape([b * t, c])
+        .matmul(weight.transpose())
+        .reshape([b, t, vocab])
+}
+
+/// The [`CausalLm`](cinder_engine::lm::CausalLm) items that every family built on [`KvCache`]
+/// writes the same way: the cache type and its handling, and both forward passes through the
+/// family's own `fn run(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) ->
+/// Tensor<3>`. Used inside the family's `impl CausalLm`.
+macro_rules! kv_cache_methods {
+    () => {
+        type Cache = $crate::blocks::KvCache;
+
+        /// Logits for every position.
+        ///
+        /// # Shapes
+        /// - tokens: `[B, T]` -> `[B, T, V]`
+        fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+            self.run(tokens, None)
+        }
+
+        fn new_cache(&self) -> Self::Cache {
+            $crate::blocks::KvCache::default()
+        }
+
+        fn cache_len(cache: &Self::Cache) -> usize {
+            cache.len()
+        }
+
+        fn reorder_cache(cache: &mut Self::Cache, rows: &[usize], device: &Device) {
+            cache.reorder(rows, device);
+        }
+
+        /// Logits for `tokens`, which continue the sequence held in `cache`.
+        ///
+        /// # Shapes
+        /// - tokens: `[B, T]` -> `[B, T, V]`; the cache grows by T positions
+        fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3> {
+            self.run(tokens, Some(cache))
+        }
+    };
+}
+pub(crate) use kv_cache_methods;

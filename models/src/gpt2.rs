@@ -21,7 +21,9 @@ use cinder_engine::burn;
 use cinder_engine::lm::{Blockwise, CausalLm};
 use cinder_engine::weights::{NamedTensors, load_parameters, named_parameters, read_safetensors};
 
-use crate::blocks::{causal_attention, causal_mask, extend_cache};
+use crate::blocks::{
+    KvCache, LayerCache, causal_attention, causal_mask, extend_cache, kv_cache_methods, tied_logits,
+};
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
 type EngineResult<T> = cinder_engine::Result<T>;
@@ -222,9 +224,6 @@ pub struct Attention {
     n_head: usize,
 }
 
-/// Keys and values of past positions for one block: `[B, H, S, D]` each.
-pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
-
 impl Attention {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]`
@@ -273,6 +272,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// # Shapes
+    /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hidden = self.c_fc.forward(x);
         let hidden = if self.tanh {
@@ -304,6 +305,8 @@ pub struct Block {
 }
 
 impl Block {
+    /// # Shapes
+    /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>, cache: Option<&mut LayerCache>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
@@ -322,13 +325,6 @@ pub struct Gpt2 {
     config: Gpt2Config,
 }
 
-/// Decoding state: one [`LayerCache`] per block.
-#[derive(Debug, Default)]
-pub struct Gpt2Cache {
-    layers: Vec<LayerCache>,
-    len: usize,
-}
-
 impl Gpt2 {
     /// The model's configuration.
     pub fn config(&self) -> &Gpt2Config {
@@ -336,6 +332,9 @@ impl Gpt2 {
     }
 
     /// Token and position embeddings (with dropout) for positions `past..past + T`.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]` -> `[B, T, C]`
     fn embed_from(&self, tokens: Tensor<2, Int>, past: usize) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let device = tokens.device();
@@ -346,31 +345,27 @@ impl Gpt2 {
             .forward(self.wte.forward(tokens) + self.wpe.forward(positions))
     }
 
+    /// The final LayerNorm and the head tied to `wte`.
+    ///
+    /// # Shapes
+    /// - x: `[B, T, C]` -> `[B, T, V]`
     fn logits(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.ln_f.forward(x);
-        let [b, t, c] = x.dims();
-        let vocab = self.config.vocab_size;
-        // Tied head: logits = x . wte^T
-        x.reshape([b * t, c])
-            .matmul(self.wte.weight.val().transpose())
-            .reshape([b, t, vocab])
+        tied_logits(self.ln_f.forward(x), &self.wte)
     }
 
-    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut Gpt2Cache>) -> Tensor<3> {
+    /// Logits for `tokens`, continuing the sequence in `cache` when there is one.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]` -> `[B, T, V]`
+    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
-        let past = cache.as_ref().map_or(0, |c| c.len);
+        let past = cache.as_ref().map_or(0, |c| c.len());
         let mut x = self.embed_from(tokens, past);
         for (i, block) in self.h.iter().enumerate() {
-            let layer = cache.as_deref_mut().map(|c| {
-                if c.layers.len() <= i {
-                    c.layers.resize_with(i + 1, || None);
-                }
-                &mut c.layers[i]
-            });
-            x = block.forward(x, layer);
+            x = block.forward(x, cache.as_deref_mut().map(|c| c.layer(i)));
         }
         if let Some(c) = cache {
-            c.len += t;
+            c.advance(t);
         }
         self.logits(x)
     }
@@ -426,7 +421,7 @@ impl Blockwise for Gpt2 {
 }
 
 impl CausalLm for Gpt2 {
-    type Cache = Gpt2Cache;
+    kv_cache_methods!();
 
     fn family(&self) -> &'static str {
         "gpt2"
@@ -438,26 +433,6 @@ impl CausalLm for Gpt2 {
 
     fn context_length(&self) -> usize {
         self.config.n_positions
-    }
-
-    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.run(tokens, None)
-    }
-
-    fn new_cache(&self) -> Gpt2Cache {
-        Gpt2Cache::default()
-    }
-
-    fn cache_len(cache: &Gpt2Cache) -> usize {
-        cache.len
-    }
-
-    fn reorder_cache(cache: &mut Gpt2Cache, rows: &[usize], device: &Device) {
-        crate::blocks::reorder_layers(&mut cache.layers, rows, device);
-    }
-
-    fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Gpt2Cache) -> Tensor<3> {
-        self.run(tokens, Some(cache))
     }
 
     fn config_json(&self) -> serde_json::Value {
@@ -510,17 +485,17 @@ mod tests {
 
     #[test]
     fn config_round_trips_through_hf_json_and_reports_missing_keys() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         let json = Gpt2Config::gpt2_124m().to_hf_json();
-        std::fs::write(&path, json.to_string()).unwrap_or_else(|e| panic!("{e}"));
-        let back = Gpt2Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, json.to_string()).unwrap();
+        let back = Gpt2Config::from_file(&path).unwrap();
         assert_eq!(back, Gpt2Config::gpt2_124m());
         std::fs::write(
             &path,
             r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1}"#,
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         let err = Gpt2Config::from_file(&path)
             .err()
             .map(|e| e.to_string())
@@ -533,7 +508,8 @@ mod tests {
 
     #[test]
     fn export_uses_hugging_face_names() {
-        let model = Gpt2Config::tiny().init(&Device::flex());
+        let config = Gpt2Config::tiny();
+        let model = config.init(&Device::flex());
         let names: Vec<String> = model.export_tensors().unwrap().into_keys().collect();
         assert!(names.contains(&"transformer.wte.weight".to_string()));
         assert!(names.contains(&"transformer.h.1.attn.c_attn.bias".to_string()));
@@ -543,7 +519,7 @@ mod tests {
                 .iter()
                 .any(|n| n.contains("gamma") || n.contains("lm_head"))
         );
-        // 2 + 2 per block * 4 linears + 2 * 2 LayerNorms per block + ln_f
-        assert_eq!(names.len(), 2 + 2 * (8 + 4) + 2);
+        // wte, wpe; per block 4 linears and 2 LayerNorms, each a weight and a bias; ln_f
+        assert_eq!(names.len(), 2 + config.n_layer * (8 + 4) + 2);
     }
 }

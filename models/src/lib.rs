@@ -5,6 +5,7 @@ pub mod auto;
 pub mod blocks;
 pub mod gpt2;
 pub mod llama;
+pub mod projection;
 pub mod recipe;
 
 /// Parses a `config.json` into a family's config, taking the value of every key the file leaves
