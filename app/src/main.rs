@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, ValueEnum};
 
 fn main() {
+    quiet_vulkan_device_select();
     let matches = cli::Cli::command().get_matches();
     let mut args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let cli::Command::Train(train) = &mut args.command {
@@ -18,6 +19,21 @@ fn main() {
     if let Err(err) = run(args) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
+    }
+}
+
+/// Mesa's Vulkan device-select layer connects to the Wayland display to find the default GPU
+/// and, on a machine without a session (no `XDG_RUNTIME_DIR`), prints "error: XDG_RUNTIME_DIR
+/// is invalid or not set" when Cinder merely lists adapters. Cinder picks adapters itself, so
+/// the layer is switched off there (a value the user set is kept).
+#[allow(unsafe_code)]
+fn quiet_vulkan_device_select() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: the first statement of `main`, before any other thread exists, so nothing
+        // can read the environment concurrently.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
 }
 

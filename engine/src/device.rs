@@ -59,9 +59,8 @@ pub fn list_adapters() -> Vec<AdapterInfo> {
     {
         use burn::tensor::wgpu::wgpu;
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        // Burn computes on Vulkan, Metal, DX12 and WebGPU. Probing OpenGL as well would open a
-        // connection to the display server, which prints errors on a headless machine (e.g.
-        // "XDG_RUNTIME_DIR is invalid or not set") before a healthy run.
+        // Burn computes on Vulkan, Metal, DX12 and WebGPU: OpenGL adapters are no candidates
+        // (and probing them opens an EGL display for nothing).
         descriptor.backends &= wgpu::Backends::PRIMARY;
         let instance = wgpu::Instance::new(descriptor);
         let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));

@@ -261,3 +261,13 @@ pub fn checkpoint<M: cinder_engine::lm::CausalLm>(
     let latest = run.latest().unwrap().unwrap();
     (folder, run.checkpoint(&latest).unwrap())
 }
+
+/// A model's weights by their interchange names, as f32 values.
+pub fn named_weights<M: cinder_engine::lm::CausalLm>(model: &M) -> Vec<(String, Vec<f32>)> {
+    model
+        .export_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(name, data)| (name, data.try_into_vec::<f32>().unwrap()))
+        .collect()
+}

@@ -3,7 +3,6 @@
 
 use cinder_engine::burn::module::Module;
 use cinder_engine::burn::tensor::Device;
-use cinder_engine::lm::CausalLm;
 use cinder_engine::optim::{
     AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
     adafactor_state_elements, param_shapes,
@@ -84,16 +83,9 @@ fn trainer_from(
 }
 
 fn weights(model: &Gpt2) -> Vec<f32> {
-    named(model).into_iter().flat_map(|(_, v)| v).collect()
-}
-
-/// The model's weights by name.
-fn named(model: &Gpt2) -> Vec<(String, Vec<f32>)> {
-    model
-        .export_tensors()
-        .unwrap()
+    cinder_tests::named_weights(model)
         .into_iter()
-        .map(|(name, data)| (name, data.try_into_vec::<f32>().unwrap()))
+        .flat_map(|(_, v)| v)
         .collect()
 }
 
@@ -201,8 +193,8 @@ fn accumulated_micro_batches_equal_the_large_batch() {
         let model = Gpt2::from_pretrained(&folder, &device).unwrap();
         let mut small = trainer_from(Some(model), &device, sgd, micro, k, steps, 32, lr);
         small.restore(&ckpt).unwrap();
-        let before = named(large.model());
-        assert_eq!(named(small.model()), before);
+        let before = cinder_tests::named_weights(large.model());
+        assert_eq!(cinder_tests::named_weights(small.model()), before);
         let (s, l) = (small.step().unwrap(), large.step().unwrap());
         let what = format!(
             "step {step}: {k} micro-batches of {micro} vs one of {}",
@@ -213,8 +205,8 @@ fn accumulated_micro_batches_equal_the_large_batch() {
         assert_same_loss(s.loss, l.loss, terms, &what);
         let ratio = assert_same_update(
             &before,
-            &named(small.model()),
-            &named(large.model()),
+            &cinder_tests::named_weights(small.model()),
+            &cinder_tests::named_weights(large.model()),
             terms,
             &what,
         );
@@ -324,10 +316,10 @@ fn recomputed_blocks_give_the_same_gradients() {
     });
     let step = |device: &Device, recompute: Recompute, accumulate: usize| {
         let mut t = trainer_lr(device, sgd, 6 / accumulate, accumulate, 1, 32, 1.0);
-        let before = named(t.model());
+        let before = cinder_tests::named_weights(t.model());
         t.set_recompute(recompute);
         let loss = t.step().unwrap().loss;
-        (before, named(t.model()), loss)
+        (before, cinder_tests::named_weights(t.model()), loss)
     };
     let plain = Device::flex().autodiff();
     let (before, reference, loss) = step(&plain, Recompute::None, 1);

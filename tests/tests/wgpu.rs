@@ -75,16 +75,6 @@ fn forward_and_greedy_generation_match_the_cpu() {
     assert_eq!(on_cpu, run(&gpu));
 }
 
-/// The model's weights by name.
-fn named(model: &Gpt2) -> Vec<(String, Vec<f32>)> {
-    model
-        .export_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(name, data)| (name, data.try_into_vec::<f32>().unwrap()))
-        .collect()
-}
-
 #[test]
 fn training_step_matches_the_cpu() {
     let dir = cinder_tests::fixtures().join("gpt2-tiny");
@@ -146,7 +136,7 @@ fn training_step_matches_the_cpu() {
             &gpu_device,
         );
         gpu.restore(&ckpt).unwrap();
-        let before = named(cpu.model());
+        let before = cinder_tests::named_weights(cpu.model());
         let (c, g) = (cpu.step().unwrap(), gpu.step().unwrap());
         // The loss moves with the logits (the log-sum-exp and the target logit are each
         // 1-Lipschitz), plus the log-sum-exp over the vocabulary and the mean over positions.
@@ -169,7 +159,10 @@ fn training_step_matches_the_cpu() {
             c.grad_norm,
             g.grad_norm
         );
-        let (after_cpu, after_gpu) = (named(cpu.model()), named(gpu.model()));
+        let (after_cpu, after_gpu) = (
+            cinder_tests::named_weights(cpu.model()),
+            cinder_tests::named_weights(gpu.model()),
+        );
         let mut worst = (0.0, "");
         for (((name, p), (_, a)), (_, b)) in before.iter().zip(&after_gpu).zip(&after_cpu) {
             let update = max_abs(&p.iter().zip(b).map(|(x, y)| y - x).collect::<Vec<_>>());
