@@ -147,24 +147,38 @@ impl TrainSettings {
         Ok(())
     }
 
-    /// The settings of the run in `run` (its `run.json`), continued: a resumed run keeps them
-    /// all except how long it runs (`steps`, when given) and where it computes (`device`).
+    /// The settings `run` was started with (its `run.json`); `None` for a new run. A file of
+    /// another layout version is an error, not a run with default settings.
+    pub fn read(run: &Run) -> Result<Option<Self>> {
+        let path = run.locate(cinder_engine::run::RUN_FILE);
+        let Some(value) = run.settings::<serde_json::Value>()? else {
+            return Ok(None);
+        };
+        let format = value.get("format").and_then(serde_json::Value::as_u64);
+        if format != Some(u64::from(RUN_FORMAT)) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "run format {} is not supported (expected {RUN_FORMAT}): the run was \
+                     written by another version of Cinder",
+                    format.map_or("1".to_string(), |f| f.to_string())
+                ),
+            ));
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| Error::format(path, format!("not a valid run file: {e}")))
+    }
+
+    /// The settings of the run in `run`, continued: a resumed run keeps them all except how
+    /// long it runs (`steps`, when given) and where it computes (`device`).
     pub fn resumed(run: &Run, steps: Option<u64>, device: DeviceChoice) -> Result<Self> {
-        let mut saved: Self = run.settings()?.ok_or_else(|| {
+        let mut saved = Self::read(run)?.ok_or_else(|| {
             Error::format(
                 run.locate(cinder_engine::run::RUN_FILE),
                 "missing: not a run folder",
             )
         })?;
-        if saved.format != RUN_FORMAT {
-            return Err(Error::format(
-                run.locate(cinder_engine::run::RUN_FILE),
-                format!(
-                    "run format {} is not supported (expected {RUN_FORMAT})",
-                    saved.format
-                ),
-            ));
-        }
         if let Some(steps) = steps {
             saved.train.steps = steps;
         }
@@ -308,6 +322,23 @@ mod tests {
             serde_json::from_str(r#"{"format": 2, "model": {"tokenizer": "bpe:300"}}"#).unwrap();
         assert_eq!(partial.model.tokenizer, TokenizerKind::Bpe(300));
         assert_eq!(partial.train, TrainConfig::default());
+    }
+
+    #[test]
+    fn a_run_file_of_another_layout_is_refused_not_defaulted() {
+        use cinder_engine::run::{MemoryStorage, RUN_FILE, RunStorage};
+        let mut old = MemoryStorage::new();
+        old.write(RUN_FILE, br#"{"corpus": "fortunes", "lr": 0.01}"#)
+            .unwrap();
+        let run = Run::new(Box::new(old)).unwrap();
+        let err = TrainSettings::read(&run).unwrap_err().to_string();
+        assert!(err.contains("run format 1 is not supported"), "{err}");
+        let mut run = Run::new(Box::new(MemoryStorage::new())).unwrap();
+        run.write_settings(&TrainSettings::default()).unwrap();
+        assert_eq!(
+            TrainSettings::read(&run).unwrap(),
+            Some(TrainSettings::default())
+        );
     }
 
     #[test]

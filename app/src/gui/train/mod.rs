@@ -82,8 +82,7 @@ impl RunData {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
         let run = Run::new(Box::new(FsStorage::new(dir)))?;
-        let settings: TrainSettings = run
-            .settings()?
+        let settings = TrainSettings::read(&run)?
             .with_context(|| format!("{} is not a run folder (no run.json)", dir.display()))?;
         let mut data = Self {
             run_dir: Some(dir.to_path_buf()),
