@@ -284,8 +284,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = read_safetensors(&path)
-            .err()
-            .expect("a truncated file loaded")
+            .expect_err("a truncated file loaded")
             .to_string();
         assert!(
             err.contains("w.safetensors") && err.contains("not a valid safetensors"),

@@ -95,8 +95,7 @@ fn missing_tokenizer_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
     let err = cinder_engine::tokenizer::Tokenizer::from_file(&path)
-        .err()
-        .expect("a missing tokenizer.json loaded")
+        .expect_err("a missing tokenizer.json loaded")
         .to_string();
     assert!(
         err.contains("tokenizer.json") && err.contains("No such file"),
@@ -104,8 +103,7 @@ fn missing_tokenizer_is_reported() {
     );
     std::fs::write(&path, "{\"version\": 1}").unwrap();
     let err = cinder_engine::tokenizer::Tokenizer::from_file(&path)
-        .err()
-        .expect("an invalid tokenizer.json loaded")
+        .expect_err("an invalid tokenizer.json loaded")
         .to_string();
     assert!(
         err.contains("tokenizer.json") && err.contains("not a valid tokenizer.json"),

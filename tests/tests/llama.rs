@@ -264,8 +264,7 @@ fn bad_gguf_files_give_clear_errors() {
     let file = GgufFile::parse(Path::new("q6.gguf"), unknown).unwrap();
     let e = file
         .tensor_f32("token_embd.weight")
-        .err()
-        .expect("a Q6_K tensor decoded")
+        .expect_err("a Q6_K tensor decoded")
         .to_string();
     assert!(e.contains("Q6_K") && e.contains("q6.gguf"), "{e}");
 

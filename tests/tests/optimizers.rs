@@ -346,8 +346,7 @@ fn recomputed_blocks_give_the_same_gradients() {
     t.set_recompute(Recompute::Blocks);
     let err = t
         .step()
-        .err()
-        .expect("a model with dropout ran block by block");
+        .expect_err("a model with dropout ran block by block");
     assert!(err.to_string().contains("without dropout"), "{err}");
     // Several steps on the checkpointing device: updated weights keep its strategy.
     let adamw = OptimizerConfig::AdamW(AdamWConfig::default());

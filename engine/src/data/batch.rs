@@ -128,9 +128,7 @@ mod tests {
 
     #[test]
     fn too_short_corpus_is_an_error() {
-        let err = lm_batch(&[1, 2, 3], 1, 8, 0, 0, 0)
-            .err()
-            .expect("a batch from three tokens");
+        let err = lm_batch(&[1, 2, 3], 1, 8, 0, 0, 0).expect_err("a batch from three tokens");
         assert!(err.to_string().contains("too few"));
     }
 

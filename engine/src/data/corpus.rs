@@ -271,8 +271,7 @@ mod tests {
         assert!(c.val.starts_with("line 95\n") && c.train.ends_with("line 94\n"));
         std::fs::write(&path, "").unwrap();
         let err = Corpus::from_text_file(&path)
-            .err()
-            .expect("an empty corpus loaded")
+            .expect_err("an empty corpus loaded")
             .to_string();
         assert!(err.contains("c.txt") && err.contains("empty"), "{err}");
     }

@@ -344,9 +344,7 @@ mod tests {
         for hostile in ["package/../../evil.json", "/tmp/evil.json"] {
             let bad = root.path().join("bad.tgz");
             std::fs::write(&bad, tgz(&[("package/a.json", "[1]"), (hostile, "[2]")])).unwrap();
-            let err = unpack_tgz(&bad, &dest, |_| true)
-                .err()
-                .expect("an escaping entry");
+            let err = unpack_tgz(&bad, &dest, |_| true).expect_err("an escaping entry");
             assert!(err.to_string().contains("points outside"), "{err}");
         }
         assert!(!root.path().join("evil.json").exists());
@@ -380,14 +378,10 @@ mod tests {
         let wheel = root.path().join("w.whl");
         std::fs::write(&wheel, zip(&[("pkg/model.gguf", "GGUF"), ("pkg/a.py", "")])).unwrap();
         assert_eq!(read_from_zip(&wheel, "pkg/model.gguf").unwrap(), b"GGUF");
-        let err = read_from_zip(&wheel, "pkg/other.gguf")
-            .err()
-            .expect("a missing file");
+        let err = read_from_zip(&wheel, "pkg/other.gguf").expect_err("a missing file");
         assert!(err.to_string().contains("does not contain"), "{err}");
         std::fs::write(&wheel, zip(&[("pkg/model.gguf", "GGUF"), ("up/evil", "")])).unwrap();
-        let err = read_from_zip(&wheel, "pkg/model.gguf")
-            .err()
-            .expect("an escaping entry");
+        let err = read_from_zip(&wheel, "pkg/model.gguf").expect_err("an escaping entry");
         assert!(err.to_string().contains("points outside"), "{err}");
     }
 }

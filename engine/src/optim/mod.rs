@@ -472,8 +472,7 @@ mod tests {
         );
         let err = back
             .load_state(wrong, 1, &param_paths(&model), &device)
-            .err()
-            .expect("state for a missing parameter loaded")
+            .expect_err("state for a missing parameter loaded")
             .to_string();
         assert!(err.contains("nothing.here.exp_avg"), "{err}");
     }

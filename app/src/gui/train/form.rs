@@ -129,7 +129,7 @@ impl TrainForm {
             m.n_layer = (layers != shape.n_layer).then_some(layers);
             m.n_head = (heads != shape.n_head).then_some(heads);
             m.n_embd = (width != shape.n_embd).then_some(width);
-            if width % heads != 0 {
+            if !width.is_multiple_of(heads) {
                 ui.colored_label(
                     ui.visuals().error_fg_color,
                     "width must be a multiple of heads",
