@@ -59,6 +59,19 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     Ok(())
 }
 
+/// Writes `files` (name, bytes) as the folder `dir`, atomically (see [`write_dir_atomic`]).
+pub fn write_files<'a, 'b>(
+    dir: &Path,
+    files: impl IntoIterator<Item = (&'a str, &'b [u8])>,
+) -> Result<()> {
+    write_dir_atomic(dir, |tmp| {
+        for (name, bytes) in files {
+            write_atomic(&tmp.join(name), bytes)?;
+        }
+        Ok(())
+    })
+}
+
 /// Removes what an interrupted [`write_dir_atomic`] left in `dir` (`*.partial`, `*.old`).
 pub fn remove_leftovers(dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {

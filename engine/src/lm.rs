@@ -47,7 +47,7 @@ pub trait CausalLm: Module + Sized {
 
     /// The model's configuration in its family's interchange format (a Hugging Face
     /// `config.json` for the families that have one).
-    fn config_json(&self) -> serde_json::Value;
+    fn config_json(&self) -> Result<serde_json::Value>;
 
     /// Every weight under its family's interchange name (Hugging Face keys). Fails where the
     /// weights have no such form (block-quantized projections) or cannot be read back.

@@ -143,16 +143,8 @@ impl Gpt2Config {
     }
 
     /// The config as Hugging Face writes it.
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("model_type".into(), "gpt2".into());
-            map.insert(
-                "architectures".into(),
-                serde_json::json!(["GPT2LMHeadModel"]),
-            );
-        }
-        value
+    pub fn to_hf_json(&self) -> EngineResult<serde_json::Value> {
+        crate::hf_config_json(self, "gpt2", "GPT2LMHeadModel", false)
     }
 
     /// Builds a randomly initialised model (GPT-2's scheme: N(0, 0.02), residual projections
@@ -435,7 +427,7 @@ impl CausalLm for Gpt2 {
         self.config.n_positions
     }
 
-    fn config_json(&self) -> serde_json::Value {
+    fn config_json(&self) -> EngineResult<serde_json::Value> {
         self.config.to_hf_json()
     }
 
@@ -487,7 +479,7 @@ mod tests {
     fn config_round_trips_through_hf_json_and_reports_missing_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        let json = Gpt2Config::gpt2_124m().to_hf_json();
+        let json = Gpt2Config::gpt2_124m().to_hf_json().unwrap();
         std::fs::write(&path, json.to_string()).unwrap();
         let back = Gpt2Config::from_file(&path).unwrap();
         assert_eq!(back, Gpt2Config::gpt2_124m());

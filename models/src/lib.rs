@@ -8,6 +8,27 @@ pub mod llama;
 pub mod projection;
 pub mod recipe;
 
+/// A family's config as Hugging Face writes its `config.json`: the fields, the `model_type` and
+/// the `architectures` list; `drop_nulls` leaves out unset optional keys.
+pub(crate) fn hf_config_json<C: serde::Serialize>(
+    config: &C,
+    model_type: &str,
+    architecture: &str,
+    drop_nulls: bool,
+) -> cinder_engine::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(config)
+        .map_err(|e| cinder_engine::Error::serialize(format!("the {model_type} config"), e))?;
+    let map = value.as_object_mut().ok_or_else(|| {
+        cinder_engine::Error::Internal(format!("the {model_type} config is not a JSON object"))
+    })?;
+    if drop_nulls {
+        map.retain(|_, v| !v.is_null());
+    }
+    map.insert("model_type".into(), model_type.into());
+    map.insert("architectures".into(), serde_json::json!([architecture]));
+    Ok(value)
+}
+
 /// Parses a `config.json` into a family's config, taking the value of every key the file leaves
 /// out from `defaults` (Hugging Face omits keys that have their default value; Burn's config
 /// derive would otherwise demand them all). A missing `required` key is reported by name.

@@ -92,6 +92,19 @@ impl<C: Send + 'static, E: Send + 'static> Worker<C, E> {
         })
     }
 
+    /// Everything the thread reported since the last call, and whether it has ended (its side
+    /// of the channel is closed).
+    pub fn drain(&self) -> (Vec<E>, bool) {
+        let mut events = Vec::new();
+        loop {
+            match self.events.try_recv() {
+                Ok(e) => events.push(e),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return (events, false),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return (events, true),
+            }
+        }
+    }
+
     /// Waits for the thread to end (after its command channel is closed or it was told to
     /// stop).
     pub fn join(mut self) {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{remove_leftovers, write_atomic, write_dir_atomic};
+use crate::atomic::{remove_leftovers, write_atomic, write_files};
 use crate::{Error, Result};
 
 /// The storage of one run.
@@ -102,12 +102,7 @@ impl RunStorage for FsStorage {
         name: &str,
         files: &mut dyn Iterator<Item = (&str, &[u8])>,
     ) -> Result<()> {
-        write_dir_atomic(&self.root.join(name), |tmp| {
-            for (file, bytes) in files {
-                write_atomic(&tmp.join(file), bytes)?;
-            }
-            Ok(())
-        })
+        write_files(&self.root.join(name), files)
     }
 
     fn read_folder(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>> {

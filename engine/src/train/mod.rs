@@ -483,7 +483,10 @@ impl Batches<'_> {
 /// `model.safetensors` and `tokenizer.json`.
 pub fn model_files<M: CausalLm>(model: &M, tokenizer: &Tokenizer) -> Result<Checkpoint> {
     let mut files = Checkpoint::new("model");
-    files.insert("config.json", to_json("config.json", &model.config_json())?);
+    files.insert(
+        "config.json",
+        to_json("config.json", &model.config_json()?)?,
+    );
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     files.insert(
         "model.safetensors",
@@ -499,11 +502,5 @@ pub fn save_model<M: CausalLm>(
     tokenizer: &Tokenizer,
     dir: &std::path::Path,
 ) -> Result<()> {
-    let files = model_files(model, tokenizer)?;
-    crate::atomic::write_dir_atomic(dir, |tmp| {
-        for (name, bytes) in files.files() {
-            crate::atomic::write_atomic(&tmp.join(name), bytes)?;
-        }
-        Ok(())
-    })
+    crate::atomic::write_files(dir, model_files(model, tokenizer)?.files())
 }

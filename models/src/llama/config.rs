@@ -249,17 +249,8 @@ impl LlamaConfig {
     }
 
     /// The config as Hugging Face writes it.
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.retain(|_, v| !v.is_null());
-            map.insert("model_type".into(), "llama".into());
-            map.insert(
-                "architectures".into(),
-                serde_json::json!(["LlamaForCausalLM"]),
-            );
-        }
-        value
+    pub fn to_hf_json(&self) -> EngineResult<serde_json::Value> {
+        crate::hf_config_json(self, "llama", "LlamaForCausalLM", true)
     }
 
     /// Builds a randomly initialised model (normal weights with `initializer_range`, unit norms).

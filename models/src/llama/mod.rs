@@ -89,7 +89,7 @@ impl CausalLm for Llama {
         self.config.max_position_embeddings
     }
 
-    fn config_json(&self) -> serde_json::Value {
+    fn config_json(&self) -> cinder_engine::Result<serde_json::Value> {
         self.config.to_hf_json()
     }
 

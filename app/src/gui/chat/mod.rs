@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::TryRecvError;
 use std::time::Instant;
 
 use cinder_engine::chat::Message;
@@ -222,16 +221,8 @@ impl ChatView {
         let Some(worker) = &self.worker else {
             return;
         };
-        let mut dead = false;
-        loop {
-            let event = match worker.events.try_recv() {
-                Ok(e) => e,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    dead = true;
-                    break;
-                }
-            };
+        let (events, dead) = worker.drain();
+        for event in events {
             match event {
                 Event::Stage(s) => {
                     if let Some((_, stage)) = &mut self.loading {

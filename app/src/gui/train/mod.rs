@@ -7,7 +7,6 @@ mod form;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::TryRecvError;
 
 use cinder_engine::run::{FsStorage, Run};
 use cinder_engine::train::StepReport;
@@ -222,25 +221,11 @@ impl TrainView {
 
     /// Applies what the worker reported.
     pub fn poll(&mut self, _ctx: &egui::Context) {
-        let Some(worker) = &mut self.worker else {
+        let Some(worker) = &self.worker else {
             return;
         };
-        let mut ended = false;
-        loop {
-            let event = match worker.events.try_recv() {
-                Ok(e) => e,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    ended = true;
-                    if matches!(
-                        self.status,
-                        RunStatus::Preparing | RunStatus::Running | RunStatus::Paused
-                    ) {
-                        self.status = RunStatus::Failed("the training thread ended".into());
-                    }
-                    break;
-                }
-            };
+        let (events, ended) = worker.drain();
+        for event in events {
             match event {
                 Event::Log(line) => self.run.log.push(line),
                 Event::Started {
@@ -287,8 +272,16 @@ impl TrainView {
                 }
             }
         }
-        if ended && let Some(worker) = self.worker.take() {
-            worker.join();
+        if ended {
+            if matches!(
+                self.status,
+                RunStatus::Preparing | RunStatus::Running | RunStatus::Paused
+            ) {
+                self.status = RunStatus::Failed("the training thread ended".into());
+            }
+            if let Some(worker) = self.worker.take() {
+                worker.join();
+            }
         }
     }
 
