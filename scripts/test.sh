@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what it needs when missing: the Vulkan software
-# renderer (Mesa lavapipe) for the wgpu tests and the wasm32 target for the browser build check.
+# renderer (Mesa lavapipe) for the wgpu tests, Xvfb for the desktop window, and for the browser
+# build the wasm32 target, wasm-bindgen-cli (scripts/web.sh), Debian's chromium and npm's
+# playwright-core (web/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +19,14 @@ if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null \
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool imagemagick x11-utils >/dev/null
 fi
-if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
-  echo "==> adding the wasm32-unknown-unknown target"
-  rustup target add wasm32-unknown-unknown
+if ! command -v chromium >/dev/null; then
+  echo "==> installing Debian's chromium for the browser tests"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d web/node_modules/playwright-core ]; then
+  echo "==> installing playwright-core (web/package-lock.json)"
+  (cd web && npm ci --silent --no-audit --no-fund)
 fi
 
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/cinder-xdg-$(id -u)}"
@@ -30,8 +37,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "==> formatting"
 cargo fmt --all --check
 
-echo "==> engine and models compile for the browser (wasm32-unknown-unknown)"
-cargo check --quiet -p cinder-engine -p cinder-models --target wasm32-unknown-unknown
+echo "==> the browser build (scripts/web.sh build)"
+./scripts/web.sh build
 
 echo "==> tests (CPU backend, plus the wgpu tests on $(ls /usr/share/vulkan/icd.d/ | tr '\n' ' '))"
 log="$(mktemp)"
@@ -46,6 +53,10 @@ if scripts/gui_smoke.sh "${CARGO_TARGET_DIR:-target}/debug/cinder" 2>&1 | tee -a
   echo "gui window: 1 passed" >>"$log"
 else
   echo "gui window: 1 failed" >>"$log"
+  status=1
+fi
+echo "==> the page in headless Chromium: WebGPU and CPU training, screenshots in out/web/"
+if ! node web/tests/page.mjs out/web/site out/web "${CARGO_TARGET_DIR:-target}/debug/cinder" 2>&1 | tee -a "$log"; then
   status=1
 fi
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')

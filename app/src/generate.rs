@@ -18,6 +18,7 @@ use crate::cli::{ChatArgs, DecodeArgs, GenerateArgs, ModelArgs};
 
 /// The path `--model` names, fetching the built-in `smollm2` into the cache when needed.
 pub fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    #[cfg(not(target_family = "wasm"))]
     if model.as_os_str() == "smollm2" && !model.exists() {
         let cached = cache_dir
             .join("models")
@@ -31,6 +32,8 @@ pub fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
         return cinder_engine::data::fetch::smollm2(cache_dir, false)
             .context("fetching SmolLM2-135M-Instruct");
     }
+    #[cfg(target_family = "wasm")]
+    let _ = cache_dir;
     Ok(model.to_path_buf())
 }
 

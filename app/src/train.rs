@@ -2,18 +2,19 @@
 //! the models' settings structs; the run logic (run folder, metrics, checkpoints, resume) is
 //! the engine's [`Run`]; this file only reports.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cinder_engine::device::{Selected, select};
-use cinder_engine::run::{FsStorage, Run};
+use cinder_engine::data::Corpus;
+use cinder_engine::device::Selected;
+#[cfg(not(target_family = "wasm"))]
+use cinder_engine::run::FsStorage;
+#[cfg(target_family = "wasm")]
+use cinder_engine::run::MemoryStorage;
+use cinder_engine::run::{Run, RunStorage};
 use cinder_engine::train::Trainer;
 use cinder_models::gpt2::Gpt2;
 use cinder_models::recipe::{TrainSettings, prepare};
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::cli::TrainArgs;
 
 /// `runs/<corpus>`, or `runs/<corpus>-N` when that exists.
 pub fn free_run_dir(settings: &TrainSettings) -> PathBuf {
@@ -30,6 +31,28 @@ pub fn free_run_dir(settings: &TrainSettings) -> PathBuf {
         .map(|i| PathBuf::from("runs").join(format!("{stem}-{i}")))
         .find(|p| !p.exists())
         .unwrap_or(base)
+}
+
+/// Where a run's files go: its folder natively; memory in the browser, which has no files (the
+/// page offers checkpoints as downloads).
+fn storage(dir: &Path) -> Box<dyn RunStorage> {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        Box::new(FsStorage::new(dir))
+    }
+    #[cfg(target_family = "wasm")]
+    {
+        let _ = dir;
+        Box::new(MemoryStorage::new())
+    }
+}
+
+/// Where a run's corpus comes from.
+pub enum CorpusFrom<'a> {
+    /// Loaded as the settings name it, fetching into this cache folder when needed.
+    Cache(&'a Path),
+    /// Already in memory (in the browser: fetched by the page or dropped on it).
+    Given(Corpus),
 }
 
 /// A run ready to step.
@@ -52,13 +75,13 @@ pub fn open_session(
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
     steps: Option<u64>,
-    cache_dir: &Path,
+    corpus: CorpusFrom<'_>,
     selected: &Selected,
     say: &mut dyn FnMut(String),
 ) -> Result<Session> {
     let (settings, run_dir, resuming) = match resume {
         Some(dir) => {
-            let run = Run::new(Box::new(FsStorage::new(&dir)))?;
+            let run = Run::new(storage(&dir))?;
             let saved = TrainSettings::resumed(&run, steps, settings.device)
                 .with_context(|| format!("--resume {}", dir.display()))?;
             (saved, dir, true)
@@ -68,8 +91,12 @@ pub fn open_session(
             (settings, dir, false)
         }
     };
-    let mut run = Run::new(Box::new(FsStorage::new(&run_dir)))?;
-    let trainer = prepare(&settings, &mut run, resuming, selected, cache_dir, say)
+    let mut run = Run::new(storage(&run_dir))?;
+    let corpus = match corpus {
+        CorpusFrom::Given(corpus) => corpus,
+        CorpusFrom::Cache(dir) => Corpus::load(&settings.model.corpus, dir)?,
+    };
+    let trainer = prepare(&settings, &mut run, resuming, selected, corpus, say)
         .with_context(|| format!("run {}", run_dir.display()))?;
     say(format!("run folder: {}", run_dir.display()));
     Ok(Session {
@@ -81,7 +108,9 @@ pub fn open_session(
 }
 
 /// `cinder train`.
-pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
+#[cfg(not(target_family = "wasm"))]
+pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
+    use cinder_engine::device::select;
     let settings = args.settings()?;
     let selected = select(settings.device)?;
     let steps = args.steps_given.then_some(args.train.steps);
@@ -95,11 +124,13 @@ pub fn run(args: TrainArgs, cache_dir: &Path) -> Result<()> {
         args.out.clone(),
         args.resume.clone(),
         steps,
-        cache_dir,
+        CorpusFrom::Cache(cache_dir),
         &selected,
         &mut |line| eprintln!("{line}"),
     )?;
 
+    use indicatif::{ProgressBar, ProgressStyle};
+    use std::io::IsTerminal;
     let total = trainer.config().steps;
     let interactive = std::io::stderr().is_terminal() && !args.quiet;
     let bar = if interactive {

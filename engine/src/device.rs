@@ -92,6 +92,32 @@ pub fn list_adapters() -> Vec<AdapterInfo> {
     }
 }
 
+/// The browser's WebGPU adapter, opened through Burn, with the handles a renderer needs to
+/// share it; an error where the browser offers no WebGPU adapter.
+#[cfg(target_family = "wasm")]
+pub async fn open_browser_gpu() -> Result<(Selected, burn::tensor::wgpu::WgpuSetup)> {
+    let (device, setup) = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map_err(|e| Error::Device(format!("WebGPU: {e}")))?;
+    let info = setup.adapter.get_info();
+    // Browsers hide the adapter's name unless asked for it; say what is known.
+    let name = if info.name.is_empty() {
+        "the browser's adapter".to_string()
+    } else {
+        info.name.clone()
+    };
+    Ok((
+        Selected {
+            device,
+            description: format!("wgpu: {name} (WebGPU)"),
+            is_wgpu: true,
+            kind: None,
+        },
+        setup,
+    ))
+}
+
 /// A device the engine has opened, with a name for humans.
 #[derive(Clone, Debug)]
 pub struct Selected {
@@ -211,8 +237,23 @@ pub fn memory_usage(device: &Device) -> Option<(u64, u64)> {
 }
 
 /// Resident memory of this process and its peak so far, in bytes, where the operating system
-/// reports them (Linux: `/proc/self/status`); `None` elsewhere.
+/// reports them (Linux: `/proc/self/status`; in the browser the WebAssembly memory, which only
+/// grows, so both are its size); `None` elsewhere.
 pub fn process_memory() -> Option<(u64, u64)> {
+    #[cfg(target_family = "wasm")]
+    {
+        use wasm_bindgen::JsCast;
+        let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().dyn_into().ok()?;
+        let buffer: js_sys::ArrayBuffer = memory.buffer().dyn_into().ok()?;
+        let bytes = buffer.byte_length() as u64;
+        Some((bytes, bytes))
+    }
+    #[cfg(not(target_family = "wasm"))]
+    linux_process_memory()
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn linux_process_memory() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
         status

@@ -4,13 +4,16 @@
 //!
 //! B=batch (beams), T=time, V=vocab
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::lm::CausalLm;
-use crate::sampling::{SamplingConfig, sample_next};
+use crate::pace::Pacer;
+use crate::sampling::{SamplingConfig, sample_next_async};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, readback};
 
@@ -110,6 +113,21 @@ pub fn generate<M: CausalLm>(
     prompt: &[u32],
     config: &GenerateConfig,
     device: &Device,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, GenerateStats)> {
+    readback::resolve(
+        "a token id",
+        generate_async(model, prompt, config, device, on_token),
+    )
+}
+
+/// [`generate`], reading each token back asynchronously and letting a browser page run between
+/// tokens.
+pub async fn generate_async<M: CausalLm>(
+    model: &M,
+    prompt: &[u32],
+    config: &GenerateConfig,
+    device: &Device,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, GenerateStats)> {
     check_prompt(model, prompt)?;
@@ -124,9 +142,10 @@ pub fn generate<M: CausalLm>(
     let mut new = Vec::new();
     let mut cache = model.new_cache();
     let mut logits = last_position(model.forward_cached(token_tensor(prompt, device), &mut cache));
+    let mut pacer = Pacer::default();
     for i in 0..config.max_new_tokens {
         let [_, v] = logits.dims();
-        let next = sample_next(logits.reshape([v]), &all, &config.sampling, i as u64)?;
+        let next = sample_next_async(logits.reshape([v]), &all, &config.sampling, i as u64).await?;
         if i == 0 {
             stats.prefill = start.elapsed();
         }
@@ -146,6 +165,7 @@ pub fn generate<M: CausalLm>(
             model.forward_cached(token_tensor(&[next], device), &mut cache)
         };
         logits = last_position(step);
+        pacer.breathe().await;
     }
     stats.new_tokens = new.len();
     stats.decode = start.elapsed().saturating_sub(stats.prefill);
@@ -188,6 +208,31 @@ pub fn generate_text<M: CausalLm>(
     config: &GenerateConfig,
     stop_strings: &[String],
     device: &Device,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<TextGeneration> {
+    readback::resolve(
+        "a token id",
+        generate_text_async(
+            model,
+            tokenizer,
+            prompt,
+            config,
+            stop_strings,
+            device,
+            on_text,
+        ),
+    )
+}
+
+/// [`generate_text`], reading each token back asynchronously and letting a browser page run
+/// between tokens.
+pub async fn generate_text_async<M: CausalLm>(
+    model: &M,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    config: &GenerateConfig,
+    stop_strings: &[String],
+    device: &Device,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<TextGeneration> {
     let mut stream = tokenizer.stream();
@@ -195,7 +240,7 @@ pub fn generate_text<M: CausalLm>(
     let mut emitted = 0;
     let mut stop = None;
     let mut failure = None;
-    let (ids, stats) = generate(model, prompt, config, device, |id| {
+    let (ids, stats) = generate_async(model, prompt, config, device, |id| {
         match stream.push(id) {
             Ok(piece) => text.push_str(&piece),
             Err(e) => {
@@ -230,7 +275,8 @@ pub fn generate_text<M: CausalLm>(
             }
         }
         stop.is_none()
-    })?;
+    })
+    .await?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod lm;
 pub mod optim;
+pub mod pace;
 pub mod quant;
 pub mod readback;
 pub mod rng;

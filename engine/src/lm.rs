@@ -3,10 +3,10 @@
 //! B=batch, T=time, V=vocab
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::Result;
-use crate::weights::NamedTensors;
+use crate::weights::{NamedTensors, named_parameters, named_parameters_async};
 
 /// A causal language model the trainer can train and the decoder can run.
 pub trait CausalLm: Module + Sized {
@@ -49,15 +49,27 @@ pub trait CausalLm: Module + Sized {
     /// `config.json` for the families that have one).
     fn config_json(&self) -> Result<serde_json::Value>;
 
+    /// The model's parameters (as [`named_parameters`] reads them back) under the family's
+    /// interchange names (Hugging Face keys), in that format's layout. Fails where the weights
+    /// have no such form (block-quantized projections).
+    fn export_named(&self, parameters: Vec<(String, TensorData)>) -> Result<NamedTensors>;
+
     /// Every weight under its family's interchange name (Hugging Face keys). Fails where the
-    /// weights have no such form (block-quantized projections) or cannot be read back.
-    fn export_tensors(&self) -> Result<NamedTensors>;
+    /// weights have no such form or cannot be read back.
+    fn export_tensors(&self) -> Result<NamedTensors> {
+        self.export_named(named_parameters(self)?)
+    }
 
     /// The forward pass as separate stages, for recomputing activations block by block
     /// (`None` where the family does not offer it).
     fn blockwise(&self) -> Option<&dyn Blockwise> {
         None
     }
+}
+
+/// [`CausalLm::export_tensors`], reading the weights back asynchronously.
+pub async fn export_tensors_async<M: CausalLm>(model: &M) -> Result<NamedTensors> {
+    model.export_named(named_parameters_async(model).await?)
 }
 
 /// A forward pass split into stages: `head(block(n-1, ... block(0, embed(tokens))))` equals

@@ -82,7 +82,12 @@ impl SamplingConfig {
 
 /// Reads one integer back from the device.
 pub fn read_id(t: Tensor<1, Int>) -> Result<u32> {
-    match crate::readback::int_values(t, "a token id")?[..] {
+    crate::readback::resolve("a token id", read_id_async(t))
+}
+
+/// [`read_id`], awaiting the readback.
+pub async fn read_id_async(t: Tensor<1, Int>) -> Result<u32> {
+    match crate::readback::int_values_async(t, "a token id").await?[..] {
         [id] => u32::try_from(id).map_err(|_| Error::Shape(format!("token id {id} out of range"))),
         ref v => Err(Error::Shape(format!(
             "{} token ids read back, expected 1",
@@ -174,15 +179,28 @@ pub fn sample_next(
     config: &SamplingConfig,
     counter: u64,
 ) -> Result<u32> {
+    crate::readback::resolve(
+        "a token id",
+        sample_next_async(logits, history, config, counter),
+    )
+}
+
+/// [`sample_next`], awaiting the readback.
+pub async fn sample_next_async(
+    logits: Tensor<1>,
+    history: &[u32],
+    config: &SamplingConfig,
+    counter: u64,
+) -> Result<u32> {
     let logits = apply_repetition_penalty(logits, history, config.repetition_penalty);
     if config.temperature <= 0.0 {
-        return read_id(logits.argmax(0));
+        return read_id_async(logits.argmax(0)).await;
     }
     let [v] = logits.dims();
     let device = logits.device();
     let (kept, order) = filter(logits, config);
     let position = (kept + gumbel(config.seed, counter, v, &device)).argmax(0);
-    read_id(order.select(0, position))
+    read_id_async(order.select(0, position)).await
 }
 
 #[cfg(test)]

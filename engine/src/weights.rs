@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData, Transaction};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::atomic::write_atomic;
@@ -143,10 +143,11 @@ pub fn write_safetensors(path: &Path, tensors: &NamedTensors) -> Result<()> {
     write_atomic(path, &safetensors_bytes(tensors, Some(metadata))?)
 }
 
+/// Gathers every float parameter into one readback.
 struct Collector {
     path: Vec<String>,
-    out: Vec<(String, TensorData)>,
-    error: Option<Error>,
+    names: Vec<String>,
+    reads: Option<Transaction>,
 }
 
 impl ModuleVisitor for Collector {
@@ -157,29 +158,45 @@ impl ModuleVisitor for Collector {
         self.path.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.error.is_some() {
-            return;
-        }
-        let name = self.path.join(".");
-        match readback::f32_data(param.val(), &name) {
-            Ok(data) => self.out.push((name, data)),
-            Err(e) => self.error = Some(e),
-        }
+        let tensor = param.val();
+        let tensor = if tensor.dtype() == DType::F32 {
+            tensor
+        } else {
+            tensor.cast(DType::F32)
+        };
+        self.names.push(self.path.join("."));
+        self.reads = self.reads.take().map(|t| t.register(tensor));
     }
 }
 
-/// Every float parameter of a module with its dotted path (`h.0.attn.c_attn.weight`).
+/// Every float parameter of a module with its dotted path (`h.0.attn.c_attn.weight`), as f32.
 pub fn named_parameters<M: Module>(module: &M) -> Result<Vec<(String, TensorData)>> {
+    readback::resolve("the parameters", named_parameters_async(module))
+}
+
+/// [`named_parameters`], read back in one asynchronous transfer.
+pub async fn named_parameters_async<M: Module>(module: &M) -> Result<Vec<(String, TensorData)>> {
     let mut collector = Collector {
         path: Vec::new(),
-        out: Vec::new(),
-        error: None,
+        names: Vec::new(),
+        reads: Some(Transaction::default()),
     };
     module.visit(&mut collector);
-    match collector.error {
-        Some(e) => Err(e),
-        None => Ok(collector.out),
+    let (names, reads) = (collector.names, collector.reads);
+    let Some(reads) = reads.filter(|_| !names.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let data = reads.execute_async().await.map_err(|e| Error::Readback {
+        what: "the parameters".into(),
+        message: format!("{e:?}"),
+    })?;
+    if data.len() != names.len() {
+        return Err(Error::Readback {
+            what: "the parameters".into(),
+            message: format!("{} tensors read back for {} names", data.len(), names.len()),
+        });
     }
+    Ok(names.into_iter().zip(data).collect())
 }
 
 struct Loader<'a> {

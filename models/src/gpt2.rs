@@ -15,11 +15,11 @@ use burn::nn::{
     LinearConfig,
 };
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::lm::{Blockwise, CausalLm};
-use cinder_engine::weights::{NamedTensors, load_parameters, named_parameters, read_safetensors};
+use cinder_engine::weights::{NamedTensors, load_parameters, read_safetensors};
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention, causal_mask, extend_cache, kv_cache_methods, tied_logits,
@@ -435,8 +435,8 @@ impl CausalLm for Gpt2 {
         Some(self)
     }
 
-    fn export_tensors(&self) -> EngineResult<NamedTensors> {
-        Ok(named_parameters(self)?
+    fn export_named(&self, parameters: Vec<(String, TensorData)>) -> EngineResult<NamedTensors> {
+        Ok(parameters
             .into_iter()
             .filter_map(|(path, data)| hf_names(&path).into_iter().next().map(|name| (name, data)))
             .collect())

@@ -4,7 +4,7 @@
 //! inside a [`Run`], starting fresh, from a Hugging Face folder, or from the run's latest
 //! checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected};
@@ -201,8 +201,8 @@ pub fn model_from_checkpoint(
     Ok((model, tokenizer))
 }
 
-/// Sets up `settings` in `run` on `selected` (the trainer's model goes on its autodiff device):
-/// loads the corpus, trains or loads the tokenizer, builds or loads the model, and, when
+/// Sets up `settings` in `run` on `selected` (the trainer's model goes on its autodiff device)
+/// with `corpus` (the one `settings` names, loaded by the caller): trains or loads the tokenizer, builds or loads the model, and, when
 /// `resume`, restores the run's latest checkpoint. `say` receives one line per stage. Records
 /// the settings in the run.
 pub fn prepare(
@@ -210,7 +210,7 @@ pub fn prepare(
     run: &mut Run,
     resume: bool,
     selected: &Selected,
-    cache_dir: &Path,
+    corpus: Corpus,
     say: &mut dyn FnMut(String),
 ) -> Result<Trainer<Gpt2>> {
     settings.check()?;
@@ -234,7 +234,6 @@ pub fn prepare(
     };
 
     let recipe = &settings.model;
-    let corpus = Corpus::load(&recipe.corpus, cache_dir)?;
     say(format!(
         "corpus {}: {} characters for training, {} held out",
         recipe.corpus,

@@ -1,6 +1,6 @@
 //! Small pieces shared by the views.
 
-use std::time::{Duration, Instant};
+use web_time::{Duration, Instant};
 
 use cinder_engine::device::process_memory;
 
@@ -49,68 +49,148 @@ impl MemoryProbe {
     }
 }
 
-/// A thread that takes commands `C` and reports events `E`, waking the UI for each event.
+/// The commands a worker receives.
+pub type Commands<C> = async_channel::Receiver<C>;
+
+/// How a worker reports: each event wakes the UI at once, or after the delay its kind asks for
+/// (fast streams are drawn a few times a second: on a software renderer every frame costs CPU
+/// the engine needs).
+pub struct Events<E> {
+    tx: async_channel::Sender<E>,
+    ctx: egui::Context,
+    delay: fn(&E) -> Option<Duration>,
+}
+
+impl<E> Events<E> {
+    /// Reports `event` (dropped when the view has gone).
+    pub fn send(&self, event: E) {
+        let wait = (self.delay)(&event);
+        let _ = self.tx.try_send(event);
+        match wait {
+            Some(d) => self.ctx.request_repaint_after(d),
+            None => self.ctx.request_repaint(),
+        }
+    }
+}
+
+/// Work that takes commands `C` and reports events `E`: natively on its own thread, in the
+/// browser as a task on the page's thread (the engine's asynchronous readbacks and its pacing
+/// hand the thread back to the page). The body is the same `async` function in both.
 pub struct Worker<C, E> {
-    /// Commands to the thread.
-    pub commands: std::sync::mpsc::Sender<C>,
-    /// What the thread reported.
-    pub events: std::sync::mpsc::Receiver<E>,
-    /// The thread, joined on shut-down.
-    pub handle: Option<std::thread::JoinHandle<()>>,
+    /// Commands to the worker.
+    pub commands: async_channel::Sender<C>,
+    events: async_channel::Receiver<E>,
+    #[cfg(not(target_family = "wasm"))]
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl<C: Send + 'static, E: Send + 'static> Worker<C, E> {
-    /// Starts thread `name` running `body(commands, send)`. Each `send` wakes the UI at once,
-    /// or after `delay(&event)` where that says so (fast streams are drawn a few times a
-    /// second: on a software renderer every frame costs CPU the engine needs).
-    pub fn spawn(
+    /// Starts `body(commands, events)` as worker `name`; `delay` says how soon each event
+    /// should be drawn.
+    pub fn spawn<F, Fut>(
         name: &str,
         ctx: &egui::Context,
         delay: fn(&E) -> Option<Duration>,
-        body: impl FnOnce(&std::sync::mpsc::Receiver<C>, &dyn Fn(E)) + Send + 'static,
-    ) -> std::io::Result<Self> {
-        let (commands, command_rx) = std::sync::mpsc::channel();
-        let (event_tx, events) = std::sync::mpsc::channel();
-        let ctx = ctx.clone();
-        let handle = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let send = |event: E| {
-                    let wait = delay(&event);
-                    let _ = event_tx.send(event);
-                    match wait {
-                        Some(d) => ctx.request_repaint_after(d),
-                        None => ctx.request_repaint(),
-                    }
-                };
-                body(&command_rx, &send);
-            })?;
-        Ok(Self {
-            commands,
-            events,
-            handle: Some(handle),
-        })
+        body: F,
+    ) -> std::io::Result<Self>
+    where
+        F: FnOnce(Commands<C>, Events<E>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let (commands, command_rx) = async_channel::unbounded();
+        let (tx, events) = async_channel::unbounded();
+        let sink = Events {
+            tx,
+            ctx: ctx.clone(),
+            delay,
+        };
+        #[cfg(not(target_family = "wasm"))]
+        {
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || pollster::block_on(body(command_rx, sink)))?;
+            Ok(Self {
+                commands,
+                events,
+                handle: Some(handle),
+            })
+        }
+        #[cfg(target_family = "wasm")]
+        {
+            let _ = name;
+            wasm_bindgen_futures::spawn_local(body(command_rx, sink));
+            Ok(Self { commands, events })
+        }
     }
 
-    /// Everything the thread reported since the last call, and whether it has ended (its side
+    /// Sends `command` (ignored once the worker has ended).
+    pub fn send(&self, command: C) {
+        let _ = self.commands.try_send(command);
+    }
+
+    /// Everything the worker reported since the last call, and whether it has ended (its side
     /// of the channel is closed).
     pub fn drain(&self) -> (Vec<E>, bool) {
         let mut events = Vec::new();
         loop {
             match self.events.try_recv() {
                 Ok(e) => events.push(e),
-                Err(std::sync::mpsc::TryRecvError::Empty) => return (events, false),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return (events, true),
+                Err(async_channel::TryRecvError::Empty) => return (events, false),
+                Err(async_channel::TryRecvError::Closed) => return (events, true),
             }
         }
     }
 
-    /// Waits for the thread to end (after its command channel is closed or it was told to
-    /// stop).
-    pub fn join(mut self) {
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+    /// Waits for the worker to end (after its command channel is closed or it was told to
+    /// stop). In the browser the task ends on its own; nothing can wait for it there.
+    pub fn join(self) {
+        #[cfg(not(target_family = "wasm"))]
+        {
+            let mut this = self;
+            if let Some(h) = this.handle.take() {
+                let _ = h.join();
+            }
         }
+        #[cfg(target_family = "wasm")]
+        drop(self);
+    }
+}
+
+/// Whether this build has the system's file dialogs (the browser has none: files are dropped on
+/// the page instead).
+pub const HAS_DIALOGS: bool = cfg!(not(target_family = "wasm"));
+
+/// Asks the user for a file with one of `extensions` (`None` when cancelled, or in the browser).
+pub fn pick_file(kind: &str, extensions: &[&str]) -> Option<std::path::PathBuf> {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        rfd::FileDialog::new()
+            .add_filter(kind, extensions)
+            .pick_file()
+    }
+    #[cfg(target_family = "wasm")]
+    {
+        let _ = (kind, extensions);
+        None
+    }
+}
+
+/// Asks the user for a folder, starting in `start` when given (`None` when cancelled, or in the
+/// browser).
+pub fn pick_folder(start: Option<&str>) -> Option<std::path::PathBuf> {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let dialog = rfd::FileDialog::new();
+        match start {
+            Some(dir) => dialog.set_directory(dir),
+            None => dialog,
+        }
+        .pick_folder()
+    }
+    #[cfg(target_family = "wasm")]
+    {
+        let _ = start;
+        None
     }
 }
 

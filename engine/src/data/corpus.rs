@@ -88,6 +88,12 @@ impl Corpus {
     /// both when it has fewer than 20 lines).
     pub fn from_text_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_text(path, bytes)
+    }
+
+    /// [`from_text_file`](Self::from_text_file) for a file already read (`path` names it in
+    /// errors): a file dropped on the web page.
+    pub fn from_text(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let text = String::from_utf8(bytes)
             .map_err(|e| Error::format(path, format!("not UTF-8 text: {e}")))?;
         if text.trim().is_empty() {

@@ -120,12 +120,19 @@ impl ModuleVisitor for Scale<'_> {
 
 /// The L2 norm of all gradients taken together.
 pub fn global_norm<M: Module>(model: &M, grads: &GradientsParams) -> Result<f64> {
+    readback::resolve("the gradient norm", global_norm_async(model, grads))
+}
+
+/// [`global_norm`], awaiting the readback.
+pub async fn global_norm_async<M: Module>(model: &M, grads: &GradientsParams) -> Result<f64> {
     let mut visitor = SquaredNorm { grads, total: None };
     model.visit(&mut visitor);
     let Some(total) = visitor.total else {
         return Ok(0.0);
     };
-    Ok(readback::scalar(total, "the gradient norm")?.sqrt())
+    Ok(readback::scalar_async(total, "the gradient norm")
+        .await?
+        .sqrt())
 }
 
 /// Multiplies every gradient by `factor`.
@@ -140,7 +147,19 @@ pub fn clip_global_norm<M: Module>(
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> Result<f64> {
-    let norm = global_norm(model, grads)?;
+    readback::resolve(
+        "the gradient norm",
+        clip_global_norm_async(model, grads, max_norm),
+    )
+}
+
+/// [`clip_global_norm`], awaiting the readback.
+pub async fn clip_global_norm_async<M: Module>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> Result<f64> {
+    let norm = global_norm_async(model, grads).await?;
     if max_norm > 0.0 && norm > max_norm {
         scale_grads(model, grads, max_norm / (norm + 1e-6));
     }

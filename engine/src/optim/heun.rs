@@ -27,15 +27,15 @@ pub struct HeunConfig {
 
 /// One Heun step from `model` with gradients `grads` there; `gradient_at` evaluates the
 /// gradient at the trial point (same batches, so both gradient sets key alike).
-pub(super) fn step<M: Module>(
+pub(super) async fn step<M: Module>(
     optim: &mut Optimizer,
     lr: f64,
     model: M,
     grads: GradientsParams,
-    gradient_at: &mut dyn FnMut(&M) -> Result<GradientsParams>,
+    mut gradient_at: impl AsyncFnMut(&M) -> Result<GradientsParams>,
 ) -> Result<M> {
     let trial = optim.trial(lr, model.clone(), clone_grads(&model, &grads));
-    let second = gradient_at(&trial)?;
+    let second = gradient_at(&trial).await?;
     let averaged = average_grads(&model, grads, second);
     Ok(optim.step(lr, model, averaged))
 }

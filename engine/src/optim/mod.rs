@@ -31,8 +31,8 @@ pub use adafactor::{AdaFactorConfig, adafactor_state_elements};
 pub use adamw::AdamWConfig;
 pub use args::{OptimizerArgs, OptimizerKind};
 pub use grads::{
-    average_grads, clip_global_norm, clone_grads, global_norm, param_paths, param_shapes,
-    scale_grads,
+    average_grads, clip_global_norm, clip_global_norm_async, clone_grads, global_norm,
+    global_norm_async, param_paths, param_shapes, scale_grads,
 };
 pub use heun::HeunConfig;
 pub use lion::LionConfig;
@@ -131,15 +131,15 @@ impl Optimizer {
     /// One optimizer step from `model`, whose gradients are `grads`, with learning rate `lr`.
     /// `gradient_at` evaluates the gradient of the same batch at another point, for the rules
     /// that take more than one evaluation per step (Heun's method); the others never call it.
-    pub fn update<M: Module>(
+    pub async fn update<M: Module>(
         &mut self,
         lr: f64,
         model: M,
         grads: GradientsParams,
-        gradient_at: &mut dyn FnMut(&M) -> Result<GradientsParams>,
+        gradient_at: impl AsyncFnMut(&M) -> Result<GradientsParams>,
     ) -> Result<M> {
         match self.config {
-            OptimizerConfig::Heun(_) => heun::step(self, lr, model, grads, gradient_at),
+            OptimizerConfig::Heun(_) => heun::step(self, lr, model, grads, gradient_at).await,
             _ => Ok(self.step(lr, model, grads)),
         }
     }
@@ -173,11 +173,16 @@ impl Optimizer {
 
     /// The state as named tensors (`PATH.SLOT`, e.g. `h.0.attn.c_attn.weight.exp_avg`).
     pub fn state_tensors(&self) -> Result<NamedTensors> {
+        readback::resolve("the optimizer state", self.state_tensors_async())
+    }
+
+    /// [`state_tensors`](Self::state_tensors), reading them back asynchronously.
+    pub async fn state_tensors_async(&self) -> Result<NamedTensors> {
         let mut out = NamedTensors::new();
         for (path, slots) in &self.state {
             for (slot, t) in slots {
                 let name = format!("{path}.{slot}");
-                let data = readback::f32_data(t.clone(), &name)?;
+                let data = readback::f32_data_async(t.clone(), &name).await?;
                 out.insert(name, data);
             }
         }

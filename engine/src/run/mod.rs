@@ -17,7 +17,7 @@ pub use storage::{FsStorage, MemoryStorage, RunStorage};
 
 use crate::lm::CausalLm;
 use crate::train::{StepReport, Trainer};
-use crate::{Error, Result};
+use crate::{Error, Result, readback};
 
 /// The run's settings, as its driver wrote them.
 pub const RUN_FILE: &str = "run.json";
@@ -147,7 +147,15 @@ impl Run {
 
     /// Writes the trainer's current state as a checkpoint.
     pub fn save<M: CausalLm>(&mut self, trainer: &Trainer<M>) -> Result<std::path::PathBuf> {
-        let ckpt = trainer.checkpoint()?;
+        readback::resolve("the weights", self.save_async(trainer))
+    }
+
+    /// [`save`](Self::save), reading the weights back asynchronously.
+    pub async fn save_async<M: CausalLm>(
+        &mut self,
+        trainer: &Trainer<M>,
+    ) -> Result<std::path::PathBuf> {
+        let ckpt = trainer.checkpoint_async().await?;
         let keep = trainer.config().keep_checkpoints;
         self.save_checkpoint(trainer.step_count(), &ckpt, keep)
     }
@@ -155,10 +163,18 @@ impl Run {
     /// Runs one optimizer step and records it: the metrics line, and the checkpoint when one
     /// falls due (its location in the report).
     pub fn step<M: CausalLm>(&mut self, trainer: &mut Trainer<M>) -> Result<StepReport> {
-        let mut report = trainer.step()?;
+        readback::resolve("the loss", self.step_async(trainer))
+    }
+
+    /// [`step`](Self::step), awaiting every readback: the version a browser page drives.
+    pub async fn step_async<M: CausalLm>(
+        &mut self,
+        trainer: &mut Trainer<M>,
+    ) -> Result<StepReport> {
+        let mut report = trainer.step_async().await?;
         self.record(&report)?;
         if trainer.checkpoint_due() {
-            report.checkpoint = Some(self.save(trainer)?);
+            report.checkpoint = Some(self.save_async(trainer).await?);
         }
         Ok(report)
     }

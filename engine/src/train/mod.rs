@@ -24,9 +24,10 @@ pub use loss::lm_loss;
 pub use precision::LossScaler;
 
 use crate::data::{LmBatch, lm_batch, lm_batch_rows};
-use crate::generate::{GenerateConfig, generate};
-use crate::lm::CausalLm;
-use crate::optim::{Optimizer, clip_global_norm, global_norm, param_paths};
+use crate::generate::{GenerateConfig, generate_async};
+use crate::lm::{CausalLm, export_tensors_async};
+use crate::optim::{Optimizer, clip_global_norm_async, global_norm_async, param_paths};
+use crate::pace::Pacer;
 use crate::run::{CHECKPOINT_FORMAT, Checkpoint, TrainerState};
 use crate::sampling::SamplingConfig;
 use crate::tokenizer::Tokenizer;
@@ -263,6 +264,12 @@ impl<M: CausalLm> Trainer<M> {
 
     /// Runs one optimizer step and whatever evaluation or sample falls due after it.
     pub fn step(&mut self) -> Result<StepReport> {
+        readback::resolve("the loss", self.step_async())
+    }
+
+    /// [`step`](Self::step), awaiting each readback (the loss, the gradient norm, sampled
+    /// tokens): the version a browser page drives.
+    pub async fn step_async(&mut self) -> Result<StepReport> {
         let t0 = web_time::Instant::now();
         let model = self.model.take().ok_or_else(|| {
             Error::Internal("the trainer lost its model in an earlier failed step".into())
@@ -276,7 +283,7 @@ impl<M: CausalLm> Trainer<M> {
             loss_scale: self.scaler.scale(),
         };
         let loss_scale = self.scaler.is_dynamic().then_some(self.scaler.scale());
-        let (mut grads, loss_sum) = match batches.gradients(&model) {
+        let (mut grads, loss_sum) = match batches.gradients(&model).await {
             Ok(g) => g,
             Err(e) => {
                 self.model = Some(model);
@@ -284,28 +291,31 @@ impl<M: CausalLm> Trainer<M> {
             }
         };
         let norm = if self.scaler.is_dynamic() {
-            global_norm(&model, &grads)?
+            global_norm_async(&model, &grads).await?
         } else {
             0.0
         };
         if !self.scaler.record(norm) {
             // The f16 gradients overflowed under this scale: no update this step.
-            return self.finish_step(model, t0, loss_sum, lr, norm, loss_scale, true);
+            return self
+                .finish_step(model, t0, loss_sum, lr, norm, loss_scale, true)
+                .await;
         }
-        let grad_norm = clip_global_norm(&model, &mut grads, self.config.grad_clip)?;
+        let grad_norm = clip_global_norm_async(&model, &mut grads, self.config.grad_clip).await?;
         let clip = self.config.grad_clip;
-        let mut gradient_at = |m: &M| -> Result<GradientsParams> {
-            let (mut g, _) = batches.gradients(m)?;
-            clip_global_norm(m, &mut g, clip)?;
+        let gradient_at = async |m: &M| -> Result<GradientsParams> {
+            let (mut g, _) = batches.gradients(m).await?;
+            clip_global_norm_async(m, &mut g, clip).await?;
             Ok(g)
         };
-        let model = self.optim.update(lr, model, grads, &mut gradient_at)?;
+        let model = self.optim.update(lr, model, grads, gradient_at).await?;
         self.finish_step(model, t0, loss_sum, lr, grad_norm, loss_scale, false)
+            .await
     }
 
     /// Counts a step taken (or skipped) and runs what falls due after it.
     #[allow(clippy::too_many_arguments)]
-    fn finish_step(
+    async fn finish_step(
         &mut self,
         model: M,
         t0: web_time::Instant,
@@ -327,12 +337,12 @@ impl<M: CausalLm> Trainer<M> {
             |every: u64, step: u64, last: bool| every > 0 && (step.is_multiple_of(every) || last);
         let last = self.finished();
         let eval_loss = if due(self.config.eval_every, self.step, last) {
-            Some(self.evaluate()?)
+            Some(self.evaluate_async().await?)
         } else {
             None
         };
         let sample = if due(self.config.sample_every, self.step, last) {
-            Some(self.sample(self.config.seed ^ self.step)?)
+            Some(self.sample_async(self.config.seed ^ self.step).await?)
         } else {
             None
         };
@@ -357,6 +367,11 @@ impl<M: CausalLm> Trainer<M> {
 
     /// Mean loss over the fixed held-out batches.
     pub fn evaluate(&self) -> Result<f64> {
+        readback::resolve("the held-out loss", self.evaluate_async())
+    }
+
+    /// [`evaluate`](Self::evaluate), awaiting each readback.
+    pub async fn evaluate_async(&self) -> Result<f64> {
         let model = self.model().valid();
         let device = self.device.clone().without_autodiff();
         let c = &self.config;
@@ -366,17 +381,24 @@ impl<M: CausalLm> Trainer<M> {
             &self.train_tokens
         };
         let mut total = 0.0;
+        let mut pacer = Pacer::default();
         for i in 0..c.eval_batches.max(1) {
             let batch = lm_batch(tokens, c.batch_size, c.context, c.seed, 1, i as u64)?;
             let (inputs, targets) = batch_tensors(&batch, &device);
             let loss = lm_loss(model.forward(inputs), targets);
-            total += readback::scalar(loss, "the held-out loss")?;
+            total += readback::scalar_async(loss, "the held-out loss").await?;
+            pacer.breathe().await;
         }
         Ok(total / c.eval_batches.max(1) as f64)
     }
 
     /// Text sampled from the model, starting at the configured prompt.
     pub fn sample(&self, seed: u64) -> Result<String> {
+        readback::resolve("a token id", self.sample_async(seed))
+    }
+
+    /// [`sample`](Self::sample), awaiting each token.
+    pub async fn sample_async(&self, seed: u64) -> Result<String> {
         let model = self.model().valid();
         let device = self.device.clone().without_autodiff();
         let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
@@ -394,7 +416,7 @@ impl<M: CausalLm> Trainer<M> {
             ..SamplingConfig::default()
         };
         let config = GenerateConfig::new(self.config.sample_tokens, sampling, None);
-        let (new, _) = generate(&model, &prompt, &config, &device, |_| true)?;
+        let (new, _) = generate_async(&model, &prompt, &config, &device, |_| true).await?;
         let mut all = prompt;
         all.extend(new);
         self.tokenizer.decode(&all)
@@ -403,6 +425,11 @@ impl<M: CausalLm> Trainer<M> {
     /// The trainer's complete state as checkpoint files: the model folder (loadable by Cinder
     /// and by Hugging Face transformers), optimizer moments, trainer state and configuration.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
+        readback::resolve("the weights", self.checkpoint_async())
+    }
+
+    /// [`checkpoint`](Self::checkpoint), reading the weights back asynchronously.
+    pub async fn checkpoint_async(&self) -> Result<Checkpoint> {
         let model = self.model();
         let state = TrainerState {
             format: CHECKPOINT_FORMAT,
@@ -412,8 +439,8 @@ impl<M: CausalLm> Trainer<M> {
             family: model.family().to_string(),
             loss_scale: self.scaler.is_dynamic().then_some(self.scaler.scale()),
         };
-        let mut ckpt = model_files(model, &self.tokenizer)?;
-        let optimizer = safetensors_bytes(&self.optim.state_tensors()?, None)?;
+        let mut ckpt = model_files_async(model, &self.tokenizer).await?;
+        let optimizer = safetensors_bytes(&self.optim.state_tensors_async().await?, None)?;
         ckpt.insert("optimizer.safetensors", optimizer);
         ckpt.insert(TrainerState::FILE, to_json(TrainerState::FILE, &state)?);
         ckpt.insert(
@@ -429,7 +456,7 @@ impl Batches<'_> {
     /// number) at `model`, and the sum of the micro-batch losses. Micro-batch `j` of `k` holds
     /// rows `j b .. (j + 1) b` of the step's batch of `k b` rows, so accumulating `k`
     /// micro-batches of `b` sees exactly the sequences of one batch of `k b`.
-    fn gradients<M: CausalLm>(&self, model: &M) -> Result<(GradientsParams, f64)> {
+    async fn gradients<M: CausalLm>(&self, model: &M) -> Result<(GradientsParams, f64)> {
         let c = self.config;
         let k = c.accumulate;
         // Dropout masks are a function of (seed, step) too.
@@ -469,7 +496,7 @@ impl Batches<'_> {
                 accumulator.accumulate(work, grads);
                 loss
             };
-            loss_sum += readback::scalar(loss.detach(), "the loss")?;
+            loss_sum += readback::scalar_async(loss.detach(), "the loss").await?;
         }
         let grads = accumulator.grads();
         if dtype.is_none() && self.loss_scale == 1.0 {
@@ -482,6 +509,14 @@ impl Batches<'_> {
 /// A model folder loadable by Cinder and by Hugging Face transformers: `config.json`,
 /// `model.safetensors` and `tokenizer.json`.
 pub fn model_files<M: CausalLm>(model: &M, tokenizer: &Tokenizer) -> Result<Checkpoint> {
+    readback::resolve("the weights", model_files_async(model, tokenizer))
+}
+
+/// [`model_files`], reading the weights back asynchronously.
+pub async fn model_files_async<M: CausalLm>(
+    model: &M,
+    tokenizer: &Tokenizer,
+) -> Result<Checkpoint> {
     let mut files = Checkpoint::new("model");
     files.insert(
         "config.json",
@@ -490,7 +525,7 @@ pub fn model_files<M: CausalLm>(model: &M, tokenizer: &Tokenizer) -> Result<Chec
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     files.insert(
         "model.safetensors",
-        safetensors_bytes(&model.export_tensors()?, Some(metadata))?,
+        safetensors_bytes(&export_tensors_async(model).await?, Some(metadata))?,
     );
     files.insert("tokenizer.json", tokenizer.to_json()?.into_bytes());
     Ok(files)

@@ -10,9 +10,7 @@ use burn::module::Initializer;
 use burn::tensor::{Device, TensorData};
 use cinder_engine::burn;
 use cinder_engine::gguf::GgufFile;
-use cinder_engine::weights::{
-    NamedTensors, load_parameters, named_parameters, read_safetensors_dir, transpose_2d,
-};
+use cinder_engine::weights::{NamedTensors, load_parameters, read_safetensors_dir, transpose_2d};
 use cinder_engine::{Error, Result};
 
 use super::layers::{PROJECTIONS, Rows};
@@ -101,7 +99,7 @@ impl Llama {
     /// Every weight under its Hugging Face name, projections `[out, in]`. Fails, naming the
     /// tensor, where a projection or the head is block-quantized: only float weights are written,
     /// and none is left out.
-    pub(super) fn hf_tensors(&self) -> Result<NamedTensors> {
+    pub(super) fn hf_tensors(&self, parameters: Vec<(String, TensorData)>) -> Result<NamedTensors> {
         for (n, layer) in self.layers.iter().enumerate() {
             for ((hf, _, _), projection) in PROJECTIONS.iter().zip(layer.projections()) {
                 projection.check_exportable(&format!("model.layers.{n}.{hf}.weight"))?;
@@ -112,7 +110,7 @@ impl Llama {
         }
         let source = Path::new("model");
         let mut out = NamedTensors::new();
-        for (path, data) in named_parameters(self)? {
+        for (path, data) in parameters {
             let Some(name) = hf_names(&path).into_iter().next() else {
                 continue;
             };

@@ -13,7 +13,7 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::burn;
 use cinder_engine::lm::CausalLm;
 use cinder_engine::weights::NamedTensors;
@@ -93,8 +93,11 @@ impl CausalLm for Llama {
         self.config.to_hf_json()
     }
 
-    fn export_tensors(&self) -> cinder_engine::Result<NamedTensors> {
-        self.hf_tensors()
+    fn export_named(
+        &self,
+        parameters: Vec<(String, TensorData)>,
+    ) -> cinder_engine::Result<NamedTensors> {
+        self.hf_tensors(parameters)
     }
 }
 

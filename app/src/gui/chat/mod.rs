@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use web_time::Instant;
 
 use cinder_engine::chat::Message;
 use cinder_engine::device::DeviceChoice;
@@ -19,7 +19,9 @@ mod worker;
 use worker::{Command, Event, run_worker};
 
 use super::Devices;
-use super::widgets::{Worker, bytes, choice, number, text_field};
+use super::widgets::{
+    HAS_DIALOGS, Worker, bytes, choice, number, pick_file, pick_folder, text_field,
+};
 
 /// The chat view's remembered settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,8 +131,8 @@ impl ChatView {
             let delay = |e: &Event| {
                 matches!(e, Event::Text(_)).then_some(std::time::Duration::from_millis(40))
             };
-            match Worker::spawn("cinder-chat", ctx, delay, move |commands, send| {
-                run_worker(&cache_dir, commands, &cancel, send)
+            match Worker::spawn("cinder-chat", ctx, delay, move |commands, events| {
+                run_worker(cache_dir, commands, cancel, events)
             }) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => self.error = Some(format!("cannot start a thread: {e}")),
@@ -158,7 +160,7 @@ impl ChatView {
             device: Box::new(device),
         };
         if let Some(w) = self.worker(ctx) {
-            let _ = w.commands.send(command);
+            w.send(command);
             self.loading = Some((Instant::now(), "starting".into()));
         }
     }
@@ -198,7 +200,7 @@ impl ChatView {
             settings: Box::new(self.settings.clone()),
         };
         if let Some(w) = self.worker(ctx) {
-            let _ = w.commands.send(command);
+            w.send(command);
             self.generating = true;
         }
     }
@@ -278,14 +280,9 @@ impl ChatView {
     pub fn shut_down(&mut self) {
         self.stop();
         if let Some(w) = self.worker.take() {
-            // Closing the command channel ends the thread's loop.
-            let Worker {
-                commands, handle, ..
-            } = w;
-            drop(commands);
-            if let Some(h) = handle {
-                let _ = h.join();
-            }
+            // Closing the command channel ends the worker's loop.
+            w.commands.close();
+            w.join();
         }
     }
 
@@ -310,15 +307,15 @@ impl ChatView {
         ui.label(RichText::new("Model").strong());
         text_field(ui, "Model path", &mut s.model);
         ui.horizontal_wrapped(|ui| {
-            if ui.button("GGUF file…").clicked()
-                && let Some(f) = rfd::FileDialog::new()
-                    .add_filter("GGUF", &["gguf"])
-                    .pick_file()
+            if HAS_DIALOGS
+                && ui.button("GGUF file…").clicked()
+                && let Some(f) = pick_file("GGUF", &["gguf"])
             {
                 s.model = f.display().to_string();
             }
-            if ui.button("Folder…").clicked()
-                && let Some(d) = rfd::FileDialog::new().pick_folder()
+            if HAS_DIALOGS
+                && ui.button("Folder…").clicked()
+                && let Some(d) = pick_folder(None)
             {
                 s.model = d.display().to_string();
             }

@@ -1,18 +1,20 @@
-//! The chat worker: loads a model and answers on its own thread, streaming the text back.
+//! The chat worker: loads a model and answers (on its own thread natively, as a task of the
+//! page in the browser), streaming the text back.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 
 use cinder_engine::burn::tensor::Device;
 use cinder_engine::chat::{Message, chat_prompt};
 use cinder_engine::device::{Selected, memory_usage};
-use cinder_engine::generate::{GenerateConfig, StopReason, generate_text};
+use cinder_engine::generate::{GenerateConfig, StopReason, generate_text_async};
 use cinder_engine::quant::DtypeChoice;
 use cinder_models::auto::LoadedModel;
 use cinder_models::with_model;
 
 use super::{ChatSettings, ModelInfo};
 use crate::generate::{load_on, model_path, speed_line};
+use crate::gui::widgets::{Commands, Events};
 
 /// What the view asks of the worker.
 pub(super) enum Command {
@@ -39,14 +41,15 @@ pub(super) enum Event {
 }
 
 /// Serves `commands` until the view closes the channel.
-pub(super) fn run_worker(
-    cache_dir: &std::path::Path,
-    commands: &Receiver<Command>,
-    cancel: &AtomicBool,
-    send: &dyn Fn(Event),
+pub(super) async fn run_worker(
+    cache_dir: std::path::PathBuf,
+    commands: Commands<Command>,
+    cancel: Arc<AtomicBool>,
+    events: Events<Event>,
 ) {
+    let send = &|event| events.send(event);
     let mut current: Option<(LoadedModel, Device)> = None;
-    while let Ok(command) = commands.recv() {
+    while let Ok(command) = commands.recv().await {
         match command {
             Command::Load {
                 path,
@@ -55,7 +58,7 @@ pub(super) fn run_worker(
             } => {
                 // The old model's memory is freed before the new one is read.
                 current = None;
-                match load_model(&path, dtype, &device, cache_dir, send) {
+                match load_model(&path, dtype, &device, &cache_dir, send) {
                     Ok(loaded) => {
                         let info = ModelInfo {
                             description: format!(
@@ -83,7 +86,7 @@ pub(super) fn run_worker(
                     send(Event::Failed("no model is loaded".into()));
                     continue;
                 };
-                match answer(loaded, device, &messages, &settings, cancel, send) {
+                match answer(loaded, device, &messages, &settings, &cancel, send).await {
                     Ok((speed, stop)) => {
                         send(Event::Memory(memory_usage(device)));
                         send(Event::Done { speed, stop });
@@ -113,7 +116,7 @@ fn load_model(
     load_on(&path, dtype, device, &mut |note| send(Event::Stage(note)))
 }
 
-fn answer(
+async fn answer(
     loaded: &LoadedModel,
     device: &Device,
     messages: &[Message],
@@ -129,7 +132,7 @@ fn answer(
         sampling: settings.sampling,
         stop_tokens: loaded.stop_tokens.clone(),
     };
-    let out = with_model!(&loaded.model, |m| generate_text(
+    let out = with_model!(&loaded.model, |m| generate_text_async(
         m,
         &loaded.tokenizer,
         &prompt,
@@ -140,6 +143,7 @@ fn answer(
             send(Event::Text(piece.to_string()));
             !cancel.load(Ordering::SeqCst)
         }
-    ))?;
+    )
+    .await)?;
     Ok((speed_line(&out), out.stop))
 }

@@ -11,7 +11,7 @@ use egui::RichText;
 use serde::{Deserialize, Serialize};
 
 use super::super::Devices;
-use super::super::widgets::{choice, number, text_field};
+use super::super::widgets::{HAS_DIALOGS, choice, number, pick_file, text_field};
 
 /// The form: the run's settings plus where it goes and how the curves are drawn.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,10 +80,9 @@ impl TrainForm {
             let mut text = path.display().to_string();
             text_field(ui, "Text file", &mut text);
             *path = PathBuf::from(text);
-            if ui.button("Choose file…").clicked()
-                && let Some(file) = rfd::FileDialog::new()
-                    .add_filter("text", &["txt", "md", "text"])
-                    .pick_file()
+            if HAS_DIALOGS
+                && ui.button("Choose file…").clicked()
+                && let Some(file) = pick_file("text", &["txt", "md", "text"])
             {
                 *path = file;
             }

@@ -8,6 +8,7 @@ mod worker;
 
 use std::path::{Path, PathBuf};
 
+use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::run::{FsStorage, Run};
 use cinder_engine::train::StepReport;
 use cinder_models::recipe::TrainSettings;
@@ -17,7 +18,7 @@ pub use form::TrainForm;
 use worker::{Command, Event, run_worker};
 
 use super::Devices;
-use super::widgets::{Worker, text_field};
+use super::widgets::{HAS_DIALOGS, Worker, pick_folder, text_field};
 
 /// Where a run stands.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -97,6 +98,22 @@ impl RunData {
     }
 }
 
+/// Why the corpus `source` cannot be read here, if it cannot.
+fn missing_corpus(source: &CorpusSource) -> Option<String> {
+    if cfg!(target_family = "wasm") {
+        return Some(format!(
+            "'{source}' is not loaded in this page (drop a text file on the page, or wait for \
+             the Tang poems to arrive)"
+        ));
+    }
+    match source {
+        CorpusSource::File(path) if !path.is_file() => {
+            Some(format!("'{}' is not a file", path.display()))
+        }
+        _ => None,
+    }
+}
+
 /// The Train view.
 pub struct TrainView {
     /// The form (remembered between launches).
@@ -107,6 +124,9 @@ pub struct TrainView {
     pub status: RunStatus,
     /// A problem to show above the plots (bad form values, a run that cannot be opened).
     pub error: Option<String>,
+    /// Corpora already in memory, offered before the run loads its own: in the browser, the
+    /// Tang poems the page fetched and the text files dropped on it.
+    pub corpora: Vec<(CorpusSource, Corpus)>,
     cache_dir: PathBuf,
     worker: Option<Worker<Command, Event>>,
 }
@@ -119,6 +139,7 @@ impl TrainView {
             run: RunData::default(),
             status: RunStatus::Idle,
             error: None,
+            corpora: Vec::new(),
             cache_dir,
             worker: None,
         }
@@ -140,11 +161,16 @@ impl TrainView {
             .as_ref()
             .map(|_| self.run.total_steps)
             .filter(|&s| s > 0);
+        let corpus = self
+            .corpora
+            .iter()
+            .find(|(source, _)| *source == settings.model.corpus)
+            .map(|(_, corpus)| corpus.clone());
         if resume.is_none()
-            && let cinder_engine::data::CorpusSource::File(path) = &settings.model.corpus
-            && !path.is_file()
+            && corpus.is_none()
+            && let Some(problem) = missing_corpus(&settings.model.corpus)
         {
-            self.error = Some(format!("corpus: '{}' is not a file", path.display()));
+            self.error = Some(format!("corpus: {problem}"));
             return;
         }
         let selected = match devices.resolve(settings.device) {
@@ -165,12 +191,13 @@ impl TrainView {
             steps,
             cache_dir: self.cache_dir.clone(),
             selected,
+            corpus,
         };
         let delay = |e: &Event| {
             matches!(e, Event::Step(_)).then_some(std::time::Duration::from_millis(100))
         };
-        match Worker::spawn("cinder-train", ctx, delay, move |commands, send| {
-            run_worker(job, commands, send)
+        match Worker::spawn("cinder-train", ctx, delay, move |commands, events| {
+            run_worker(job, commands, events)
         }) {
             Ok(w) => self.worker = Some(w),
             Err(e) => self.status = RunStatus::Failed(format!("cannot start a thread: {e}")),
@@ -179,7 +206,7 @@ impl TrainView {
 
     fn send(&self, command: Command) {
         if let Some(w) = &self.worker {
-            let _ = w.commands.send(command);
+            w.send(command);
         }
     }
 
@@ -288,7 +315,7 @@ impl TrainView {
     /// Stops a run (saving its checkpoint) and waits for the worker.
     pub fn shut_down(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.commands.send(Command::Stop);
+            worker.send(Command::Stop);
             worker.join();
         }
     }
@@ -372,10 +399,11 @@ impl TrainView {
         ui.label(RichText::new("Open a run").strong());
         text_field(ui, "Run folder", &mut self.form.open_path);
         ui.horizontal(|ui| {
-            if ui
-                .add_enabled(!busy, egui::Button::new("Browse…"))
-                .clicked()
-                && let Some(dir) = rfd::FileDialog::new().set_directory("runs").pick_folder()
+            if HAS_DIALOGS
+                && ui
+                    .add_enabled(!busy, egui::Button::new("Browse…"))
+                    .clicked()
+                && let Some(dir) = pick_folder(Some("runs"))
             {
                 self.form.open_path = dir.display().to_string();
                 self.open_run();

@@ -1,14 +1,18 @@
-//! The training worker: opens the run as `cinder train` does and steps it on its own thread,
-//! taking commands from the Train view and reporting each step.
+//! The training worker: opens the run as `cinder train` does and steps it (on its own thread
+//! natively, as a task of the page in the browser), taking commands from the Train view and
+//! reporting each step.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+
+use async_channel::TryRecvError;
+use cinder_engine::data::Corpus;
 
 use cinder_engine::device::{Selected, memory_usage, process_memory};
 use cinder_engine::train::StepReport;
 use cinder_models::recipe::TrainSettings;
 
-use crate::train::{Session, open_session};
+use crate::gui::widgets::{Commands, Events};
+use crate::train::{CorpusFrom, Session, open_session};
 
 /// What the view asks of a running worker.
 pub(super) enum Command {
@@ -56,17 +60,26 @@ pub(super) struct Job {
     pub cache_dir: PathBuf,
     /// The device.
     pub selected: Selected,
+    /// The corpus's text, where the view already has it (in the browser, which has no files);
+    /// otherwise the run loads it as `cinder train` does.
+    pub corpus: Option<Corpus>,
 }
 
 /// Opens the run and steps it until it finishes or is stopped, obeying `commands` and
 /// reporting through `send`; a run that took steps ends with a checkpoint.
-pub(super) fn run_worker(job: Job, commands: &Receiver<Command>, send: &dyn Fn(Event)) {
+pub(super) async fn run_worker(job: Job, commands: Commands<Command>, events: Events<Event>) {
+    let send = |event| events.send(event);
+    // Lets the view draw "preparing" before the corpus is read and the tokenizer trained.
+    cinder_engine::pace::yield_now().await;
     let session = open_session(
         job.settings,
         job.out,
         job.resume,
         job.steps,
-        &job.cache_dir,
+        match job.corpus {
+            Some(corpus) => CorpusFrom::Given(corpus),
+            None => CorpusFrom::Cache(&job.cache_dir),
+        },
         &job.selected,
         &mut |line| send(Event::Log(line)),
     );
@@ -93,12 +106,12 @@ pub(super) fn run_worker(job: Job, commands: &Receiver<Command>, send: &dyn Fn(E
     let mut stepped = false;
     loop {
         let command = if paused {
-            Some(commands.recv().unwrap_or(Command::Stop))
+            Some(commands.recv().await.unwrap_or(Command::Stop))
         } else {
             match commands.try_recv() {
                 Ok(c) => Some(c),
                 Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => Some(Command::Stop),
+                Err(TryRecvError::Closed) => Some(Command::Stop),
             }
         };
         match command {
@@ -114,7 +127,7 @@ pub(super) fn run_worker(job: Job, commands: &Receiver<Command>, send: &dyn Fn(E
             Some(Command::Stop) => break,
             Some(Command::Save) => {
                 if saved_at != Some(trainer.step_count()) {
-                    match run.save(&trainer) {
+                    match run.save_async(&trainer).await {
                         Ok(path) => {
                             saved_at = Some(trainer.step_count());
                             send(Event::Saved(path));
@@ -132,7 +145,9 @@ pub(super) fn run_worker(job: Job, commands: &Receiver<Command>, send: &dyn Fn(E
         if trainer.finished() {
             break;
         }
-        match run.step(&mut trainer) {
+        // The page draws and takes input (a Stop click) between steps.
+        cinder_engine::pace::yield_now().await;
+        match run.step_async(&mut trainer).await {
             Ok(mut report) => {
                 stepped = true;
                 if report.checkpoint.is_some() {
@@ -161,7 +176,7 @@ pub(super) fn run_worker(job: Job, commands: &Receiver<Command>, send: &dyn Fn(E
     }
     let mut checkpoint = None;
     if stepped && saved_at != Some(trainer.step_count()) {
-        match run.save(&trainer) {
+        match run.save_async(&trainer).await {
             Ok(path) => checkpoint = Some(path),
             Err(e) => {
                 send(Event::Failed(format!("saving the final checkpoint: {e:#}")));

@@ -1,0 +1,426 @@
+//! The web page: the same app as the desktop window, started by eframe's web runner on a
+//! canvas, computing on the browser's WebGPU adapter (shared with the page's renderer, as the
+//! desktop shares its window's GPU) or on the CPU backend where there is none.
+//!
+//! What only a page needs lives here: the files a page fetches (the Tang poems shipped with the
+//! site, the CJK font, fetched after the first frame), files dropped on the page, settings from
+//! the address (`?steps=20&device=cpu`, the flags of `cinder gui`), and one console line per
+//! event, so a page can be followed from its console.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use cinder_engine::data::{Corpus, CorpusSource};
+use cinder_engine::device::DeviceChoice;
+use clap::Parser;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+use super::{CinderApp, Devices, Settings, apply_args, widgets::bytes};
+use crate::cli::GuiArgs;
+
+/// The Tang poems, split as `cinder data fetch tang` splits them, gzipped by the site build.
+const TANG: [&str; 2] = ["data/tang-train.txt.gz", "data/tang-val.txt.gz"];
+
+/// A subset of Droid Sans Fallback covering the Tang poems' characters (assets/fonts).
+const CJK_FONT: &str = "data/cinder-cjk.ttf";
+
+/// One line in the browser's console, prefixed `cinder:`.
+pub fn log(line: &str) {
+    web_sys::console::log_1(&format!("cinder: {line}").into());
+}
+
+fn warn(line: &str) {
+    web_sys::console::warn_1(&format!("cinder: {line}").into());
+}
+
+/// The page's address settings, parsed as `cinder gui`'s flags.
+#[derive(Parser, Debug)]
+#[command(name = "page")]
+struct PageArgs {
+    #[command(flatten)]
+    gui: GuiArgs,
+}
+
+/// `?steps=20&sample-every=5&device=cpu&fresh` -> `--steps 20 --sample-every 5 --device cpu
+/// --fresh`.
+fn page_args(query: &str) -> Result<GuiArgs, String> {
+    let mut argv = vec!["page".to_string()];
+    for pair in query
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            js_sys::decode_uri_component(&s.replace('+', " "))
+                .map(String::from)
+                .unwrap_or_else(|_| s.to_string())
+        };
+        argv.push(format!("--{}", decode(key).replace('_', "-")));
+        if !value.is_empty() {
+            argv.push(decode(value));
+        }
+    }
+    PageArgs::try_parse_from(argv)
+        .map(|p| p.gui)
+        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+}
+
+/// A fetch in progress, for the progress bar.
+#[derive(Clone, Debug)]
+struct Download {
+    name: String,
+    received: u64,
+    total: Option<u64>,
+}
+
+/// What the page's own tasks hand to the app.
+#[derive(Default)]
+struct Page {
+    downloads: Vec<Download>,
+    corpora: Vec<(CorpusSource, Corpus)>,
+    /// Whether the last corpus handed over was picked by the user (a dropped file), and so
+    /// becomes the form's corpus.
+    chosen: bool,
+    problems: Vec<String>,
+}
+
+type Shared = Rc<RefCell<Page>>;
+
+fn js_error(e: JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            e.dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// Fetches `url` from the site, reporting bytes as they arrive.
+async fn fetch(page: &Shared, url: &str) -> Result<Vec<u8>, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(url))
+        .await
+        .map_err(js_error)?
+        .dyn_into()
+        .map_err(js_error)?;
+    if !response.ok() {
+        return Err(format!("{url}: HTTP {}", response.status()));
+    }
+    let total = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = response.body().ok_or_else(|| format!("{url}: no body"))?;
+    let reader: web_sys::ReadableStreamDefaultReader = body
+        .get_reader()
+        .dyn_into()
+        .map_err(|e| js_error(e.into()))?;
+    let index = {
+        let mut p = page.borrow_mut();
+        p.downloads.push(Download {
+            name: url.to_string(),
+            received: 0,
+            total,
+        });
+        p.downloads.len() - 1
+    };
+    let mut out = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(js_error)?;
+        let done = js_sys::Reflect::get(&chunk, &"done".into())
+            .map_err(js_error)?
+            .as_bool()
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(js_error)?;
+        out.extend_from_slice(&js_sys::Uint8Array::new(&value).to_vec());
+        if let Some(d) = page.borrow_mut().downloads.get_mut(index) {
+            d.received = out.len() as u64;
+        }
+    }
+    page.borrow_mut().downloads.retain(|d| d.name != url);
+    Ok(out)
+}
+
+fn gunzip(name: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(out)
+}
+
+/// Fetches the Tang poems shipped with the site.
+async fn load_tang(page: Shared, ctx: egui::Context) {
+    let mut parts = Vec::new();
+    for url in TANG {
+        match fetch(&page, url).await.and_then(|gz| {
+            let text = gunzip(url, &gz)?;
+            String::from_utf8(text).map_err(|e| format!("{url}: not UTF-8: {e}"))
+        }) {
+            Ok(text) => parts.push(text),
+            Err(e) => {
+                warn(&format!("the Tang poems could not be loaded: {e}"));
+                page.borrow_mut().problems.push(format!("Tang poems: {e}"));
+                ctx.request_repaint();
+                return;
+            }
+        }
+    }
+    let val = parts.pop().unwrap_or_default();
+    let train = parts.pop().unwrap_or_default();
+    log(&format!(
+        "corpus tang: {} characters for training, {} held out",
+        train.chars().count(),
+        val.chars().count()
+    ));
+    page.borrow_mut()
+        .corpora
+        .push((CorpusSource::Tang, Corpus { train, val }));
+    ctx.request_repaint();
+}
+
+/// Fetches the CJK font and adds it behind egui's own fonts.
+async fn load_font(page: Shared, ctx: egui::Context) {
+    use egui::epaint::text::{FontData, FontInsert, FontPriority, InsertFontFamily};
+    match fetch(&page, CJK_FONT).await {
+        Ok(font) => {
+            let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
+                .into_iter()
+                .map(|family| InsertFontFamily {
+                    family,
+                    priority: FontPriority::Lowest,
+                })
+                .collect();
+            ctx.add_font(FontInsert::new(
+                "cinder-cjk",
+                FontData::from_owned(font),
+                families,
+            ));
+            ctx.request_repaint();
+        }
+        Err(e) => warn(&format!("no CJK font ({e}); Chinese text shows as boxes")),
+    }
+}
+
+/// The app inside the page.
+struct WebApp {
+    app: CinderApp,
+    page: Shared,
+    /// Training steps already written to the console.
+    logged_steps: usize,
+    logged_status: String,
+    font_requested: bool,
+}
+
+impl WebApp {
+    /// Files dropped on the page: a text file becomes the training corpus (read in a task: a
+    /// browser reads files asynchronously).
+    fn take_dropped(&mut self, ctx: &egui::Context) {
+        for file in ctx.input(|i| i.raw.dropped_files.clone()) {
+            let path = file.path().to_path_buf();
+            let name = path.display().to_string();
+            let is_text = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("txt" | "text" | "md")
+            );
+            if !is_text {
+                let message = format!("{name}: not a text file (.txt, .text or .md) to train on");
+                warn(&message);
+                self.app.train.error = Some(message);
+                continue;
+            }
+            let page = self.page.clone();
+            let ctx = ctx.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let read = file
+                    .bytes_async()
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))
+                    .and_then(|bytes| Corpus::from_text(&path, bytes).map_err(|e| e.to_string()));
+                let mut page = page.borrow_mut();
+                match read {
+                    Ok(corpus) => {
+                        log(&format!(
+                            "corpus {name}: {} characters for training, {} held out",
+                            corpus.train.chars().count(),
+                            corpus.val.chars().count()
+                        ));
+                        page.corpora.push((CorpusSource::File(path), corpus));
+                        page.chosen = true;
+                    }
+                    Err(e) => {
+                        warn(&e);
+                        page.problems.push(e);
+                    }
+                }
+                ctx.request_repaint();
+            });
+        }
+    }
+
+    /// Hands over what the page's tasks fetched.
+    fn take_fetched(&mut self) {
+        let mut page = self.page.borrow_mut();
+        let chosen = std::mem::take(&mut page.chosen);
+        for (source, corpus) in std::mem::take(&mut page.corpora) {
+            self.app.train.corpora.retain(|(s, _)| *s != source);
+            self.app.train.corpora.push((source.clone(), corpus));
+            if chosen {
+                self.app.train.form.settings.model.corpus = source;
+                self.app.train.error = None;
+            }
+        }
+        for problem in page.problems.drain(..) {
+            self.app.train.error = Some(problem);
+        }
+    }
+
+    /// One console line per training step and per change of state.
+    fn log_progress(&mut self) {
+        let run = &self.app.train.run;
+        if run.reports.len() < self.logged_steps {
+            self.logged_steps = 0;
+        }
+        for r in &run.reports[self.logged_steps..] {
+            let mut line = format!(
+                "step {}/{} loss {:.6} lr {:.2e} {:.0} tok/s",
+                r.step, run.total_steps, r.loss, r.lr, r.tokens_per_sec
+            );
+            if let Some(eval) = r.eval_loss {
+                line.push_str(&format!(" held-out {eval:.4}"));
+            }
+            log(&line);
+            if let Some(sample) = &r.sample {
+                log(&format!("sample at step {}: {}", r.step, sample.trim()));
+            }
+        }
+        self.logged_steps = run.reports.len();
+        let status = format!("{:?}", self.app.train.status);
+        if status != self.logged_status {
+            log(&format!("train status: {status}"));
+            self.logged_status = status;
+        }
+    }
+
+    fn downloads_ui(&self, ui: &mut egui::Ui) {
+        let downloads = self.page.borrow().downloads.clone();
+        if downloads.is_empty() {
+            return;
+        }
+        egui::Panel::bottom("downloads").show(ui, |ui| {
+            for d in downloads {
+                let text = match d.total {
+                    Some(total) => format!("{}: {} of {}", d.name, bytes(d.received), bytes(total)),
+                    None => format!("{}: {}", d.name, bytes(d.received)),
+                };
+                let fraction = d.total.map_or(0.0, |t| d.received as f32 / t.max(1) as f32);
+                ui.add(egui::ProgressBar::new(fraction).text(text));
+            }
+        });
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_millis(100));
+    }
+}
+
+impl eframe::App for WebApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        if !std::mem::replace(&mut self.font_requested, true) {
+            // After the first frame is up, so the page paints at once.
+            wasm_bindgen_futures::spawn_local(load_font(self.page.clone(), ctx.clone()));
+        }
+        self.take_fetched();
+        self.take_dropped(&ctx);
+        self.downloads_ui(ui);
+        self.app.show(ui);
+        self.log_progress();
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.app.settings());
+    }
+}
+
+/// Starts the app on the canvas `canvas_id`.
+#[wasm_bindgen]
+pub async fn start(canvas_id: String) -> Result<(), JsValue> {
+    console_error_panic_hook::set_once();
+    let window = web_sys::window().ok_or("no window")?;
+    let document = window.document().ok_or("no document")?;
+    let canvas: web_sys::HtmlCanvasElement = document
+        .get_element_by_id(&canvas_id)
+        .ok_or_else(|| format!("no element #{canvas_id}"))?
+        .dyn_into()?;
+    let query = window.location().search().unwrap_or_default();
+    let args = page_args(&query).unwrap_or_else(|e| {
+        warn(&format!("address settings ignored: {e}"));
+        GuiArgs::default()
+    });
+
+    let mut options = eframe::WebOptions::default();
+    let gpu = if args.device == DeviceChoice::Cpu {
+        log("backend: CPU (burn-flex), as the address asks (device=cpu)");
+        None
+    } else {
+        match cinder_engine::device::open_browser_gpu().await {
+            Ok((selected, setup)) => {
+                log(&format!("backend: WebGPU, {}", selected.description));
+                options.wgpu_options.wgpu_setup =
+                    eframe::egui_wgpu::WgpuSetup::Existing(eframe::egui_wgpu::WgpuSetupExisting {
+                        instance: setup.instance,
+                        adapter: setup.adapter,
+                        device: setup.device,
+                        queue: setup.queue,
+                    });
+                Some(selected)
+            }
+            Err(e) => {
+                log(&format!(
+                    "backend: CPU (burn-flex); this browser offers no WebGPU adapter ({e})"
+                ));
+                None
+            }
+        }
+    };
+    let devices = Devices { gpu };
+    let page: Shared = Rc::default();
+    let runner = eframe::WebRunner::new();
+    let fetched = page.clone();
+    runner
+        .start(
+            canvas,
+            options,
+            Box::new(move |cc| {
+                let mut settings: Settings = if args.fresh {
+                    Settings::default()
+                } else {
+                    cc.storage
+                        .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                        .unwrap_or_default()
+                };
+                apply_args(&mut settings, &args);
+                let app = CinderApp::new(settings, devices, std::path::Path::new("cache"));
+                wasm_bindgen_futures::spawn_local(load_tang(fetched, cc.egui_ctx.clone()));
+                Ok(Box::new(WebApp {
+                    app,
+                    page,
+                    logged_steps: 0,
+                    logged_status: String::new(),
+                    font_requested: false,
+                }))
+            }),
+        )
+        .await?;
+    // The runner lives as long as the page.
+    std::mem::forget(runner);
+    Ok(())
+}
