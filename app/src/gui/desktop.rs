@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use cinder_engine::device::{DeviceChoice, Selected, list_adapters};
 
-use super::{CinderApp, Devices, Settings, apply_args};
+use super::{CinderApp, Devices, Settings, shared_setup};
 use crate::cli::GuiArgs;
 
 struct EframeApp {
@@ -36,16 +36,7 @@ fn open_shared_gpu(choice: DeviceChoice) -> Option<(Selected, eframe::egui_wgpu:
     let picked = cinder_engine::device::select_from(choice, &list_adapters()).ok()?;
     let kind = picked.kind.clone()?;
     match Device::wgpu_options().device_kind(kind).init_with_setup() {
-        Ok((device, setup)) => {
-            let shared =
-                eframe::egui_wgpu::WgpuSetup::Existing(eframe::egui_wgpu::WgpuSetupExisting {
-                    instance: setup.instance,
-                    adapter: setup.adapter,
-                    device: setup.device,
-                    queue: setup.queue,
-                });
-            Some((Selected { device, ..picked }, shared))
-        }
+        Ok((device, setup)) => Some((Selected { device, ..picked }, shared_setup(setup))),
         Err(e) => {
             eprintln!(
                 "note: could not open {} ({e}); computing on the CPU",
@@ -136,14 +127,7 @@ pub fn run(args: GuiArgs, cache_dir: &Path) -> Result<()> {
         "cinder",
         options,
         Box::new(move |cc| {
-            let mut settings: Settings = if args.fresh {
-                Settings::default()
-            } else {
-                cc.storage
-                    .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
-                    .unwrap_or_default()
-            };
-            apply_args(&mut settings, &args);
+            let settings = Settings::at_start(cc.storage, &args);
             install_cjk_fallback(&cc.egui_ctx);
             let mut app = CinderApp::new(settings, devices, &cache_dir);
             if args.model.is_some() {

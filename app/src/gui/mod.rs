@@ -54,6 +54,34 @@ pub struct Settings {
     pub chat: ChatSettings,
 }
 
+impl Settings {
+    /// The settings an app starts with: the remembered ones (defaults with `--fresh`, or
+    /// when none are stored), overridden by the command line's (or the page address's) values.
+    pub fn at_start(storage: Option<&dyn eframe::Storage>, args: &GuiArgs) -> Self {
+        let mut settings: Settings = if args.fresh {
+            Settings::default()
+        } else {
+            storage
+                .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                .unwrap_or_default()
+        };
+        apply_args(&mut settings, args);
+        settings
+    }
+}
+
+/// Burn's wgpu handles, given to eframe so the window or page renders on the engine's device.
+fn shared_setup(
+    setup: cinder_engine::burn::tensor::wgpu::WgpuSetup,
+) -> eframe::egui_wgpu::WgpuSetup {
+    eframe::egui_wgpu::WgpuSetup::Existing(eframe::egui_wgpu::WgpuSetupExisting {
+        instance: setup.instance,
+        adapter: setup.adapter,
+        device: setup.device,
+        queue: setup.queue,
+    })
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -246,7 +274,7 @@ impl CinderApp {
 }
 
 /// Command-line values override the remembered settings.
-pub(crate) fn apply_args(settings: &mut Settings, args: &GuiArgs) {
+fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     match args.view {
         Some(ViewChoice::Chat) => settings.view = View::Chat,
         Some(ViewChoice::Train) => settings.view = View::Train,

@@ -17,7 +17,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use super::{CinderApp, Devices, Settings, apply_args, widgets::bytes};
+use super::{CinderApp, Devices, Settings, shared_setup, widgets::bytes};
 use crate::cli::GuiArgs;
 
 /// The Tang poems, split as `cinder data fetch tang` splits them, gzipped by the site build.
@@ -374,13 +374,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
         match cinder_engine::device::open_browser_gpu().await {
             Ok((selected, setup)) => {
                 log(&format!("backend: WebGPU, {}", selected.description));
-                options.wgpu_options.wgpu_setup =
-                    eframe::egui_wgpu::WgpuSetup::Existing(eframe::egui_wgpu::WgpuSetupExisting {
-                        instance: setup.instance,
-                        adapter: setup.adapter,
-                        device: setup.device,
-                        queue: setup.queue,
-                    });
+                options.wgpu_options.wgpu_setup = shared_setup(setup);
                 Some(selected)
             }
             Err(e) => {
@@ -400,14 +394,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
             canvas,
             options,
             Box::new(move |cc| {
-                let mut settings: Settings = if args.fresh {
-                    Settings::default()
-                } else {
-                    cc.storage
-                        .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
-                        .unwrap_or_default()
-                };
-                apply_args(&mut settings, &args);
+                let settings = Settings::at_start(cc.storage, &args);
                 let app = CinderApp::new(settings, devices, std::path::Path::new("cache"));
                 wasm_bindgen_futures::spawn_local(load_tang(fetched, cc.egui_ctx.clone()));
                 Ok(Box::new(WebApp {
