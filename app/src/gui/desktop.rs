@@ -68,7 +68,6 @@ const CJK_FONTS: &[&str] = &[
 /// Adds the first CJK font found on this system as a fallback for all text; says so when none
 /// is found (those characters then show as boxes).
 fn install_cjk_fallback(ctx: &egui::Context) {
-    use egui::epaint::text::{FontData, FontInsert, FontPriority, InsertFontFamily};
     let Some((path, bytes)) = CJK_FONTS
         .iter()
         .find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))
@@ -79,14 +78,7 @@ fn install_cjk_fallback(ctx: &egui::Context) {
         );
         return;
     };
-    let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
-        .into_iter()
-        .map(|family| InsertFontFamily {
-            family,
-            priority: FontPriority::Lowest,
-        })
-        .collect();
-    ctx.add_font(FontInsert::new(path, FontData::from_owned(bytes), families));
+    super::add_fallback_font(ctx, path, bytes);
 }
 
 /// The window icon (assets/icon.png).

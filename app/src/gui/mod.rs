@@ -70,6 +70,19 @@ impl Settings {
     }
 }
 
+/// Adds font `name` behind egui's own fonts, for the characters they lack (CJK).
+fn add_fallback_font(ctx: &egui::Context, name: &str, bytes: Vec<u8>) {
+    use egui::epaint::text::{FontData, FontInsert, FontPriority, InsertFontFamily};
+    let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
+        .into_iter()
+        .map(|family| InsertFontFamily {
+            family,
+            priority: FontPriority::Lowest,
+        })
+        .collect();
+    ctx.add_font(FontInsert::new(name, FontData::from_owned(bytes), families));
+}
+
 /// Burn's wgpu handles, given to eframe so the window or page renders on the engine's device.
 fn shared_setup(
     setup: cinder_engine::burn::tensor::wgpu::WgpuSetup,

@@ -190,21 +190,9 @@ async fn load_tang(page: Shared, ctx: egui::Context) {
 
 /// Fetches the CJK font and adds it behind egui's own fonts.
 async fn load_font(page: Shared, ctx: egui::Context) {
-    use egui::epaint::text::{FontData, FontInsert, FontPriority, InsertFontFamily};
     match fetch(&page, CJK_FONT).await {
         Ok(font) => {
-            let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
-                .into_iter()
-                .map(|family| InsertFontFamily {
-                    family,
-                    priority: FontPriority::Lowest,
-                })
-                .collect();
-            ctx.add_font(FontInsert::new(
-                "cinder-cjk",
-                FontData::from_owned(font),
-                families,
-            ));
+            super::add_fallback_font(&ctx, "cinder-cjk", font);
             ctx.request_repaint();
         }
         Err(e) => warn(&format!("no CJK font ({e}); Chinese text shows as boxes")),
