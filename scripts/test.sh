@@ -55,7 +55,7 @@ else
   echo "gui window: 1 failed" >>"$log"
   status=1
 fi
-echo "==> the page in headless Chromium: WebGPU and CPU training, screenshots in out/web/"
+echo "==> the page in headless Chromium: training on WebGPU and on the CPU, chat; screenshots in out/web/"
 if ! node web/tests/page.mjs out/web/site out/web "${CARGO_TARGET_DIR:-target}/debug/cinder" 2>&1 | tee -a "$log"; then
   status=1
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the browser version of Cinder into out/web/site and, with `serve`, serves it on
 # 127.0.0.1. Installs what it needs when missing: the wasm32 target, wasm-bindgen-cli at the
-# version Cargo.lock pins, and the Tang poems (fetched as `cinder data fetch tang` does).
+# version Cargo.lock pins, the Tang poems (fetched as `cinder data fetch tang` does) and
+# SmolLM2-135M-Instruct's 4-bit GGUF for the chat view (fetched as `cinder fetch smollm2` does).
 #
 #   ./scripts/web.sh build          build the site
 #   ./scripts/web.sh serve [PORT]   build, then serve it on http://127.0.0.1:PORT (8080)
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cinder-target}"
 site=out/web/site
+SMOLLM2=SmolLM2-135M-Instruct.Q4_1.gguf
 
 say() { echo "==> $*" >&2; }
 
@@ -35,14 +37,22 @@ corpus() {
   fi
 }
 
+smollm2() {
+  if [ ! -s "cache/models/$SMOLLM2" ]; then
+    say "fetching SmolLM2-135M-Instruct"
+    cargo run --quiet -p cinder -- fetch smollm2
+  fi
+}
+
 build() {
   tools
   corpus
+  smollm2
   say "building the page (wasm32-unknown-unknown, release)"
   cargo rustc --quiet -p cinder --lib --release --target wasm32-unknown-unknown --crate-type cdylib
   local wasm="$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/cinder.wasm"
   rm -rf "$site"
-  mkdir -p "$site/pkg" "$site/data"
+  mkdir -p "$site/pkg" "$site/data/models"
   wasm-bindgen --target web --no-typescript --out-dir "$site/pkg" "$wasm"
   if command -v wasm-opt >/dev/null; then
     say "shrinking with $(wasm-opt --version)"
@@ -54,6 +64,7 @@ build() {
   cp assets/icon.png assets/fonts/cinder-cjk.ttf "$site/data/"
   gzip -9 -c cache/tang/train.txt >"$site/data/tang-train.txt.gz"
   gzip -9 -c cache/tang/val.txt >"$site/data/tang-val.txt.gz"
+  ln -f "cache/models/$SMOLLM2" "$site/data/models/" 2>/dev/null || cp "cache/models/$SMOLLM2" "$site/data/models/"
   local wasm_gz site_gz
   wasm_gz=$(gzip -9 -c "$site/pkg/cinder_bg.wasm" | wc -c)
   site_gz=$(find "$site" -type f -exec gzip -9 -c {} \; | wc -c)

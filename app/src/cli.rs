@@ -65,6 +65,15 @@ pub struct GuiArgs {
     /// Training form: sample text every N steps.
     #[arg(long)]
     pub sample_every: Option<u64>,
+    /// Training form: tokens per sample.
+    #[arg(long)]
+    pub sample_tokens: Option<usize>,
+    /// Training form: sequences per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Training form: tokens per sequence.
+    #[arg(long)]
+    pub context: Option<usize>,
     /// Training form: run folder.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -72,6 +81,12 @@ pub struct GuiArgs {
     /// checkpoint, or smollm2).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Chat view: sampling temperature (0 = greedy).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Chat view: tokens per answer at most.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// Start with default settings instead of the ones remembered from the last session.
     #[arg(long)]
     pub fresh: bool,

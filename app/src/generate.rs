@@ -65,6 +65,17 @@ pub fn load_on(
     selected: &Selected,
     note: &mut dyn FnMut(String),
 ) -> Result<LoadedModel> {
+    let dtype = load_dtype(dtype, selected, note);
+    Ok(load(path, &selected.device, dtype)?)
+}
+
+/// The weight precision a model is loaded in on `selected` for the choice `dtype`; `note` hears
+/// about choices worth knowing.
+pub fn load_dtype(
+    dtype: DtypeChoice,
+    selected: &Selected,
+    note: &mut dyn FnMut(String),
+) -> Option<WeightDtype> {
     let dtype = dtype.weight_dtype();
     let on_cpu = !selected.is_wgpu;
     // On a GPU, automatic precision means f32; q8/q4 use Burn's quantized tensors there.
@@ -79,7 +90,7 @@ pub fn load_on(
             selected.description
         ));
     }
-    Ok(load(path, &selected.device, dtype)?)
+    dtype
 }
 
 use cinder_engine::burn;

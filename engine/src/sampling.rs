@@ -196,6 +196,15 @@ pub async fn sample_next_async(
     if config.temperature <= 0.0 {
         return read_id_async(logits.argmax(0)).await;
     }
+    // Sorting the vocabulary is a host operation in Burn's GPU backends, one that reads back
+    // synchronously (which WebGPU in a browser cannot do): a GPU's logits come to the CPU
+    // backend first, by awaiting.
+    let logits = if logits.device() == burn::tensor::Device::flex() {
+        logits
+    } else {
+        let data = crate::readback::f32_data_async(logits, "the logits").await?;
+        Tensor::from_data(data, &burn::tensor::Device::flex())
+    };
     let [v] = logits.dims();
     let device = logits.device();
     let (kept, order) = filter(logits, config);

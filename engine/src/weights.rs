@@ -6,13 +6,14 @@
 //! absent.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{DType, Device, Tensor, TensorData, Transaction};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::atomic::write_atomic;
+use crate::run::{Checkpoint, WEIGHTS, WEIGHTS_INDEX};
 use crate::{Error, Result, readback};
 
 /// Tensors read from a file, by name, converted to f32.
@@ -60,37 +61,31 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
 /// Reads the weights of a Hugging Face model folder: `model.safetensors`, or every shard that
 /// `model.safetensors.index.json` lists.
 pub fn read_safetensors_dir(dir: &Path) -> Result<NamedTensors> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return read_safetensors(&single);
+    Ok(folder_weights(&Checkpoint::read_model_folder(dir)?)?.0)
+}
+
+/// The weights among a model folder's files (read from disk or handed over as bytes):
+/// `model.safetensors`, or every shard that `model.safetensors.index.json` lists; with the
+/// path that names them in messages (the file, or the folder of the shards).
+pub fn folder_weights(files: &Checkpoint) -> Result<(NamedTensors, PathBuf)> {
+    if let Some(bytes) = files.get(WEIGHTS) {
+        let path = files.path(WEIGHTS);
+        return Ok((parse_safetensors(&path, bytes)?, path));
     }
-    let index = dir.join("model.safetensors.index.json");
-    if !index.is_file() {
+    if files.get(WEIGHTS_INDEX).is_none() {
         return Err(Error::format(
-            dir,
+            files.source(),
             "no model.safetensors (nor model.safetensors.index.json) in this folder",
         ));
     }
-    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(serde_json::Value::as_object)
-        .ok_or_else(|| Error::format(&index, "missing the 'weight_map' object"))?;
-    let shards: std::collections::BTreeSet<&str> =
-        map.values().filter_map(serde_json::Value::as_str).collect();
     let mut out = NamedTensors::new();
-    for shard in shards {
-        if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
-            return Err(Error::format(
-                &index,
-                format!("shard name '{shard}' leaves the folder"),
-            ));
-        }
-        out.append(&mut read_safetensors(&dir.join(shard))?);
+    for shard in files.shard_names()? {
+        out.append(&mut parse_safetensors(
+            &files.path(&shard),
+            files.file(&shard)?,
+        )?);
     }
-    Ok(out)
+    Ok((out, files.source().to_path_buf()))
 }
 
 /// The transpose of a 2-D f32 tensor (Hugging Face's `[out, in]` projections to Burn's

@@ -9,7 +9,7 @@ use cinder_engine::burn;
 use cinder_engine::chat::ChatTemplate;
 use cinder_engine::gguf::GgufFile;
 use cinder_engine::quant::WeightDtype;
-use cinder_engine::run::resolve_model_dir;
+use cinder_engine::run::{Checkpoint, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::{Error, Result};
 
@@ -99,26 +99,71 @@ pub fn load(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<
                 "not a GGUF file; give a .gguf file or a model folder",
             ));
         }
-        return load_gguf(path, device, dtype);
+        return load_gguf(GgufFile::open(path)?, device, dtype);
     }
     let dir = resolve_model_dir(path)?;
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
+    load_files(&Checkpoint::read_model_folder(&dir)?, device, dtype)
+}
+
+/// Opens a model from files handed over as bytes (files a web page fetched or a user dropped),
+/// each named by its file name: one GGUF file, or the files of a Hugging Face folder or Cinder
+/// checkpoint (`config.json`, `tokenizer.json`, `model.safetensors`, ...). `source` names them
+/// in messages. Precision as in [`load`].
+pub fn load_bytes(
+    source: &Path,
+    files: Vec<(String, Vec<u8>)>,
+    device: &Device,
+    dtype: Option<WeightDtype>,
+) -> Result<LoadedModel> {
+    let file_name = |name: &str| name.rsplit(['/', '\\']).next().unwrap_or(name).to_string();
+    let is_gguf = |(name, bytes): &(String, Vec<u8>)| {
+        name.to_ascii_lowercase().ends_with(".gguf") || bytes.starts_with(b"GGUF")
+    };
+    if files.iter().any(is_gguf) {
+        let mut files = files;
+        return match (files.pop(), files.is_empty()) {
+            (Some((name, bytes)), true) => {
+                load_gguf(GgufFile::parse(Path::new(&name), bytes)?, device, dtype)
+            }
+            _ => Err(Error::format(
+                source,
+                "give one .gguf file alone, or the files of a model folder",
+            )),
+        };
+    }
+    let mut folder = Checkpoint::new(source);
+    for (name, bytes) in files {
+        folder.insert(&file_name(&name), bytes);
+    }
+    load_files(&folder, device, dtype)
+}
+
+/// Opens a Hugging Face folder or Cinder checkpoint from its files.
+fn load_files(
+    files: &Checkpoint,
+    device: &Device,
+    dtype: Option<WeightDtype>,
+) -> Result<LoadedModel> {
+    for needed in ["config.json", "tokenizer.json"] {
+        if files.get(needed).is_none() {
+            return Err(Error::format(
+                files.source(),
+                format!(
+                    "{needed} is missing; a model folder needs config.json, model.safetensors \
+                     and tokenizer.json"
+                ),
+            ));
+        }
+    }
+    let config_path = files.path("config.json");
+    let config: serde_json::Value = serde_json::from_str(files.text("config.json")?)
         .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
     let family = config
         .get("model_type")
         .and_then(serde_json::Value::as_str)
         .unwrap_or("gpt2");
-    let tokenizer_path = dir.join("tokenizer.json");
-    if !tokenizer_path.is_file() {
-        return Err(Error::format(
-            &dir,
-            "tokenizer.json is missing; a model folder needs config.json, model.safetensors \
-             and tokenizer.json",
-        ));
-    }
-    let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+    let tokenizer = Tokenizer::from_json(files.text("tokenizer.json")?)
+        .map_err(|e| Error::format(files.path("tokenizer.json"), e.to_string()))?;
     let (model, mut stop_tokens) = match family {
         "gpt2" => {
             if dtype.is_some_and(|d| d != WeightDtype::F32) {
@@ -127,13 +172,13 @@ pub fn load(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<
                      GPT-2 runs in f32"
                 )));
             }
-            let model = Gpt2::from_pretrained(&dir, device)?;
+            let model = Gpt2::from_files(files, device)?;
             let eos = model.config().eos_token_id.map(|e| e as u32);
             (AnyModel::Gpt2(model), eos.into_iter().collect::<Vec<_>>())
         }
         "llama" => {
             let dtype = dtype.unwrap_or_default();
-            let model = Llama::from_pretrained(&dir, device)?.quantize(dtype, None)?;
+            let model = Llama::from_files(files, device)?.quantize(dtype, None)?;
             let eos = model.config().eos_ids();
             (AnyModel::Llama(model), eos)
         }
@@ -145,7 +190,7 @@ pub fn load(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<
         }
     };
     stop_tokens.extend(tokenizer.eos_id());
-    let chat_template = folder_chat_template(&dir, &tokenizer)?;
+    let chat_template = folder_chat_template(files, &tokenizer)?;
     if let Some(end) = tokenizer.token_to_id("<|im_end|>")
         && chat_template.is_some()
     {
@@ -158,23 +203,21 @@ pub fn load(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<
         tokenizer,
         chat_template,
         stop_tokens,
-        source: dir,
+        source: files.source().to_path_buf(),
         dtype: dtype.unwrap_or_default(),
     })
 }
 
 /// The chat template of a Hugging Face folder: `chat_template.jinja`, or `chat_template` in
 /// `tokenizer_config.json`.
-fn folder_chat_template(dir: &Path, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
-    let jinja = dir.join("chat_template.jinja");
-    let config_path = dir.join("tokenizer_config.json");
+fn folder_chat_template(files: &Checkpoint, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
     let mut bos = String::new();
     let mut eos = token_text(tokenizer, tokenizer.eos_id());
-    let source = if jinja.is_file() {
-        Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
-    } else if config_path.is_file() {
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: serde_json::Value = serde_json::from_str(&text)
+    let source = if let Some(text) = files.get_text("chat_template.jinja")? {
+        Some(text.to_string())
+    } else if let Some(text) = files.get_text("tokenizer_config.json")? {
+        let config_path = files.path("tokenizer_config.json");
+        let config: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::format(&config_path, format!("not valid JSON: {e}")))?;
         let named = |key: &str| {
             config.get(key).and_then(|v| {
@@ -193,7 +236,10 @@ fn folder_chat_template(dir: &Path, tokenizer: &Tokenizer) -> Result<Option<Chat
         None
     };
     source
-        .map(|s| ChatTemplate::new(&s, &bos, &eos).map_err(|e| Error::format(dir, e.to_string())))
+        .map(|s| {
+            ChatTemplate::new(&s, &bos, &eos)
+                .map_err(|e| Error::format(files.source(), e.to_string()))
+        })
         .transpose()
 }
 
@@ -217,8 +263,8 @@ pub fn native_dtype(file: &GgufFile) -> WeightDtype {
     }
 }
 
-fn load_gguf(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result<LoadedModel> {
-    let file = GgufFile::open(path)?;
+fn load_gguf(file: GgufFile, device: &Device, dtype: Option<WeightDtype>) -> Result<LoadedModel> {
+    let path = file.path().to_path_buf();
     let dtype = dtype.unwrap_or_else(|| native_dtype(&file));
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let model = Llama::from_gguf(&file, device)?.quantize(dtype, Some(&file))?;
@@ -228,11 +274,11 @@ fn load_gguf(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result
     let chat_template = match file.metadata.get("tokenizer.chat_template") {
         Some(v) => {
             let source = v.as_str().ok_or_else(|| {
-                Error::format(path, "metadata 'tokenizer.chat_template' is not a string")
+                Error::format(&path, "metadata 'tokenizer.chat_template' is not a string")
             })?;
             Some(
                 ChatTemplate::new(source, &bos, &eos)
-                    .map_err(|e| Error::format(path, e.to_string()))?,
+                    .map_err(|e| Error::format(&path, e.to_string()))?,
             )
         }
         None => None,
@@ -247,7 +293,7 @@ fn load_gguf(path: &Path, device: &Device, dtype: Option<WeightDtype>) -> Result
         tokenizer,
         chat_template,
         stop_tokens,
-        source: path.to_path_buf(),
+        source: path,
         dtype,
     })
 }

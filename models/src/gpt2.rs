@@ -19,7 +19,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::lm::{Blockwise, CausalLm};
-use cinder_engine::weights::{NamedTensors, load_parameters, read_safetensors};
+use cinder_engine::run::Checkpoint;
+use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention, causal_mask, extend_cache, kv_cache_methods, tied_logits,
@@ -365,9 +366,15 @@ impl Gpt2 {
     /// Loads a Hugging Face GPT-2 folder (`config.json` + `model.safetensors`). The tokenizer is
     /// loaded separately, by the engine.
     pub fn from_pretrained(dir: &Path, device: &Device) -> EngineResult<Self> {
-        let config = Gpt2Config::from_file(&dir.join("config.json"))?;
-        let weights = dir.join("model.safetensors");
-        Self::from_hf_tensors(&config, read_safetensors(&weights)?, &weights, device)
+        Self::from_files(&Checkpoint::read_model_folder(dir)?, device)
+    }
+
+    /// [`from_pretrained`](Self::from_pretrained) from a folder's files already in memory (a
+    /// checkpoint, or files handed over by a web page).
+    pub fn from_files(files: &Checkpoint, device: &Device) -> EngineResult<Self> {
+        let config = Gpt2Config::from_json(&files.path("config.json"), files.text("config.json")?)?;
+        let (tensors, source) = folder_weights(files)?;
+        Self::from_hf_tensors(&config, tensors, &source, device)
     }
 
     /// Builds the model of `config` from Hugging Face-named tensors; `source` names them in

@@ -11,7 +11,6 @@ use cinder_engine::device::{DeviceChoice, Selected};
 use cinder_engine::run::{Checkpoint, Run, resolve_model_dir};
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
 use cinder_engine::train::{TrainConfig, Trainer};
-use cinder_engine::weights::parse_safetensors;
 use cinder_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -192,10 +191,7 @@ pub fn model_from_checkpoint(
     ckpt: &Checkpoint,
     device: &cinder_engine::burn::tensor::Device,
 ) -> Result<(Gpt2, Tokenizer)> {
-    let config = Gpt2Config::from_json(&ckpt.path("config.json"), ckpt.text("config.json")?)?;
-    let weights = ckpt.path("model.safetensors");
-    let tensors = parse_safetensors(&weights, ckpt.file("model.safetensors")?)?;
-    let model = Gpt2::from_hf_tensors(&config, tensors, &weights, device)?;
+    let model = Gpt2::from_files(ckpt, device)?;
     let tokenizer = Tokenizer::from_json(ckpt.text("tokenizer.json")?)
         .map_err(|e| Error::format(ckpt.path("tokenizer.json"), e.to_string()))?;
     Ok((model, tokenizer))

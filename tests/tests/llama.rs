@@ -11,7 +11,7 @@ use cinder_engine::lm::CausalLm;
 use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::weights::read_safetensors;
-use cinder_models::auto::{AnyModel, load};
+use cinder_models::auto::{AnyModel, load, load_bytes};
 use cinder_models::llama::{Llama, LlamaConfig};
 use cinder_tests::gguf::{Meta, RawTensor, write};
 use serde_json::Value;
@@ -92,6 +92,57 @@ fn hugging_face_folder_matches_transformers() {
     let text = "the quick brown fox";
     assert_eq!(loaded.tokenizer.encode(text).unwrap(), case.ids);
     check_against_reference(&llama(loaded.model), &device, "safetensors");
+}
+
+/// What a web page hands over: files by name, from a dropped folder or a fetched GGUF.
+#[test]
+fn files_given_as_bytes_load_like_the_folder_and_the_gguf() {
+    let device = Device::flex();
+    let named = |names: &[&str]| -> Vec<(String, Vec<u8>)> {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    format!("llama-tiny/{n}"),
+                    std::fs::read(fixture().join(n)).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let folder = named(&["config.json", "tokenizer.json", "model.safetensors"]);
+    let loaded = load_bytes(
+        Path::new("dropped"),
+        folder,
+        &device,
+        Some(WeightDtype::F32),
+    )
+    .unwrap();
+    assert_eq!(loaded.family(), "llama");
+    check_against_reference(&llama(loaded.model), &device, "safetensors bytes");
+
+    let gguf = vec![("tiny.gguf".to_string(), fixture_as_gguf())];
+    let loaded = load_bytes(Path::new("dropped"), gguf, &device, Some(WeightDtype::F32)).unwrap();
+    check_against_reference(&llama(loaded.model), &device, "gguf bytes");
+
+    // A folder without its tokenizer, a GGUF among other files, a broken GGUF: each is named.
+    let err = |files, needle: &str| {
+        let e = load_bytes(Path::new("dropped"), files, &device, None)
+            .err()
+            .expect("bad files loaded")
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    };
+    err(
+        named(&["config.json", "model.safetensors"]),
+        "tokenizer.json is missing",
+    );
+    let mut mixed = named(&["config.json"]);
+    mixed.push(("tiny.gguf".into(), fixture_as_gguf()));
+    err(mixed, "one .gguf file alone");
+    err(
+        vec![("broken.gguf".into(), b"GGUF\x03\0\0\0".to_vec())],
+        "broken.gguf",
+    );
 }
 
 /// llama.cpp's conversion: each head's rows go from halves to interleaved pairs.

@@ -5,8 +5,9 @@
 //   node web/tests/page.mjs SITE_DIR OUT_DIR [NATIVE_CINDER]
 //
 // SITE_DIR is the built site (scripts/web.sh build), OUT_DIR receives screenshots, and
-// NATIVE_CINDER, when given, is the native `cinder` binary whose CPU losses the page's CPU
-// run must reproduce. Exits non-zero on the first failed check.
+// NATIVE_CINDER, when given, is the native `cinder` binary whose CPU losses and greedy chat
+// answer the page must reproduce. CINDER_WEB_ONLY=webgpu|cpu|chat runs one session only.
+// Exits non-zero on the first failed check.
 
 import { createServer } from "node:http";
 import { readFile, mkdir } from "node:fs/promises";
@@ -75,7 +76,14 @@ async function session(base, { webgpu, query }) {
     "--disable-sync",
   ];
   if (webgpu) {
-    args.push("--enable-unsafe-webgpu");
+    // Without ANGLE on Vulkan, configuring a WebGPU canvas in headless Chromium loses the
+    // device ("A valid external Instance reference no longer exists"), even in a plain WebGPU
+    // page; with it the device lives (though the canvas is not composited into screenshots).
+    args.push(
+      "--enable-unsafe-webgpu",
+      "--enable-features=Vulkan,VulkanFromANGLE,DefaultANGLEVulkan",
+      "--use-angle=vulkan",
+    );
   }
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args });
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
@@ -113,8 +121,9 @@ async function session(base, { webgpu, query }) {
   return { browser, page, lines, errors, waitFor };
 }
 
-// Starts training with the keyboard (Ctrl+Enter on the focused canvas) and waits for the end.
-async function train(s, label) {
+// Starts training with the keyboard (Ctrl+Enter on the focused canvas) and waits for the end:
+// `steps` steps, the mean loss of the last 5 at most `fall` times the first.
+async function train(s, label, steps = STEPS, fall = 0.9) {
   const from = s.lines.length;
   await s.page.mouse.click(640, 400);
   await s.page.keyboard.press("Control+Enter");
@@ -126,11 +135,15 @@ async function train(s, label) {
     .map((l) => /^step (\d+)\/\d+ loss ([0-9.]+)/.exec(l))
     .filter(Boolean)
     .map((m) => [Number(m[1]), Number(m[2])]);
-  check(`${label}: ${STEPS} steps reported`, losses.length === STEPS, `${losses.length} steps`);
+  check(`${label}: ${steps} steps reported`, losses.length === steps, `${losses.length} steps`);
   const first = losses[0][1];
   const tail = losses.slice(-5).map((l) => l[1]);
   const late = tail.reduce((a, b) => a + b, 0) / tail.length;
-  check(`${label}: the loss falls by 10%`, late < 0.9 * first, `step 1 ${first.toFixed(4)}, mean of the last 5 ${late.toFixed(4)}`);
+  check(
+    `${label}: the loss falls by ${Math.round((1 - fall) * 100)}%`,
+    late < fall * first,
+    `step 1 ${first.toFixed(4)}, mean of the last 5 ${late.toFixed(4)}`,
+  );
   const sample = lines.find((l) => l.startsWith("sample at step"));
   check(`${label}: a sample appeared`, Boolean(sample), sample?.slice(0, 80));
   const tps = lines
@@ -167,29 +180,71 @@ function nativeLosses(binary, steps) {
   }
 }
 
+// Drops files on the canvas as a person dragging them from a file manager would.
+async function drop(s, files) {
+  const data = await s.page.evaluateHandle((files) => {
+    const data = new DataTransfer();
+    for (const [name, base64] of files) {
+      const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      data.items.add(new File([bytes], name));
+    }
+    return data;
+  }, files.map(([name, bytes]) => [name, Buffer.from(bytes).toString("base64")]));
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    await s.page.dispatchEvent("canvas", type, { dataTransfer: data, clientX: 640, clientY: 400 });
+  }
+}
+
+// Types a message into the chat view's input (bottom of the window) and waits for the answer.
+async function ask(s, question) {
+  const from = s.lines.length;
+  await s.page.mouse.click(640, 770);
+  await s.page.keyboard.type(question);
+  await s.page.keyboard.press("Enter");
+  const line = await s.waitFor("the answer", /^chat: answer in/, 5 * 60_000, from);
+  const m = /^chat: answer in (\d+) pieces \(([^)]*)\): ([\s\S]*)$/.exec(line);
+  return { pieces: Number(m[1]), speed: m[2], text: m[3] };
+}
+
+// The native greedy answer to `question` from `model` as one user turn.
+function nativeAnswer(binary, model, question, maxTokens) {
+  return execFileSync(
+    binary,
+    ["generate", "--model", model, "--device", "cpu", "--chat", "--prompt", question,
+      "--temperature", "0", "--max-new-tokens", String(maxTokens)],
+    { stdio: ["ignore", "pipe", "ignore"] },
+  ).toString();
+}
+
 await mkdir(outDir, { recursive: true });
 const server = await serve(path.resolve(siteDir));
 const base = `http://127.0.0.1:${server.address().port}`;
 const query = `fresh&steps=${STEPS}&sample-every=10${process.env.CINDER_WEB_QUERY ?? ""}`;
-const only = process.env.CINDER_WEB_ONLY; // "webgpu" or "cpu": one of the two sessions
+const only = process.env.CINDER_WEB_ONLY; // "webgpu", "cpu" or "chat": one of the sessions
 let failed = false;
 try {
-  // 1: WebGPU offered: the page opens on it, loads the corpus and the font, and logs no error.
-  if (only !== "cpu") {
-    const s = await session(base, { webgpu: true, query });
+  // 1 and 2: WebGPU offered: the page opens on it, loads the corpus, and trains. Chromium's
+  // software adapter (SwiftShader) takes ~15 s per step whatever the batch, so this run is
+  // short and small: 8 steps of 2 x 16 tokens, samples of 8 tokens.
+  if (!only || only === "webgpu") {
+    const gpuSteps = 8;
+    const s = await session(base, {
+      webgpu: true,
+      query: `fresh&steps=${gpuSteps}&sample-every=4&sample-tokens=8&batch-size=2&context=16${process.env.CINDER_WEB_QUERY ?? ""}`,
+    });
     try {
       const backend = await s.waitFor("the backend line", /^backend:/, 120_000);
       check("webgpu: the page says it computes on WebGPU", backend.startsWith("backend: WebGPU"), backend);
       await s.waitFor("the Tang poems", /^corpus tang:/, 120_000);
       await s.page.waitForTimeout(3000);
-      await s.page.screenshot({ path: path.join(outDir, "page-webgpu.png") });
+      await train(s, "webgpu", gpuSteps, 0.98);
       check("webgpu: no console errors", s.errors.length === 0, s.errors.join(" | "));
     } finally {
       await s.browser.close();
     }
   }
   // 3: no WebGPU adapter: the CPU backend, with the native CPU run's losses.
-  if (only !== "webgpu") {
+  if (!only || only === "cpu") {
     const s = await session(base, { webgpu: false, query });
     try {
       const backend = await s.waitFor("the backend line", /^backend:/, 120_000);
@@ -223,6 +278,62 @@ try {
           `page ${losses.slice(0, 3).map((l) => l[1]).join(", ")}; native ${native.map((l) => l[1]).join(", ")}`,
         );
       }
+    } finally {
+      await s.browser.close();
+    }
+  }
+  // 4 and 5: chat on the CPU backend: the tiny LLaMA fixture dropped on the page answers as the
+  // native build does; a broken GGUF shows its error and the page goes on; SmolLM2 from the site.
+  if (!only || only === "chat") {
+    const maxTokens = 24;
+    const s = await session(base, {
+      webgpu: false,
+      query: `fresh&view=chat&temperature=0&max-tokens=${maxTokens}`,
+    });
+    try {
+      await s.waitFor("the backend line", /^backend:/, 120_000);
+      const fixture = "tests/fixtures/llama-tiny";
+      const files = [];
+      for (const name of ["config.json", "tokenizer.json", "model.safetensors"]) {
+        files.push([name, await readFile(path.join(fixture, name))]);
+      }
+      let from = s.lines.length;
+      await drop(s, files);
+      const loaded = await s.waitFor("the dropped model", /^chat: (model|error)/, 120_000, from);
+      check("chat: the dropped tiny LLaMA folder loads", loaded.startsWith("chat: model"), loaded);
+      await s.page.screenshot({ path: path.join(outDir, "chat-loaded.png") });
+      const question = "hello there";
+      const answer = await ask(s, question);
+      check("chat: the answer streamed in pieces", answer.pieces > 1, `${answer.pieces} pieces, ${answer.speed}`);
+      if (nativeCinder) {
+        const native = nativeAnswer(nativeCinder, fixture, question, maxTokens);
+        check(
+          "chat: the greedy answer equals the native one",
+          native.trim() === answer.text.trim(),
+          `page ${JSON.stringify(answer.text)}; native ${JSON.stringify(native)}`,
+        );
+      }
+      from = s.lines.length;
+      const broken = Buffer.concat([Buffer.from("GGUF"), Buffer.from([3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])]);
+      await drop(s, [["broken.gguf", broken]]);
+      const error = await s.waitFor("the broken GGUF's error", /^chat: error/, 60_000, from);
+      check("chat: a broken GGUF shows its error", error.includes("broken.gguf"), error);
+      // The page keeps working: the fixture loads again and answers.
+      from = s.lines.length;
+      await drop(s, files);
+      await s.waitFor("the model again", /^chat: model/, 120_000, from);
+      const again = await ask(s, question);
+      check("chat: after the error the page still answers", again.text === answer.text, again.text);
+      // SmolLM2 from the site (the build places it there), loaded from the address.
+      from = s.lines.length;
+      await s.page.goto(`${base}/?fresh&view=chat&model=smollm2&temperature=0&max-tokens=24&device=cpu`);
+      const t0 = Date.now();
+      const smol = await s.waitFor("SmolLM2", /^chat: (model|error)/, 10 * 60_000, from);
+      check("chat: SmolLM2 loads from the site", smol.startsWith("chat: model"), `${smol} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      const paris = await ask(s, "What is the capital of France?");
+      check("chat: SmolLM2 says Paris is the capital of France", /Paris/.test(paris.text), `${paris.text} (${paris.speed})`);
+      await s.page.screenshot({ path: path.join(outDir, "chat-cpu.png") });
+      check("chat: no console errors", s.errors.length === 0, s.errors.join(" | "));
     } finally {
       await s.browser.close();
     }

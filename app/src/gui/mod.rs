@@ -205,6 +205,19 @@ impl CinderApp {
         self
     }
 
+    /// Opens the Chat view on a model made of files the user handed over (dropped on the page):
+    /// one GGUF file, or a model folder's files.
+    pub fn load_model_files(
+        &mut self,
+        name: String,
+        files: Vec<(String, Vec<u8>)>,
+        ctx: &egui::Context,
+    ) {
+        self.view = View::Chat;
+        self.chat
+            .load_from(chat::ModelSource::Given { name, files }, &self.devices, ctx);
+    }
+
     /// The settings to remember.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -312,7 +325,22 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     if let Some(out) = &args.out {
         form.out = Some(out.clone());
     }
+    if let Some(n) = args.sample_tokens {
+        form.settings.train.sample_tokens = n;
+    }
+    if let Some(batch) = args.batch_size {
+        form.settings.train.batch_size = batch;
+    }
+    if let Some(context) = args.context {
+        form.settings.train.context = context;
+    }
     if let Some(model) = &args.model {
         settings.chat.model = model.display().to_string();
+    }
+    if let Some(t) = args.temperature {
+        settings.chat.sampling.temperature = t;
+    }
+    if let Some(n) = args.max_tokens {
+        settings.chat.max_tokens = n;
     }
 }

@@ -23,6 +23,14 @@ use crate::cli::GuiArgs;
 /// The Tang poems, split as `cinder data fetch tang` splits them, gzipped by the site build.
 const TANG: [&str; 2] = ["data/tang-train.txt.gz", "data/tang-val.txt.gz"];
 
+/// Where the site build places models (SmolLM2's GGUF).
+const MODELS: &str = "data/models";
+
+thread_local! {
+    /// The page's shared state (a page runs on one thread).
+    static PAGE: Shared = Rc::default();
+}
+
 /// A subset of Droid Sans Fallback covering the Tang poems' characters (assets/fonts).
 const CJK_FONT: &str = "data/cinder-cjk.ttf";
 
@@ -85,7 +93,12 @@ struct Page {
     /// becomes the form's corpus.
     chosen: bool,
     problems: Vec<String>,
+    /// Models made of dropped files, for the chat view: a name and the files by name.
+    models: Vec<(String, NamedFiles)>,
 }
+
+/// Files by name, with their bytes.
+type NamedFiles = Vec<(String, Vec<u8>)>;
 
 type Shared = Rc<RefCell<Page>>;
 
@@ -100,12 +113,22 @@ fn js_error(e: JsValue) -> String {
 
 /// Fetches `url` from the site, reporting bytes as they arrive.
 async fn fetch(page: &Shared, url: &str) -> Result<Vec<u8>, String> {
+    fetch_if_present(page, url)
+        .await?
+        .ok_or_else(|| format!("{url}: not found on the site (HTTP 404)"))
+}
+
+/// [`fetch`], with `None` for a file the site does not have.
+async fn fetch_if_present(page: &Shared, url: &str) -> Result<Option<Vec<u8>>, String> {
     let window = web_sys::window().ok_or("no window")?;
     let response: web_sys::Response = JsFuture::from(window.fetch_with_str(url))
         .await
         .map_err(js_error)?
         .dyn_into()
         .map_err(js_error)?;
+    if response.status() == 404 {
+        return Ok(None);
+    }
     if !response.ok() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
@@ -146,7 +169,48 @@ async fn fetch(page: &Shared, url: &str) -> Result<Vec<u8>, String> {
         }
     }
     page.borrow_mut().downloads.retain(|d| d.name != url);
-    Ok(out)
+    Ok(Some(out))
+}
+
+/// The files of the model a path in the page names, fetched from the site with a progress bar:
+/// `smollm2` (the GGUF the site build placed under `data/models/`), a `.gguf` file, or a model
+/// folder (`config.json`, `tokenizer.json`, `model.safetensors` and, when present, the chat
+/// template files). Returns the name for messages and the files by name.
+pub(crate) async fn fetch_model(path: &str) -> Result<(String, NamedFiles), String> {
+    let page = PAGE.with(Rc::clone);
+    let path = path.trim().trim_end_matches('/');
+    let url = if path == "smollm2" {
+        format!("{MODELS}/{}", cinder_engine::data::SMOLLM2_FILE)
+    } else {
+        path.to_string()
+    };
+    if url.to_ascii_lowercase().ends_with(".gguf") {
+        let bytes = fetch_if_present(&page, &url).await?.ok_or_else(|| {
+            if path == "smollm2" {
+                format!(
+                    "{url} is not on this site: build the site after `cinder fetch smollm2` \
+                     (scripts/web.sh build does both), or drop a .gguf file on the page"
+                )
+            } else {
+                format!("{url}: not found on the site (HTTP 404)")
+            }
+        })?;
+        let name = url.rsplit('/').next().unwrap_or(&url).to_string();
+        return Ok((url.clone(), vec![(name, bytes)]));
+    }
+    let mut files = Vec::new();
+    for name in cinder_engine::run::MODEL_FILES {
+        if let Some(bytes) = fetch_if_present(&page, &format!("{url}/{name}")).await? {
+            files.push((name.to_string(), bytes));
+        }
+    }
+    if files.is_empty() {
+        return Err(format!(
+            "{url}: the site has no model there (neither a .gguf file nor a folder with \
+             config.json)"
+        ));
+    }
+    Ok((url, files))
 }
 
 fn gunzip(name: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -206,26 +270,49 @@ struct WebApp {
     /// Training steps already written to the console.
     logged_steps: usize,
     logged_status: String,
+    logged_chat: ChatLog,
     font_requested: bool,
 }
 
+/// What the console has been told of the chat view.
+#[derive(Default)]
+struct ChatLog {
+    model: Option<String>,
+    error: Option<String>,
+    generating: bool,
+    pieces: usize,
+}
+
 impl WebApp {
-    /// Files dropped on the page: a text file becomes the training corpus (read in a task: a
-    /// browser reads files asynchronously).
+    /// Files dropped on the page: a text file becomes the training corpus; a .gguf file, or a
+    /// model folder's files dropped together, the chat view's model (read in a task: a browser
+    /// reads files asynchronously).
     fn take_dropped(&mut self, ctx: &egui::Context) {
-        for file in ctx.input(|i| i.raw.dropped_files.clone()) {
+        let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        let (mut model, mut text) = (Vec::new(), Vec::new());
+        for file in dropped {
+            let name = file.path().display().to_string();
+            let extension = file
+                .path()
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            match extension.as_deref() {
+                Some("txt" | "text" | "md") => text.push(file),
+                Some("gguf" | "json" | "safetensors" | "jinja") => model.push(file),
+                _ => {
+                    let message = format!(
+                        "{name}: not a text file to train on (.txt, .text, .md) nor a model \
+                         (.gguf, or a folder's config.json, tokenizer.json, model.safetensors)"
+                    );
+                    warn(&message);
+                    self.app.train.error = Some(message);
+                }
+            }
+        }
+        for file in text {
             let path = file.path().to_path_buf();
             let name = path.display().to_string();
-            let is_text = matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("txt" | "text" | "md")
-            );
-            if !is_text {
-                let message = format!("{name}: not a text file (.txt, .text or .md) to train on");
-                warn(&message);
-                self.app.train.error = Some(message);
-                continue;
-            }
             let page = self.page.clone();
             let ctx = ctx.clone();
             wasm_bindgen_futures::spawn_local(async move {
@@ -253,11 +340,43 @@ impl WebApp {
                 ctx.request_repaint();
             });
         }
+        if model.is_empty() {
+            return;
+        }
+        let page = self.page.clone();
+        let ctx = ctx.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let name = model
+                .iter()
+                .map(|f| f.path().display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut files = Vec::new();
+            for file in model {
+                let file_name = file.path().display().to_string();
+                match file.bytes_async().await {
+                    Ok(bytes) => files.push((file_name, bytes.to_vec())),
+                    Err(e) => {
+                        let e = format!("{file_name}: {e}");
+                        warn(&e);
+                        page.borrow_mut().problems.push(e);
+                        ctx.request_repaint();
+                        return;
+                    }
+                }
+            }
+            page.borrow_mut().models.push((name, files));
+            ctx.request_repaint();
+        });
     }
 
     /// Hands over what the page's tasks fetched.
-    fn take_fetched(&mut self) {
+    fn take_fetched(&mut self, ctx: &egui::Context) {
         let mut page = self.page.borrow_mut();
+        for (name, files) in std::mem::take(&mut page.models) {
+            log(&format!("chat: loading dropped files {name}"));
+            self.app.load_model_files(name, files, ctx);
+        }
         let chosen = std::mem::take(&mut page.chosen);
         for (source, corpus) in std::mem::take(&mut page.corpora) {
             self.app.train.corpora.retain(|(s, _)| *s != source);
@@ -292,11 +411,47 @@ impl WebApp {
             }
         }
         self.logged_steps = run.reports.len();
+        self.log_chat();
         let status = format!("{:?}", self.app.train.status);
         if status != self.logged_status {
             log(&format!("train status: {status}"));
             self.logged_status = status;
         }
+    }
+
+    /// One console line per change in the chat view: a model loaded, an error, an answer.
+    fn log_chat(&mut self) {
+        let chat = &self.app.chat;
+        let logged = &mut self.logged_chat;
+        let model = chat.model.as_ref().map(|m| m.description.clone());
+        if model != logged.model {
+            if let Some(m) = &model {
+                log(&format!("chat: model {m}"));
+            }
+            logged.model = model;
+        }
+        if chat.error != logged.error {
+            if let Some(e) = &chat.error {
+                log(&format!("chat: error: {e}"));
+            }
+            logged.error = chat.error.clone();
+        }
+        if chat.generating && !logged.generating {
+            logged.pieces = chat.streamed_pieces;
+        }
+        if !chat.generating && logged.generating {
+            let answer = chat
+                .transcript
+                .last()
+                .filter(|t| t.role == "assistant")
+                .map_or("", |t| t.text.as_str());
+            log(&format!(
+                "chat: answer in {} pieces ({}): {answer}",
+                chat.streamed_pieces - logged.pieces,
+                chat.last_speed.as_deref().unwrap_or("")
+            ));
+        }
+        logged.generating = chat.generating;
     }
 
     fn downloads_ui(&self, ui: &mut egui::Ui) {
@@ -326,7 +481,7 @@ impl eframe::App for WebApp {
             // After the first frame is up, so the page paints at once.
             wasm_bindgen_futures::spawn_local(load_font(self.page.clone(), ctx.clone()));
         }
-        self.take_fetched();
+        self.take_fetched(&ctx);
         self.take_dropped(&ctx);
         self.downloads_ui(ui);
         self.app.show(ui);
@@ -374,7 +529,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
         }
     };
     let devices = Devices { gpu };
-    let page: Shared = Rc::default();
+    let page: Shared = PAGE.with(Rc::clone);
     let runner = eframe::WebRunner::new();
     let fetched = page.clone();
     runner
@@ -383,13 +538,17 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
             options,
             Box::new(move |cc| {
                 let settings = Settings::at_start(cc.storage, &args);
-                let app = CinderApp::new(settings, devices, std::path::Path::new("cache"));
+                let mut app = CinderApp::new(settings, devices, std::path::Path::new("cache"));
+                if args.model.is_some() {
+                    app = app.load_model_at_start();
+                }
                 wasm_bindgen_futures::spawn_local(load_tang(fetched, cc.egui_ctx.clone()));
                 Ok(Box::new(WebApp {
                     app,
                     page,
                     logged_steps: 0,
                     logged_status: String::new(),
+                    logged_chat: ChatLog::default(),
                     font_requested: false,
                 }))
             }),

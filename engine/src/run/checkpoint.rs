@@ -16,7 +16,21 @@ pub const CHECKPOINT_FORMAT: u32 = 1;
 /// The file in a run folder that names its newest complete checkpoint.
 pub const LATEST: &str = "latest";
 
-/// The files of one checkpoint, by name.
+/// A model's weights in a Hugging Face folder.
+pub const WEIGHTS: &str = "model.safetensors";
+/// The index of a model's weights split into shards.
+pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+/// The files of a Hugging Face model folder that loading a model reads.
+pub const MODEL_FILES: [&str; 6] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    WEIGHTS,
+    WEIGHTS_INDEX,
+];
+
+/// The files of one checkpoint (or of any model folder), by name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Checkpoint {
     files: BTreeMap<String, Vec<u8>>,
@@ -46,6 +60,73 @@ impl Checkpoint {
                 "missing from the checkpoint (an incomplete or foreign folder?)",
             )
         })
+    }
+
+    /// A file's bytes, if the checkpoint has it.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// An optional file as UTF-8 text.
+    pub fn get_text(&self, name: &str) -> Result<Option<&str>> {
+        self.files
+            .contains_key(name)
+            .then(|| self.text(name))
+            .transpose()
+    }
+
+    /// The name of the folder or files the checkpoint came from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Reads the files of a Hugging Face model folder that loading a model needs (config,
+    /// tokenizer, chat template, weights: `model.safetensors`, or every shard that
+    /// `model.safetensors.index.json` lists); other files (optimizer state) stay on disk.
+    pub fn read_model_folder(dir: &Path) -> Result<Self> {
+        let mut ckpt = Self::new(dir);
+        let read = |ckpt: &mut Self, name: &str| -> Result<()> {
+            let path = dir.join(name);
+            if path.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                ckpt.insert(name, bytes);
+            }
+            Ok(())
+        };
+        for name in MODEL_FILES {
+            read(&mut ckpt, name)?;
+        }
+        if ckpt.get(WEIGHTS).is_none() && ckpt.get(WEIGHTS_INDEX).is_some() {
+            for shard in ckpt.shard_names()? {
+                read(&mut ckpt, &shard)?;
+            }
+        }
+        Ok(ckpt)
+    }
+
+    /// The shard files `model.safetensors.index.json` lists.
+    pub fn shard_names(&self) -> Result<std::collections::BTreeSet<String>> {
+        let path = self.path(WEIGHTS_INDEX);
+        let json: serde_json::Value = serde_json::from_str(self.text(WEIGHTS_INDEX)?)
+            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(serde_json::Value::as_object)
+            .ok_or_else(|| Error::format(&path, "missing the 'weight_map' object"))?;
+        let mut shards = std::collections::BTreeSet::new();
+        for shard in map.values() {
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| Error::format(&path, "a 'weight_map' entry is not a file name"))?;
+            if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+                return Err(Error::format(
+                    &path,
+                    format!("shard name '{shard}' leaves the folder"),
+                ));
+            }
+            shards.insert(shard.to_string());
+        }
+        Ok(shards)
     }
 
     /// A file's bytes as UTF-8 text.

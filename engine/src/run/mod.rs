@@ -12,7 +12,10 @@ mod storage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, LATEST, TrainerState, resolve_model_dir};
+pub use checkpoint::{
+    CHECKPOINT_FORMAT, Checkpoint, LATEST, MODEL_FILES, TrainerState, WEIGHTS, WEIGHTS_INDEX,
+    resolve_model_dir,
+};
 pub use storage::{FsStorage, MemoryStorage, RunStorage};
 
 use crate::lm::CausalLm;

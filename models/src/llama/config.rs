@@ -131,6 +131,11 @@ impl LlamaConfig {
     /// Reads a Hugging Face `config.json`; a missing required key is an error naming the file.
     pub fn from_file(path: &Path) -> EngineResult<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(path, &text)
+    }
+
+    /// Parses the text of a Hugging Face `config.json`; `path` names it in errors.
+    pub fn from_json(path: &Path, text: &str) -> EngineResult<Self> {
         let required = [
             "vocab_size",
             "hidden_size",
@@ -139,7 +144,7 @@ impl LlamaConfig {
             "num_attention_heads",
         ];
         let mut config: Self =
-            crate::parse_config(path, &text, &Self::defaults(), &required, "LLaMA")?;
+            crate::parse_config(path, text, &Self::defaults(), &required, "LLaMA")?;
         config.rope_theta = config.rope_base();
         config
             .check()

@@ -10,7 +10,8 @@ use burn::module::Initializer;
 use burn::tensor::{Device, TensorData};
 use cinder_engine::burn;
 use cinder_engine::gguf::GgufFile;
-use cinder_engine::weights::{NamedTensors, load_parameters, read_safetensors_dir, transpose_2d};
+use cinder_engine::run::Checkpoint;
+use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters, transpose_2d};
 use cinder_engine::{Error, Result};
 
 use super::layers::{PROJECTIONS, Rows};
@@ -51,9 +52,15 @@ impl Llama {
     /// Loads a Hugging Face `LlamaForCausalLM` folder (`config.json` and `model.safetensors`, or
     /// shards listed in `model.safetensors.index.json`). The tokenizer is loaded by the engine.
     pub fn from_pretrained(dir: &Path, device: &Device) -> Result<Self> {
-        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-        let tensors = read_safetensors_dir(dir)?;
-        Self::from_hf_tensors(&config, tensors, dir, device)
+        Self::from_files(&Checkpoint::read_model_folder(dir)?, device)
+    }
+
+    /// [`from_pretrained`](Self::from_pretrained) from a folder's files already in memory.
+    pub fn from_files(files: &Checkpoint, device: &Device) -> Result<Self> {
+        let config =
+            LlamaConfig::from_json(&files.path("config.json"), files.text("config.json")?)?;
+        let (tensors, source) = folder_weights(files)?;
+        Self::from_hf_tensors(&config, tensors, &source, device)
     }
 
     /// Loads the weights of a GGUF file (llama architecture), decoding quantized tensors to f32

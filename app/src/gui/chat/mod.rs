@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 mod worker;
 
+pub use worker::ModelSource;
 use worker::{Command, Event, run_worker};
 
 use super::Devices;
@@ -143,7 +144,17 @@ impl ChatView {
 
     /// Loads the model named in the settings.
     pub fn load(&mut self, devices: &Devices, ctx: &egui::Context) {
+        let path = self.settings.model.trim().to_string();
+        self.load_from(ModelSource::Path(path), devices, ctx);
+    }
+
+    /// Loads a model from `source` (a path, or files the user handed over).
+    pub fn load_from(&mut self, source: ModelSource, devices: &Devices, ctx: &egui::Context) {
         if self.is_active() {
+            self.error = Some(format!(
+                "{}: wait for the current load or answer to finish",
+                source.name()
+            ));
             return;
         }
         let device = match devices.resolve(self.settings.device) {
@@ -154,8 +165,10 @@ impl ChatView {
             }
         };
         self.error = None;
+        // The worker lets go of the old model before reading the new one.
+        self.model = None;
         let command = Command::Load {
-            path: self.settings.model.trim().to_string(),
+            source,
             dtype: self.settings.dtype,
             device: Box::new(device),
         };

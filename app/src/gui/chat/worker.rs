@@ -9,17 +9,43 @@ use cinder_engine::chat::{Message, chat_prompt};
 use cinder_engine::device::{Selected, memory_usage};
 use cinder_engine::generate::{GenerateConfig, StopReason, generate_text_async};
 use cinder_engine::quant::DtypeChoice;
-use cinder_models::auto::LoadedModel;
+use cinder_models::auto::{LoadedModel, load_bytes};
 use cinder_models::with_model;
 
 use super::{ChatSettings, ModelInfo};
-use crate::generate::{load_on, model_path, speed_line};
+use crate::generate::{load_dtype, speed_line};
+#[cfg(not(target_family = "wasm"))]
+use crate::generate::{load_on, model_path};
 use crate::gui::widgets::{Commands, Events};
+
+/// Where a model comes from.
+pub enum ModelSource {
+    /// A path, as typed (natively a file or folder; in the page, a file or folder of the site,
+    /// or `smollm2`).
+    Path(String),
+    /// Files the user handed over (dropped on the page), by file name.
+    Given {
+        /// What names them in messages.
+        name: String,
+        /// The files' names and bytes.
+        files: Vec<(String, Vec<u8>)>,
+    },
+}
+
+impl ModelSource {
+    /// What names the source in messages.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Path(p) => p,
+            Self::Given { name, .. } => name,
+        }
+    }
+}
 
 /// What the view asks of the worker.
 pub(super) enum Command {
     Load {
-        path: String,
+        source: ModelSource,
         dtype: DtypeChoice,
         device: Box<Selected>,
     },
@@ -52,13 +78,14 @@ pub(super) async fn run_worker(
     while let Ok(command) = commands.recv().await {
         match command {
             Command::Load {
-                path,
+                source,
                 dtype,
                 device,
             } => {
                 // The old model's memory is freed before the new one is read.
                 current = None;
-                match load_model(&path, dtype, &device, &cache_dir, send) {
+                let path = source.name().to_string();
+                match load_model(source, dtype, &device, &cache_dir, send).await {
                     Ok(loaded) => {
                         let info = ModelInfo {
                             description: format!(
@@ -78,7 +105,15 @@ pub(super) async fn run_worker(
                         send(Event::Loaded(info));
                         current = Some((loaded, device.device.clone()));
                     }
-                    Err(e) => send(Event::LoadFailed(format!("{path}: {e:#}"))),
+                    Err(e) => {
+                        // Errors about a file name it; others get the model's name.
+                        let e = format!("{e:#}");
+                        send(Event::LoadFailed(if e.contains(&path) {
+                            e
+                        } else {
+                            format!("{path}: {e}")
+                        }))
+                    }
                 }
             }
             Command::Generate { messages, settings } => {
@@ -98,22 +133,43 @@ pub(super) async fn run_worker(
     }
 }
 
-fn load_model(
-    path: &str,
+async fn load_model(
+    source: ModelSource,
     dtype: DtypeChoice,
     device: &Selected,
     cache_dir: &std::path::Path,
     send: &dyn Fn(Event),
 ) -> anyhow::Result<LoadedModel> {
-    if path.is_empty() {
-        anyhow::bail!("no model path given");
-    }
-    if path == "smollm2" {
-        send(Event::Stage("fetching SmolLM2 (first use only)".into()));
-    }
-    let path = model_path(std::path::Path::new(path), cache_dir)?;
-    send(Event::Stage(format!("reading {}", path.display())));
-    load_on(&path, dtype, device, &mut |note| send(Event::Stage(note)))
+    let mut note = |note| send(Event::Stage(note));
+    let (name, files) = match source {
+        ModelSource::Given { name, files } => (name, files),
+        ModelSource::Path(path) if path.is_empty() => anyhow::bail!("no model path given"),
+        #[cfg(target_family = "wasm")]
+        ModelSource::Path(path) => {
+            let _ = cache_dir;
+            send(Event::Stage(format!("downloading {path}")));
+            crate::gui::web::fetch_model(&path)
+                .await
+                .map_err(anyhow::Error::msg)?
+        }
+        #[cfg(not(target_family = "wasm"))]
+        ModelSource::Path(path) => {
+            if path == "smollm2" {
+                send(Event::Stage("fetching SmolLM2 (first use only)".into()));
+            }
+            let path = model_path(std::path::Path::new(&path), cache_dir)?;
+            send(Event::Stage(format!("reading {}", path.display())));
+            return load_on(&path, dtype, device, &mut note);
+        }
+    };
+    send(Event::Stage(format!("reading {name}")));
+    let dtype = load_dtype(dtype, device, &mut note);
+    Ok(load_bytes(
+        std::path::Path::new(&name),
+        files,
+        &device.device,
+        dtype,
+    )?)
 }
 
 async fn answer(
