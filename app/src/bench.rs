@@ -1,33 +1,58 @@
-//! `cinder bench train`: training throughput on random tokens.
+//! `cinder bench train` and `cinder bench decode`: training throughput on random tokens and
+//! greedy decoding speed. The measurements are `async`, so the web page runs the same ones
+//! (`?bench=train`, `?bench=decode`); the commands wait for them.
 
 use anyhow::{Context, Result, bail};
-use cinder_engine::device::select;
+use cinder_engine::burn::tensor::Device;
+use cinder_engine::device::Selected;
+use cinder_engine::generate::{GenerateConfig, GenerateStats, generate_async};
 use cinder_engine::optim::{AdamWConfig, OptimizerConfig};
 use cinder_engine::rng;
+use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::train::TrainConfig;
+use cinder_models::auto::LoadedModel;
+use cinder_models::with_model;
+use web_time::Instant;
 
-use crate::cli::BenchTrainArgs;
+use crate::cli::Workload;
 
 /// `cinder bench train`: training tokens per second on random data.
-pub fn train(args: BenchTrainArgs) -> Result<()> {
-    let (preset, batch, context) = args.workload.shape();
-    let config = preset.config();
-    let selected = select(args.device)?;
-    let device = selected.device.clone().autodiff();
-    eprintln!(
-        "bench train {}: gpt2 {} layers x {} wide, {} heads, vocab {}, batch {batch} x {context}, AdamW, on {}",
+#[cfg(not(target_family = "wasm"))]
+pub fn train(args: crate::cli::BenchTrainArgs) -> Result<()> {
+    let selected = cinder_engine::device::select(args.device)?;
+    let tps = pollster::block_on(train_async(
         args.workload,
-        config.n_layer,
-        config.n_embd,
-        config.n_head,
-        config.vocab_size,
-        selected.description
-    );
+        args.steps,
+        args.warmup,
+        &selected,
+        &mut |line| eprintln!("{line}"),
+    ))?;
+    println!("{} {tps:.1}", args.workload);
+    Ok(())
+}
+
+/// Trains the `workload` model with AdamW on random tokens on `selected`: `warmup` untimed
+/// steps, then `steps` timed ones; `say` hears the set-up and one line per step. Returns the
+/// timed steps' training tokens per second.
+pub async fn train_async(
+    workload: Workload,
+    steps: u64,
+    warmup: u64,
+    selected: &Selected,
+    say: &mut dyn FnMut(String),
+) -> Result<f64> {
+    let (preset, batch, context) = workload.shape();
+    let config = preset.config();
+    let device = selected.device.clone().autodiff();
+    say(format!(
+        "bench train {workload}: gpt2 {} layers x {} wide, {} heads, vocab {}, batch {batch} x {context}, AdamW, on {}",
+        config.n_layer, config.n_embd, config.n_head, config.vocab_size, selected.description
+    ));
     device.seed(0);
     let model = config.init(&device);
-    let steps = args.warmup + args.steps;
+    let total = warmup + steps;
     let train = TrainConfig {
-        steps,
+        steps: total,
         batch_size: batch,
         context,
         lr: 3e-4,
@@ -37,67 +62,47 @@ pub fn train(args: BenchTrainArgs) -> Result<()> {
     };
     let mut trainer = crate::bench_memory::random_data_trainer(model, train, 1_000_000, &device)?;
     let mut timed = 0.0;
-    for i in 0..steps {
-        let t0 = std::time::Instant::now();
-        let r = trainer.step()?;
-        device.sync().ok();
+    for i in 0..total {
+        let t0 = Instant::now();
+        let r = trainer.step_async().await?;
+        wait_for(&device);
         let dt = t0.elapsed().as_secs_f64();
-        let phase = if i < args.warmup { "warmup" } else { "timed" };
-        if i >= args.warmup {
+        let phase = if i < warmup { "warmup" } else { "timed" };
+        if i >= warmup {
             timed += dt;
         }
-        eprintln!(
+        say(format!(
             "step {:>3} ({phase}): loss {:.4}, {:.1} ms",
             i + 1,
             r.loss,
             dt * 1e3
-        );
+        ));
     }
-    let tps = (batch * context) as f64 * args.steps as f64 / timed.max(1e-9);
-    println!("{} {tps:.1}", args.workload);
-    Ok(())
+    Ok((batch * context) as f64 * steps as f64 / f64::max(timed, 1e-9))
+}
+
+/// Waits for the device's queued work (natively; in a page the step's awaited loss already
+/// waited for it).
+fn wait_for(device: &Device) {
+    #[cfg(not(target_family = "wasm"))]
+    device.sync().ok();
+    #[cfg(target_family = "wasm")]
+    let _ = device;
 }
 
 /// `cinder bench decode`: greedy decoding of `--tokens` tokens after a random prompt of
 /// `--prompt-tokens` tokens, best of `--runs` after one warmup run.
+#[cfg(not(target_family = "wasm"))]
 pub fn decode(args: crate::cli::BenchDecodeArgs, cache_dir: &std::path::Path) -> Result<()> {
-    use cinder_engine::generate::{GenerateConfig, generate};
-    use cinder_engine::sampling::SamplingConfig;
-    use cinder_models::with_model;
-
     let (loaded, device) = crate::generate::open(&args.model, cache_dir)?;
-    let vocab = with_model!(&loaded.model, |m| cinder_engine::lm::CausalLm::vocab_size(
-        m
-    ));
-    if args.prompt_tokens == 0 || args.tokens == 0 {
-        bail!("--prompt-tokens and --tokens must be positive");
-    }
-    let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
-        .map(|i| rng::below(7, 3, i, vocab as u64) as u32)
-        .collect();
-    let config = GenerateConfig::new(args.tokens, SamplingConfig::greedy(), None);
-    let mut best: Option<cinder_engine::generate::GenerateStats> = None;
-    for run in 0..=args.runs.max(1) {
-        let (_, stats) = with_model!(&loaded.model, |m| generate(
-            m,
-            &prompt,
-            &config,
-            &device,
-            |_| true
-        ))?;
-        if run == 0 {
-            continue;
-        }
-        eprintln!(
-            "run {run}: prefill {:.1} tokens/s, decode {:.1} tokens/s",
-            stats.prefill_tokens_per_second(),
-            stats.decode_tokens_per_second()
-        );
-        if best.is_none_or(|b| stats.decode < b.decode) {
-            best = Some(stats);
-        }
-    }
-    let best = best.context("no timed run")?;
+    let best = pollster::block_on(decode_async(
+        &loaded,
+        &device,
+        args.prompt_tokens,
+        args.tokens,
+        args.runs,
+        &mut |line| eprintln!("{line}"),
+    ))?;
     println!(
         "decode {} prompt {} tokens {} prefill_tokens_per_second {:.1} decode_tokens_per_second {:.1}",
         loaded.family(),
@@ -107,4 +112,49 @@ pub fn decode(args: crate::cli::BenchDecodeArgs, cache_dir: &std::path::Path) ->
         best.decode_tokens_per_second()
     );
     Ok(())
+}
+
+/// Decodes `tokens` tokens greedily after a random prompt of `prompt_tokens` tokens, `runs`
+/// times after one warmup run; `say` hears each run. Returns the fastest run's statistics.
+pub async fn decode_async(
+    loaded: &LoadedModel,
+    device: &Device,
+    prompt_tokens: usize,
+    tokens: usize,
+    runs: usize,
+    say: &mut dyn FnMut(String),
+) -> Result<GenerateStats> {
+    let vocab = with_model!(&loaded.model, |m| cinder_engine::lm::CausalLm::vocab_size(
+        m
+    ));
+    if prompt_tokens == 0 || tokens == 0 {
+        bail!("--prompt-tokens and --tokens must be positive");
+    }
+    let prompt: Vec<u32> = (0..prompt_tokens as u64)
+        .map(|i| rng::below(7, 3, i, vocab as u64) as u32)
+        .collect();
+    let config = GenerateConfig::new(tokens, SamplingConfig::greedy(), None);
+    let mut best: Option<GenerateStats> = None;
+    for run in 0..=runs.max(1) {
+        let (_, stats) = with_model!(&loaded.model, |m| generate_async(
+            m,
+            &prompt,
+            &config,
+            device,
+            |_| true
+        )
+        .await)?;
+        if run == 0 {
+            continue;
+        }
+        say(format!(
+            "run {run}: prefill {:.1} tokens/s, decode {:.1} tokens/s",
+            stats.prefill_tokens_per_second(),
+            stats.decode_tokens_per_second()
+        ));
+        if best.is_none_or(|b| stats.decode < b.decode) {
+            best = Some(stats);
+        }
+    }
+    best.context("no timed run")
 }

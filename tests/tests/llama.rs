@@ -127,8 +127,7 @@ fn files_given_as_bytes_load_like_the_folder_and_the_gguf() {
     // A folder without its tokenizer, a GGUF among other files, a broken GGUF: each is named.
     let err = |files, needle: &str| {
         let e = load_bytes(Path::new("dropped"), files, &device, None)
-            .err()
-            .expect("bad files loaded")
+            .expect_err("bad files loaded")
             .to_string();
         assert!(e.contains(needle), "{e}");
     };
