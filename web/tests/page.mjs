@@ -262,6 +262,34 @@ try {
       check("cpu: without WebGPU the page computes on the CPU", backend.startsWith("backend: CPU"), backend);
       await s.waitFor("the Tang poems", /^corpus tang:/, 120_000);
       const losses = await train(s, "cpu");
+      // The run's files live in the page: Ctrl+S offers its final checkpoint as a download.
+      const [download] = await Promise.all([
+        s.page.waitForEvent("download", { timeout: 60_000 }),
+        s.page.keyboard.press("Control+s"),
+      ]);
+      const tarPath = path.join(outDir, "checkpoint.tar");
+      await download.saveAs(tarPath);
+      const listed = execFileSync("tar", ["-tf", tarPath]).toString().trim().split("\n");
+      check(
+        "cpu: Ctrl+S downloads the checkpoint as a model folder",
+        ["config.json", "model.safetensors", "tokenizer.json"].every((f) => listed.some((l) => l.endsWith(`/${f}`))),
+        `${download.suggestedFilename()}: ${listed.join(", ")}`,
+      );
+      if (nativeCinder) {
+        const dir = execFileSync("mktemp", ["-d"]).toString().trim();
+        try {
+          execFileSync("tar", ["-xf", tarPath, "-C", dir]);
+          const folder = path.join(dir, listed[0].split("/")[0]);
+          const text = execFileSync(
+            nativeCinder,
+            ["generate", "--model", folder, "--device", "cpu", "--prompt", "春", "--max-new-tokens", "8"],
+            { stdio: ["ignore", "pipe", "pipe"] },
+          ).toString();
+          check("cpu: the downloaded checkpoint generates natively", text.length > 0, JSON.stringify(text.trim()));
+        } finally {
+          execFileSync("rm", ["-rf", dir]);
+        }
+      }
       // A text file dropped on the canvas becomes the corpus, and trains.
       const verses = [];
       for (let i = 0; i < 400; i++) {

@@ -246,6 +246,65 @@ pub fn choice<T: clap::ValueEnum + PartialEq + Clone>(
         });
 }
 
+/// A tar archive of `files` under the folder `folder` (for a download in the browser).
+pub fn tar<'a>(
+    folder: &str,
+    files: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Vec<u8>, String> {
+    #[cfg(target_family = "wasm")]
+    {
+        let mut archive = ::tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut header = ::tar::Header::new_ustar();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            archive
+                .append_data(&mut header, format!("{folder}/{name}"), bytes)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        archive.into_inner().map_err(|e| e.to_string())
+    }
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let _ = (folder, files.count());
+        Err("downloads are made in the browser; the desktop writes runs to disk".into())
+    }
+}
+
+/// Hands `bytes` to the browser as a download named `name` (natively: an error).
+pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
+    #[cfg(target_family = "wasm")]
+    {
+        use wasm_bindgen::JsCast;
+        let error = |e: wasm_bindgen::JsValue| format!("{e:?}");
+        let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+        let options = web_sys::BlobPropertyBag::new();
+        options.set_type("application/x-tar");
+        let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options)
+            .map_err(error)?;
+        let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(error)?;
+        let document = web_sys::window()
+            .and_then(|w| w.document())
+            .ok_or("no document")?;
+        let link: web_sys::HtmlAnchorElement = document
+            .create_element("a")
+            .map_err(error)?
+            .dyn_into()
+            .map_err(|_| "not an anchor element".to_string())?;
+        link.set_href(&url);
+        link.set_download(name);
+        link.click();
+        web_sys::Url::revoke_object_url(&url).map_err(error)?;
+        Ok(())
+    }
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let _ = (name, bytes);
+        Err("downloads are made in the browser; the desktop writes runs to disk".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod worker;
 use std::path::{Path, PathBuf};
 
 use cinder_engine::data::{Corpus, CorpusSource};
-use cinder_engine::run::{FsStorage, Run};
+use cinder_engine::run::{Checkpoint, FsStorage, Run};
 use cinder_engine::train::StepReport;
 use cinder_models::recipe::TrainSettings;
 use egui::{Key, KeyboardShortcut, Modifiers, RichText};
@@ -127,6 +127,9 @@ pub struct TrainView {
     /// Corpora already in memory, offered before the run loads its own: in the browser, the
     /// Tang poems the page fetched and the text files dropped on it.
     pub corpora: Vec<(CorpusSource, Corpus)>,
+    /// In the browser: the last run's final checkpoint, which the user can download (the run's
+    /// files live in the page's memory and end with the run).
+    pub downloadable: Option<Box<Checkpoint>>,
     cache_dir: PathBuf,
     worker: Option<Worker<Command, Event>>,
 }
@@ -140,6 +143,7 @@ impl TrainView {
             status: RunStatus::Idle,
             error: None,
             corpora: Vec::new(),
+            downloadable: None,
             cache_dir,
             worker: None,
         }
@@ -230,6 +234,33 @@ impl TrainView {
         self.send(Command::Save);
     }
 
+    /// In the browser: offers the last run's final checkpoint as a download, a `.tar` of its
+    /// folder (`tar -xf` gives a model folder that `cinder generate --model` opens).
+    pub fn download(&mut self) {
+        let Some(files) = &self.downloadable else {
+            return;
+        };
+        let folder = files
+            .source()
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "checkpoint".into());
+        let run = self
+            .run
+            .run_dir
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "run".into());
+        let name = format!("{run}-{folder}");
+        let result = super::widgets::tar(&name, files.files())
+            .and_then(|bytes| super::widgets::download(&format!("{name}.tar"), &bytes));
+        match result {
+            Ok(()) => self.run.log.push(format!("downloaded {name}.tar")),
+            Err(e) => self.error = Some(format!("download: {e}")),
+        }
+    }
+
     /// Opens the run folder typed into the form.
     pub fn open_run(&mut self) {
         if self.worker.is_some() {
@@ -280,7 +311,11 @@ impl TrainView {
                 Event::Ended {
                     finished,
                     checkpoint,
+                    files,
                 } => {
+                    if files.is_some() {
+                        self.downloadable = files;
+                    }
                     if let Some(c) = checkpoint {
                         self.run
                             .log
@@ -335,7 +370,11 @@ impl TrainView {
             self.start(devices, &ctx, None);
         }
         if save {
-            self.save();
+            if self.is_active() {
+                self.save();
+            } else {
+                self.download();
+            }
         }
         if pause {
             match self.status {
@@ -393,6 +432,14 @@ impl TrainView {
                 .clicked()
             {
                 self.save();
+            }
+            if self.downloadable.is_some()
+                && ui
+                    .add_enabled(!busy, egui::Button::new("Download checkpoint"))
+                    .on_hover_text("Ctrl+S: the last run's checkpoint as a .tar")
+                    .clicked()
+            {
+                self.download();
             }
         });
         ui.separator();

@@ -8,6 +8,7 @@ use async_channel::TryRecvError;
 use cinder_engine::data::Corpus;
 
 use cinder_engine::device::{Selected, memory_usage, process_memory};
+use cinder_engine::run::Checkpoint;
 use cinder_engine::train::StepReport;
 use cinder_models::recipe::TrainSettings;
 
@@ -42,6 +43,9 @@ pub(super) enum Event {
     Ended {
         finished: bool,
         checkpoint: Option<PathBuf>,
+        /// In the browser, where a run's files live in the page's memory and end with it: the
+        /// last checkpoint's files, for the user to download.
+        files: Option<Box<Checkpoint>>,
     },
     Failed(String),
 }
@@ -184,8 +188,25 @@ pub(super) async fn run_worker(job: Job, commands: Commands<Command>, events: Ev
             }
         }
     }
+    let files = if cfg!(target_family = "wasm") {
+        match run
+            .latest()
+            .and_then(|name| name.map(|n| run.checkpoint(&n)).transpose())
+        {
+            Ok(files) => files.map(Box::new),
+            Err(e) => {
+                send(Event::Log(format!(
+                    "the checkpoint cannot be offered for download: {e}"
+                )));
+                None
+            }
+        }
+    } else {
+        None
+    };
     send(Event::Ended {
         finished: trainer.finished(),
         checkpoint,
+        files,
     });
 }
