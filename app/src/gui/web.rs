@@ -178,6 +178,117 @@ struct Page {
     problems: Vec<String>,
     /// Models made of dropped files, for the chat view: a name and the files by name.
     models: Vec<(String, NamedFiles)>,
+    /// The app's context, to wake it when a task has something for it.
+    ctx: Option<egui::Context>,
+}
+
+impl Page {
+    fn problem(&mut self, message: String) {
+        warn(&message);
+        self.problems.push(message);
+        self.repaint();
+    }
+
+    fn repaint(&self) {
+        if let Some(ctx) = &self.ctx {
+            ctx.request_repaint();
+        }
+    }
+}
+
+/// Files the user handed to the page (dropped on it or picked), read: a text file (.txt,
+/// .text, .md) becomes the training corpus; a .gguf file, or a model folder's files handed over
+/// together, the chat view's model.
+fn accept_files(page: &Shared, files: NamedFiles) {
+    let mut model = Vec::new();
+    for (name, bytes) in files {
+        let path = std::path::PathBuf::from(&name);
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("txt" | "text" | "md") => match Corpus::from_text(&path, bytes) {
+                Ok(corpus) => {
+                    log(&format!(
+                        "corpus {name}: {} characters for training, {} held out",
+                        corpus.train.chars().count(),
+                        corpus.val.chars().count()
+                    ));
+                    let mut page = page.borrow_mut();
+                    page.corpora.push((CorpusSource::File(path), corpus));
+                    page.chosen = true;
+                }
+                Err(e) => page.borrow_mut().problem(e.to_string()),
+            },
+            Some("gguf" | "json" | "safetensors" | "jinja") => model.push((name, bytes)),
+            _ => page.borrow_mut().problem(format!(
+                "{name}: not a text file to train on (.txt, .text, .md) nor a model (.gguf, or \
+                 a folder's config.json, tokenizer.json, model.safetensors)"
+            )),
+        }
+    }
+    if !model.is_empty() {
+        let name = model
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        page.borrow_mut().models.push((name, model));
+    }
+    page.borrow().repaint();
+}
+
+/// Opens the browser's file chooser for files of the types in `accept` (e.g. ".txt,.md");
+/// the chosen files are read and handed over as dropped files are ([`accept_files`]).
+pub(crate) fn choose_files(accept: &str) {
+    if let Err(e) = open_chooser(accept) {
+        PAGE.with(|page| page.borrow_mut().problem(format!("the file chooser: {e}")));
+    }
+}
+
+fn open_chooser(accept: &str) -> Result<(), String> {
+    let input: web_sys::HtmlInputElement = new_element("input")?;
+    input.set_type("file");
+    input.set_accept(accept);
+    input.set_multiple(true);
+    let chosen = input.clone();
+    let on_change = Closure::once(move || {
+        let Some(list) = chosen.files() else {
+            return;
+        };
+        let picked: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.get(i)).collect();
+        wasm_bindgen_futures::spawn_local(async move {
+            let page = PAGE.with(Rc::clone);
+            let mut files = Vec::new();
+            for file in picked {
+                let name = file.name();
+                match JsFuture::from(file.array_buffer()).await {
+                    Ok(buffer) => files.push((name, js_sys::Uint8Array::new(&buffer).to_vec())),
+                    Err(e) => page
+                        .borrow_mut()
+                        .problem(format!("{name}: {}", js_error(e))),
+                }
+            }
+            accept_files(&page, files);
+        });
+    });
+    input.set_onchange(Some(on_change.as_ref().unchecked_ref()));
+    // The input and its handler live until the user chooses (the page keeps no reference).
+    on_change.forget();
+    input.click();
+    Ok(())
+}
+
+/// A new element `tag` of the page's document, as the type `T` it is.
+pub(crate) fn new_element<T: JsCast>(tag: &str) -> Result<T, String> {
+    web_sys::window()
+        .and_then(|w| w.document())
+        .ok_or("no document")?
+        .create_element(tag)
+        .map_err(js_error)?
+        .dyn_into()
+        .map_err(|_| format!("<{tag}> is not the element expected"))
 }
 
 /// Files by name, with their bytes.
@@ -367,89 +478,24 @@ struct ChatLog {
 }
 
 impl WebApp {
-    /// Files dropped on the page: a text file becomes the training corpus; a .gguf file, or a
-    /// model folder's files dropped together, the chat view's model (read in a task: a browser
-    /// reads files asynchronously).
+    /// Files dropped on the page, read in a task (a browser reads files asynchronously) and
+    /// handed over as [`accept_files`] says.
     fn take_dropped(&mut self, ctx: &egui::Context) {
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
-        let (mut model, mut text) = (Vec::new(), Vec::new());
-        for file in dropped {
-            let name = file.path().display().to_string();
-            let extension = file
-                .path()
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase);
-            match extension.as_deref() {
-                Some("txt" | "text" | "md") => text.push(file),
-                Some("gguf" | "json" | "safetensors" | "jinja") => model.push(file),
-                _ => {
-                    let message = format!(
-                        "{name}: not a text file to train on (.txt, .text, .md) nor a model \
-                         (.gguf, or a folder's config.json, tokenizer.json, model.safetensors)"
-                    );
-                    warn(&message);
-                    self.app.train.error = Some(message);
-                }
-            }
-        }
-        for file in text {
-            let path = file.path().to_path_buf();
-            let name = path.display().to_string();
-            let page = self.page.clone();
-            let ctx = ctx.clone();
-            wasm_bindgen_futures::spawn_local(async move {
-                let read = file
-                    .bytes_async()
-                    .await
-                    .map_err(|e| format!("{name}: {e}"))
-                    .and_then(|bytes| Corpus::from_text(&path, bytes).map_err(|e| e.to_string()));
-                let mut page = page.borrow_mut();
-                match read {
-                    Ok(corpus) => {
-                        log(&format!(
-                            "corpus {name}: {} characters for training, {} held out",
-                            corpus.train.chars().count(),
-                            corpus.val.chars().count()
-                        ));
-                        page.corpora.push((CorpusSource::File(path), corpus));
-                        page.chosen = true;
-                    }
-                    Err(e) => {
-                        warn(&e);
-                        page.problems.push(e);
-                    }
-                }
-                ctx.request_repaint();
-            });
-        }
-        if model.is_empty() {
+        if dropped.is_empty() {
             return;
         }
         let page = self.page.clone();
-        let ctx = ctx.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            let name = model
-                .iter()
-                .map(|f| f.path().display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
             let mut files = Vec::new();
-            for file in model {
-                let file_name = file.path().display().to_string();
+            for file in dropped {
+                let name = file.path().display().to_string();
                 match file.bytes_async().await {
-                    Ok(bytes) => files.push((file_name, bytes.to_vec())),
-                    Err(e) => {
-                        let e = format!("{file_name}: {e}");
-                        warn(&e);
-                        page.borrow_mut().problems.push(e);
-                        ctx.request_repaint();
-                        return;
-                    }
+                    Ok(bytes) => files.push((name, bytes.to_vec())),
+                    Err(e) => page.borrow_mut().problem(format!("{name}: {e}")),
                 }
             }
-            page.borrow_mut().models.push((name, files));
-            ctx.request_repaint();
+            accept_files(&page, files);
         });
     }
 
@@ -457,7 +503,7 @@ impl WebApp {
     fn take_fetched(&mut self, ctx: &egui::Context) {
         let mut page = self.page.borrow_mut();
         for (name, files) in std::mem::take(&mut page.models) {
-            log(&format!("chat: loading dropped files {name}"));
+            log(&format!("chat: loading {name}"));
             self.app.load_model_files(name, files, ctx);
         }
         let chosen = std::mem::take(&mut page.chosen);
@@ -628,6 +674,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
             canvas,
             options,
             Box::new(move |cc| {
+                fetched.borrow_mut().ctx = Some(cc.egui_ctx.clone());
                 let settings = Settings::at_start(cc.storage, &args);
                 let mut app = CinderApp::new(settings, devices, std::path::Path::new("cache"));
                 if args.model.is_some() {

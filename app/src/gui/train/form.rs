@@ -86,6 +86,14 @@ impl TrainForm {
             {
                 *path = file;
             }
+            #[cfg(target_family = "wasm")]
+            if ui
+                .button("Choose file…")
+                .on_hover_text("Or drop a text file on the page")
+                .clicked()
+            {
+                crate::gui::web::choose_files(".txt,.text,.md");
+            }
         }
         let tokenizers = [
             TokenizerKind::Char,
