@@ -224,8 +224,9 @@ const only = process.env.CINDER_WEB_ONLY; // "webgpu", "cpu" or "chat": one of t
 let failed = false;
 try {
   // 1 and 2: WebGPU offered: the page opens on it, loads the corpus, and trains. Chromium's
-  // software adapter (SwiftShader) takes ~15 s per step whatever the batch (and minutes for a
-  // sample or the end of a run), so this checks the first steps of a small run: 2 x 16 tokens.
+  // software adapter (SwiftShader) takes ~15 s per step even at 2 x 16 tokens (~170 s at
+  // 16 x 64, and minutes for a sample or the end of a run), so this checks the first steps of
+  // a run of 2 x 16 tokens.
   if (!only || only === "webgpu") {
     const s = await session(base, {
       webgpu: true,
