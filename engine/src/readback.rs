@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData, Transaction};
 
 use crate::{Error, Result};
 
@@ -50,6 +50,35 @@ pub async fn f32_data_async<const D: usize>(tensor: Tensor<D>, what: &str) -> Re
         tensor.cast(DType::F32)
     };
     tensor.into_data_async().await.map_err(|e| failed(what, e))
+}
+
+/// Float tensors of any precision as f32 host data, read back in one transfer (one round trip
+/// to the device instead of one per tensor).
+pub async fn f32_all_async<const D: usize>(
+    tensors: Vec<Tensor<D>>,
+    what: &str,
+) -> Result<Vec<TensorData>> {
+    let count = tensors.len();
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let reads = tensors
+        .into_iter()
+        .fold(Transaction::default(), |reads, t| {
+            reads.register(if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.cast(DType::F32)
+            })
+        });
+    let data = reads.execute_async().await.map_err(|e| failed(what, e))?;
+    if data.len() != count {
+        return Err(failed(
+            what,
+            format!("{} tensors read back for {count}", data.len()),
+        ));
+    }
+    Ok(data)
 }
 
 /// [`f32_data_async`], waited for.

@@ -176,17 +176,19 @@ impl Optimizer {
         readback::resolve("the optimizer state", self.state_tensors_async())
     }
 
-    /// [`state_tensors`](Self::state_tensors), reading them back asynchronously.
+    /// [`state_tensors`](Self::state_tensors), read back asynchronously in one transfer.
     pub async fn state_tensors_async(&self) -> Result<NamedTensors> {
-        let mut out = NamedTensors::new();
-        for (path, slots) in &self.state {
-            for (slot, t) in slots {
-                let name = format!("{path}.{slot}");
-                let data = readback::f32_data_async(t.clone(), &name).await?;
-                out.insert(name, data);
-            }
-        }
-        Ok(out)
+        let (names, tensors): (Vec<String>, Vec<Tensor<1>>) = self
+            .state
+            .iter()
+            .flat_map(|(path, slots)| {
+                slots
+                    .iter()
+                    .map(move |(slot, t)| (format!("{path}.{slot}"), t.clone()))
+            })
+            .unzip();
+        let data = readback::f32_all_async(tensors, "the optimizer state").await?;
+        Ok(names.into_iter().zip(data).collect())
     }
 
     /// Elements held in optimizer state.
