@@ -68,6 +68,18 @@ done
 grep -q '"sample"' "$metrics" || fail "no sample in the metrics"
 sleep 1.5
 import -window root "$out/train.png"
+# The app's own picture of itself (Ctrl+Shift+S) lands in the run folder.
+xdotool key --window "$win" ctrl+shift+s
+picture=""
+for _ in $(seq 100); do
+  picture="$(ls "$work/run"/picture-step-*.png 2>/dev/null | head -n1 || true)"
+  [ -n "$picture" ] && break
+  sleep 0.1
+done
+[ -n "$picture" ] || fail "Ctrl+Shift+S wrote no picture-step-N.png into the run folder within 10 s"
+cp "$picture" "$out/train-picture.png"
+colors="$(identify -format '%k' "$out/train-picture.png")"
+[ "$colors" -ge 50 ] || fail "the app's picture has only $colors colours (blank?)"
 xdotool key --window "$win" ctrl+2
 sleep 1
 import -window root "$out/chat.png"

@@ -319,6 +319,9 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     if let Some(steps) = args.steps {
         form.settings.train.steps = steps;
     }
+    if let Some(every) = args.eval_every {
+        form.settings.train.eval_every = every;
+    }
     if let Some(every) = args.sample_every {
         form.settings.train.sample_every = every;
     }

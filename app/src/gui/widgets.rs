@@ -272,14 +272,15 @@ pub fn tar<'a>(
     }
 }
 
-/// Hands `bytes` to the browser as a download named `name` (natively: an error).
-pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
+/// Hands `bytes` of the media type `mime` to the browser as a download named `name`
+/// (natively: an error).
+pub fn download(name: &str, mime: &str, bytes: &[u8]) -> Result<(), String> {
     #[cfg(target_family = "wasm")]
     {
         let error = |e: wasm_bindgen::JsValue| format!("{e:?}");
         let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
         let options = web_sys::BlobPropertyBag::new();
-        options.set_type("application/x-tar");
+        options.set_type(mime);
         let blob = web_sys::Blob::new_with_u8_array_sequence_and_options(&parts, &options)
             .map_err(error)?;
         let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(error)?;
@@ -292,8 +293,39 @@ pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
     }
     #[cfg(not(target_family = "wasm"))]
     {
-        let _ = (name, bytes);
+        let _ = (name, mime, bytes);
         Err("downloads are made in the browser; the desktop writes runs to disk".into())
+    }
+}
+
+/// A picture of the window as PNG bytes.
+pub fn png(image: &egui::ColorImage) -> Result<Vec<u8>, String> {
+    let [width, height] = image.size.map(|n| n as u32);
+    let pixels = image::RgbaImage::from_raw(width, height, image.as_raw().to_vec())
+        .ok_or_else(|| format!("a {width} x {height} picture without its pixels"))?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    pixels
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(bytes.into_inner())
+}
+
+/// Keeps a picture of the window named `name`: a download in the browser, a file in `dir` (or
+/// the current folder) on the desktop. Says where it went.
+pub fn keep_picture(
+    image: &egui::ColorImage,
+    dir: Option<&std::path::Path>,
+    name: &str,
+) -> Result<String, String> {
+    let bytes = png(image)?;
+    if cfg!(target_family = "wasm") {
+        download(name, "image/png", &bytes)?;
+        Ok(format!("downloaded {name}"))
+    } else {
+        let path = dir.unwrap_or(std::path::Path::new(".")).join(name);
+        cinder_engine::atomic::write_atomic(&path, &bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(format!("picture saved: {}", path.display()))
     }
 }
 

@@ -92,6 +92,14 @@ impl TrainView {
                 .labelled_by(l.id);
             ui.label(format!("{:.2}", self.form.smoothing));
             ui.checkbox(&mut self.form.log_scale, "Log scale");
+            let keep = if cfg!(target_family = "wasm") {
+                "Ctrl+Shift+S: download a PNG of the window"
+            } else {
+                "Ctrl+Shift+S: a PNG of the window in the run folder"
+            };
+            if ui.button("Save picture").on_hover_text(keep).clicked() {
+                self.take_picture(ui.ctx());
+            }
         });
         let reports = &self.run.reports;
         let steps = |f: &dyn Fn(&StepReport) -> Option<f64>| -> Vec<[f64; 2]> {

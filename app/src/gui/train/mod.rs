@@ -7,6 +7,7 @@ mod form;
 mod worker;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::run::{Checkpoint, FsStorage, Run};
@@ -130,6 +131,8 @@ pub struct TrainView {
     /// In the browser: the last run's final checkpoint, which the user can download (the run's
     /// files live in the page's memory and end with the run).
     pub downloadable: Option<Box<Checkpoint>>,
+    /// A picture of the window asked for and not yet kept (filled when the frame is read back).
+    picture: Arc<Mutex<Option<Arc<egui::ColorImage>>>>,
     cache_dir: PathBuf,
     worker: Option<Worker<Command, Event>>,
 }
@@ -144,6 +147,7 @@ impl TrainView {
             error: None,
             corpora: Vec::new(),
             downloadable: None,
+            picture: Arc::default(),
             cache_dir,
             worker: None,
         }
@@ -253,11 +257,48 @@ impl TrainView {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| "run".into());
         let name = format!("{run}-{folder}");
-        let result = super::widgets::tar(&name, files.files())
-            .and_then(|bytes| super::widgets::download(&format!("{name}.tar"), &bytes));
+        let result = super::widgets::tar(&name, files.files()).and_then(|bytes| {
+            super::widgets::download(&format!("{name}.tar"), "application/x-tar", &bytes)
+        });
         match result {
             Ok(()) => self.run.log.push(format!("downloaded {name}.tar")),
             Err(e) => self.error = Some(format!("download: {e}")),
+        }
+    }
+
+    /// Asks for a picture of the window as it shows the run (curves, numbers, samples); kept
+    /// by [`Self::keep_picture`] once the frame has been read back.
+    pub fn take_picture(&self, ctx: &egui::Context) {
+        let slot = self.picture.clone();
+        let repaint = ctx.clone();
+        ctx.request_screenshot(move |image| {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(image);
+            }
+            repaint.request_repaint();
+        });
+    }
+
+    /// Keeps the picture [`Self::take_picture`] asked for, when it has arrived: a PNG download
+    /// in the browser, `picture-step-N.png` in the run folder on the desktop.
+    fn keep_picture(&mut self) {
+        let Some(image) = self.picture.lock().ok().and_then(|mut slot| slot.take()) else {
+            return;
+        };
+        let step = self.run.reports.last().map_or(0, |r| r.step);
+        let dir = self.run.run_dir.as_deref();
+        let name = if cfg!(target_family = "wasm") {
+            let run = dir
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "cinder".into());
+            format!("{run}-step-{step}.png")
+        } else {
+            format!("picture-step-{step}.png")
+        };
+        match super::widgets::keep_picture(&image, dir, &name) {
+            Ok(said) => self.run.log.push(said),
+            Err(e) => self.error = Some(format!("picture: {e}")),
         }
     }
 
@@ -359,13 +400,22 @@ impl TrainView {
     pub fn show(&mut self, ui: &mut egui::Ui, devices: &Devices) {
         let ctx = ui.ctx().clone();
         let ctrl = |key| KeyboardShortcut::new(Modifiers::COMMAND, key);
-        let (start, save, pause) = ui.input_mut(|i| {
+        let (start, picture, save, pause) = ui.input_mut(|i| {
             (
                 i.consume_shortcut(&ctrl(Key::Enter)),
+                // Before Ctrl+S, which also matches with Shift held.
+                i.consume_shortcut(&KeyboardShortcut::new(
+                    Modifiers::COMMAND | Modifiers::SHIFT,
+                    Key::S,
+                )),
                 i.consume_shortcut(&ctrl(Key::S)),
                 i.consume_shortcut(&ctrl(Key::P)),
             )
         });
+        self.keep_picture();
+        if picture {
+            self.take_picture(&ctx);
+        }
         if start && !self.is_active() {
             self.start(devices, &ctx, None);
         }

@@ -182,6 +182,8 @@ struct WebApp {
     page: Shared,
     /// Training steps already written to the console.
     logged_steps: usize,
+    /// Lines of the run's log already written to the console.
+    logged_lines: usize,
     logged_status: String,
     logged_chat: ChatLog,
     font_requested: bool,
@@ -259,6 +261,13 @@ impl WebApp {
             }
         }
         self.logged_steps = run.reports.len();
+        if run.log.len() < self.logged_lines {
+            self.logged_lines = 0;
+        }
+        for line in &run.log[self.logged_lines..] {
+            log(&format!("train: {line}"));
+        }
+        self.logged_lines = run.log.len();
         self.log_chat();
         let status = format!("{:?}", self.app.train.status);
         if status != self.logged_status {
@@ -404,6 +413,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
                     app,
                     page,
                     logged_steps: 0,
+                    logged_lines: 0,
                     logged_status: String::new(),
                     logged_chat: ChatLog::default(),
                     font_requested: false,
