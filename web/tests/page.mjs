@@ -272,6 +272,34 @@ async function ask(s, question) {
   return { pieces: Number(m[1]), speed: m[2], text: m[3] };
 }
 
+const FIXTURE = "tests/fixtures/llama-tiny";
+const QUESTION = "hello there";
+const MAX_TOKENS = 24;
+
+// The committed tiny LLaMA dropped on the chat view as a folder's files: it loads, and its
+// greedy answer streams in pieces and equals the native build's. Returns the answer.
+async function chatFixture(s, label) {
+  const files = [];
+  for (const name of ["config.json", "tokenizer.json", "model.safetensors"]) {
+    files.push([name, await readFile(path.join(FIXTURE, name))]);
+  }
+  const from = s.lines.length;
+  await drop(s, files);
+  const loaded = await s.waitFor("the dropped model", /^chat: (model|error)/, 120_000, from);
+  check(`${label}: the dropped tiny LLaMA folder loads`, loaded.startsWith("chat: model"), loaded);
+  const answer = await ask(s, QUESTION);
+  check(`${label}: the answer streamed in pieces`, answer.pieces > 1, `${answer.pieces} pieces, ${answer.speed}`);
+  if (nativeCinder) {
+    const native = nativeAnswer(nativeCinder, FIXTURE, QUESTION, MAX_TOKENS);
+    check(
+      `${label}: the greedy answer equals the native one`,
+      native.trim() === answer.text.trim(),
+      `page ${JSON.stringify(answer.text)}; native ${JSON.stringify(native)}`,
+    );
+  }
+  return answer;
+}
+
 // The native greedy answer to `question` from `model` as one user turn.
 function nativeAnswer(binary, model, question, maxTokens) {
   return execFileSync(
@@ -289,20 +317,23 @@ const query = `fresh&steps=${STEPS}&sample-every=10${process.env.CINDER_WEB_QUER
 const only = process.env.CINDER_WEB_ONLY; // "webgpu", "cpu" or "chat": one of the sessions
 let failed = false;
 try {
-  // 1 and 2: WebGPU offered: the page opens on it, loads the corpus, and trains 20 steps with
-  // a sample at the end. Chromium's software adapter (SwiftShader) takes ~15 s per step at
+  // 1, 2 and 4 on WebGPU: WebGPU offered: the page opens on it, loads the corpus, trains 20
+  // steps with a sample at the end, then chats with the tiny LLaMA. Chromium's software adapter (SwiftShader) takes ~15 s per step at
   // 2 x 16 tokens (its first step and first sample over a minute each, compiling kernels), so
   // the run is 2 x 16 tokens without held-out evaluation.
   if (!only || only === "webgpu") {
     const s = await session(base, {
       webgpu: true,
-      query: `fresh&steps=${STEPS}&sample-every=${STEPS}&sample-tokens=8&eval-every=0&batch-size=2&context=16${process.env.CINDER_WEB_QUERY ?? ""}`,
+      query: `fresh&steps=${STEPS}&sample-every=${STEPS}&sample-tokens=8&eval-every=0&batch-size=2&context=16&temperature=0&max-tokens=${MAX_TOKENS}${process.env.CINDER_WEB_QUERY ?? ""}`,
     });
     try {
       const backend = await s.waitFor("the backend line", /^backend:/, 120_000);
       check("webgpu: the page says it computes on WebGPU", backend.startsWith("backend: WebGPU"), backend);
       await s.waitFor("the Tang poems", /^corpus tang:/, 120_000);
       await train(s, "webgpu");
+      // The Chat view (Ctrl+2) on the same device: the tiny LLaMA answers as natively.
+      await s.page.keyboard.press("Control+2");
+      await chatFixture(s, "webgpu chat");
       check("webgpu: no console errors", s.errors.length === 0, s.errors.join(" | "));
     } finally {
       await s.browser.close();
@@ -378,34 +409,15 @@ try {
   // 4 and 5: chat on the CPU backend: the tiny LLaMA fixture dropped on the page answers as the
   // native build does; a broken GGUF shows its error and the page goes on; SmolLM2 from the site.
   if (!only || only === "chat") {
-    const maxTokens = 24;
     const s = await session(base, {
       webgpu: false,
-      query: `fresh&view=chat&temperature=0&max-tokens=${maxTokens}`,
+      query: `fresh&view=chat&temperature=0&max-tokens=${MAX_TOKENS}`,
     });
     try {
       await s.waitFor("the backend line", /^backend:/, 120_000);
-      const fixture = "tests/fixtures/llama-tiny";
-      const files = [];
-      for (const name of ["config.json", "tokenizer.json", "model.safetensors"]) {
-        files.push([name, await readFile(path.join(fixture, name))]);
-      }
-      let from = s.lines.length;
-      await drop(s, files);
-      const loaded = await s.waitFor("the dropped model", /^chat: (model|error)/, 120_000, from);
-      check("chat: the dropped tiny LLaMA folder loads", loaded.startsWith("chat: model"), loaded);
+      const answer = await chatFixture(s, "chat");
       await s.page.screenshot({ path: path.join(outDir, "chat-loaded.png") });
-      const question = "hello there";
-      const answer = await ask(s, question);
-      check("chat: the answer streamed in pieces", answer.pieces > 1, `${answer.pieces} pieces, ${answer.speed}`);
-      if (nativeCinder) {
-        const native = nativeAnswer(nativeCinder, fixture, question, maxTokens);
-        check(
-          "chat: the greedy answer equals the native one",
-          native.trim() === answer.text.trim(),
-          `page ${JSON.stringify(answer.text)}; native ${JSON.stringify(native)}`,
-        );
-      }
+      let from = s.lines.length;
       from = s.lines.length;
       const broken = Buffer.concat([Buffer.from("GGUF"), Buffer.from([3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])]);
       await drop(s, [["broken.gguf", broken]]);
@@ -424,14 +436,14 @@ try {
         ]);
       }
       check("chat: \"Model files…\" opens the browser's file chooser", Boolean(chooser));
-      await chooser.setFiles(["config.json", "tokenizer.json", "model.safetensors"].map((n) => path.join(fixture, n)));
+      await chooser.setFiles(["config.json", "tokenizer.json", "model.safetensors"].map((n) => path.join(FIXTURE, n)));
       const picked = await s.waitFor("the picked model", /^chat: (model|error)/, 120_000, from);
       check("chat: model files picked with the file chooser load", picked.startsWith("chat: model"), picked);
-      const again = await ask(s, question);
+      const again = await ask(s, QUESTION);
       check("chat: after the error the page still answers", again.text === answer.text, again.text);
       // SmolLM2 from the site (the build places it there), loaded from the address.
       from = s.lines.length;
-      await s.page.goto(`${base}/?fresh&view=chat&model=smollm2&temperature=0&max-tokens=24&device=cpu`);
+      await s.page.goto(`${base}/?fresh&view=chat&model=smollm2&temperature=0&max-tokens=${MAX_TOKENS}&device=cpu`);
       const t0 = Date.now();
       const smol = await s.waitFor("SmolLM2", /^chat: (model|error)/, 10 * 60_000, from);
       check("chat: SmolLM2 loads from the site", smol.startsWith("chat: model"), `${smol} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
