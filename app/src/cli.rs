@@ -8,7 +8,7 @@ use cinder_engine::optim::OptimizerArgs;
 use cinder_engine::quant::DtypeChoice;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::train::{Recompute, TrainConfig};
-use cinder_models::recipe::{Gpt2Preset, ModelRecipe, TrainSettings};
+use cinder_models::recipe::{Family, Gpt2Preset, ModelRecipe, TrainSettings};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Cinder: train and run transformer language models on any GPU or the CPU.
@@ -56,6 +56,9 @@ pub struct GuiArgs {
     /// Training form: corpus (tang, fortunes or a text file).
     #[arg(long)]
     pub corpus: Option<CorpusSource>,
+    /// Training form: model family.
+    #[arg(long, value_enum)]
+    pub family: Option<Family>,
     /// Training form: model size preset.
     #[arg(long, value_enum)]
     pub preset: Option<Gpt2Preset>,
@@ -182,12 +185,15 @@ impl TrainArgs {
     pub fn settings(&self) -> cinder_engine::Result<TrainSettings> {
         let mut train = self.train.clone();
         train.optimizer = self.optimizer.config()?;
-        Ok(TrainSettings {
+        let settings = TrainSettings {
             model: self.model.clone(),
             train,
             device: self.device,
             ..TrainSettings::default()
-        })
+        };
+        // Before any corpus is fetched or device opened.
+        settings.check()?;
+        Ok(settings)
     }
 }
 

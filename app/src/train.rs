@@ -12,9 +12,7 @@ use cinder_engine::run::FsStorage;
 #[cfg(target_family = "wasm")]
 use cinder_engine::run::MemoryStorage;
 use cinder_engine::run::{Run, RunStorage};
-use cinder_engine::train::Trainer;
-use cinder_models::gpt2::Gpt2;
-use cinder_models::recipe::{TrainSettings, prepare};
+use cinder_models::recipe::{AnyTrainer, TrainSettings, prepare};
 
 /// `runs/<corpus>`, or `runs/<corpus>-N` when that exists.
 pub fn free_run_dir(settings: &TrainSettings) -> PathBuf {
@@ -58,7 +56,7 @@ pub enum CorpusFrom<'a> {
 /// A run ready to step.
 pub struct Session {
     /// The trainer, restored when the run resumes.
-    pub trainer: Trainer<Gpt2>,
+    pub trainer: AnyTrainer,
     /// The run's files.
     pub run: Run,
     /// The run folder.
@@ -153,7 +151,7 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         if args.stop_after.is_some_and(|n| steps_this_run >= n) {
             break;
         }
-        let r = run.step(&mut trainer)?;
+        let r = trainer.step_in(&mut run)?;
         steps_this_run += 1;
         let tps = smoothed_tps.map_or(r.tokens_per_sec, |s| 0.9 * s + 0.1 * r.tokens_per_sec);
         smoothed_tps = Some(tps);
@@ -197,7 +195,7 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
             .as_ref()
             .is_none_or(|(s, _)| *s != trainer.step_count())
     {
-        saved_at = Some((trainer.step_count(), run.save(&trainer)?));
+        saved_at = Some((trainer.step_count(), trainer.save_in(&mut run)?));
     }
     if let Some((_, ckpt)) = &saved_at {
         eprintln!("checkpoint: {}", ckpt.display());

@@ -109,6 +109,71 @@ fn bad_arguments_get_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+
+    // Settings of one family given to the other.
+    for (family, flag, value) in [("llama", "--dropout", "0.1"), ("gpt2", "--n-kv-head", "2")] {
+        let out = cinder(
+            &["train", "--family", family, flag, value, "--device", "cpu"],
+            cwd,
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(flag) && err.contains(&format!("--family {family}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn train_a_llama_and_generate_from_its_run() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let corpus = work.path().join("poems.txt");
+    let lines: String = (0..200)
+        .map(|i| format!("line {} of the little corpus.\n", i % 13))
+        .collect();
+    std::fs::write(&corpus, lines).expect("write corpus");
+    let run = work.path().join("run");
+    let run_path = run.to_str().expect("a UTF-8 path");
+    #[rustfmt::skip]
+    let out = cinder(
+        &[
+            "train", "--family", "llama", "--corpus", corpus.to_str().expect("a UTF-8 path"),
+            "--n-layer", "1", "--n-embd", "32", "--n-head", "4", "--n-kv-head", "2",
+            "--context", "16", "--batch-size", "4", "--steps", "12", "--sample-every", "6",
+            "--sample-tokens", "8", "--device", "cpu", "--out", run_path,
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("model llama: 1 layers, 4 heads (2 key/value), width 32"),
+        "{err}"
+    );
+    let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("read metrics")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a metrics line")["loss"]
+                .as_f64()
+                .expect("a loss")
+        })
+        .collect();
+    assert_eq!(losses.len(), 12);
+    assert!(losses[11] < losses[0], "the loss falls: {losses:?}");
+    // Greedy: twelve steps teach it little, but it continues the prompt (a sampled first
+    // token may be the end of text and end the answer).
+    #[rustfmt::skip]
+    let out = cinder(
+        &["generate", "--model", run_path, "--prompt", "line", "--max-new-tokens", "10",
+          "--temperature", "0", "--device", "cpu"],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("(llama, F32 weights)"), "{err}");
+    assert!(err.contains("10 new tokens"), "{err}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! What `cinder train` trains, and how: a GPT-2 of a size preset on a corpus with a tokenizer
-//! trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
+//! What `cinder train` trains, and how: a GPT-2 or LLaMA of a size preset on a corpus with a
+//! tokenizer trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
 //! desktop and browser form's state); [`prepare`] turns it into a [`Trainer`] ready to step
 //! inside a [`Run`], starting fresh, from a Hugging Face folder, or from the run's latest
 //! checkpoint.
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected};
+use cinder_engine::lm::CausalLm;
 use cinder_engine::run::{Checkpoint, Run, resolve_model_dir};
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
 use cinder_engine::train::{TrainConfig, Trainer};
@@ -15,6 +16,28 @@ use cinder_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::llama::{Llama, LlamaConfig};
+
+/// The model families `cinder train` trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Family {
+    /// GPT-2: learned positions, LayerNorm, GELU feed-forward, head tied to the embedding.
+    #[default]
+    #[value(name = "gpt2")]
+    #[serde(rename = "gpt2")]
+    Gpt2,
+    /// LLaMA: rotary positions, RMSNorm, SwiGLU feed-forward, grouped-query attention, head tied
+    /// to the embedding (as SmolLM2).
+    #[value(name = "llama")]
+    #[serde(rename = "llama")]
+    Llama,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        cinder_engine::settings::fmt_value_enum(self, f)
+    }
+}
 
 /// GPT-2 sizes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -61,7 +84,10 @@ pub struct ModelRecipe {
     /// Tokenizer trained on the corpus: char, bpe (8192 entries) or bpe:N.
     #[arg(long, default_value = "char")]
     pub tokenizer: TokenizerKind,
-    /// Model size preset.
+    /// Model family.
+    #[arg(long, value_enum, default_value_t)]
+    pub family: Family,
+    /// Model size preset (blocks, heads and width; the same for both families).
     #[arg(long, value_enum, default_value_t)]
     pub preset: Gpt2Preset,
     /// Transformer blocks (overrides the preset).
@@ -73,10 +99,14 @@ pub struct ModelRecipe {
     /// Width (overrides the preset).
     #[arg(long)]
     pub n_embd: Option<usize>,
-    /// Dropout on embeddings, attention and residual branches.
+    /// Key/value heads of grouped-query attention (LLaMA; default: as many as the heads).
+    #[arg(long)]
+    pub n_kv_head: Option<usize>,
+    /// Dropout on embeddings, attention and residual branches (GPT-2).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
-    /// Start from this Hugging Face GPT-2 folder (or run) instead of random weights.
+    /// Start from this Hugging Face GPT-2 or LLaMA folder (or run) instead of random weights;
+    /// its family replaces --family.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
 }
@@ -101,6 +131,25 @@ impl ModelRecipe {
         c.embd_pdrop = self.dropout;
         c.attn_pdrop = self.dropout;
         c
+    }
+
+    /// The LLaMA of the same size: the preset's blocks, heads and width with the overrides, a
+    /// SwiGLU layer of about 8/3 the width (rounded up to a multiple of 32), rotary base 10000,
+    /// and the head tied to the embedding.
+    pub fn llama_config(&self, vocab: usize, context: usize) -> LlamaConfig {
+        let shape = self.model_config(vocab, context);
+        let c = shape.n_embd;
+        LlamaConfig::new(
+            vocab,
+            c,
+            (8 * c).div_ceil(3).div_ceil(32) * 32,
+            shape.n_layer,
+            shape.n_head,
+        )
+        .with_num_key_value_heads(self.n_kv_head)
+        .with_max_position_embeddings(context)
+        .with_rms_norm_eps(1e-5)
+        .with_tie_word_embeddings(true)
     }
 }
 
@@ -136,6 +185,22 @@ impl TrainSettings {
     /// Checks what would otherwise fail after the corpus is read.
     pub fn check(&self) -> Result<()> {
         self.train.validate()?;
+        let m = &self.model;
+        match m.family {
+            Family::Llama if m.dropout > 0.0 => {
+                return Err(Error::Config(
+                    "--dropout does not apply to --family llama (LLaMA has no dropout)".into(),
+                ));
+            }
+            Family::Gpt2 if m.n_kv_head.is_some() => {
+                return Err(Error::Config(
+                    "--n-kv-head does not apply to --family gpt2 (its heads all have their own \
+                     keys and values)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         if self.train.recompute.blockwise() && self.model.dropout > 0.0 {
             return Err(Error::Config(format!(
                 "recompute {}: block-by-block recomputation needs dropout 0 (or use recompute \
@@ -186,21 +251,111 @@ impl TrainSettings {
     }
 }
 
-/// A GPT-2 and its tokenizer from checkpoint files.
-pub fn model_from_checkpoint(
-    ckpt: &Checkpoint,
-    device: &cinder_engine::burn::tensor::Device,
-) -> Result<(Gpt2, Tokenizer)> {
-    let model = Gpt2::from_files(ckpt, device)?;
-    let tokenizer = Tokenizer::from_json(ckpt.text("tokenizer.json")?)
-        .map_err(|e| Error::format(ckpt.path("tokenizer.json"), e.to_string()))?;
-    Ok((model, tokenizer))
+/// A trainer of any family `cinder train` trains.
+pub enum AnyTrainer {
+    /// A GPT-2's.
+    Gpt2(Trainer<Gpt2>),
+    /// A LLaMA's.
+    Llama(Trainer<Llama>),
+}
+
+/// Runs `$body` with `$t` bound to the trainer inside `$any`, whatever its family.
+macro_rules! with_trainer {
+    ($any:expr, $t:ident => $body:expr) => {
+        match $any {
+            AnyTrainer::Gpt2($t) => $body,
+            AnyTrainer::Llama($t) => $body,
+        }
+    };
+}
+
+impl AnyTrainer {
+    /// The family's name ("gpt2", "llama").
+    pub fn family(&self) -> &'static str {
+        with_trainer!(self, t => t.model().family())
+    }
+
+    /// Optimizer steps taken.
+    pub fn step_count(&self) -> u64 {
+        with_trainer!(self, t => t.step_count())
+    }
+
+    /// Whether all configured steps are done.
+    pub fn finished(&self) -> bool {
+        with_trainer!(self, t => t.finished())
+    }
+
+    /// The trainer's settings.
+    pub fn config(&self) -> &TrainConfig {
+        with_trainer!(self, t => t.config())
+    }
+
+    /// Notes the trainer made when it was set up (settings the device changed).
+    pub fn notes(&self) -> &[String] {
+        with_trainer!(self, t => t.notes())
+    }
+
+    /// Text sampled from the model.
+    pub fn sample(&self, seed: u64) -> Result<String> {
+        with_trainer!(self, t => t.sample(seed))
+    }
+
+    /// One step recorded in `run` ([`Run::step`]).
+    pub fn step_in(&mut self, run: &mut Run) -> Result<cinder_engine::train::StepReport> {
+        with_trainer!(self, t => run.step(t))
+    }
+
+    /// [`Self::step_in`], awaiting every readback.
+    pub async fn step_in_async(
+        &mut self,
+        run: &mut Run,
+    ) -> Result<cinder_engine::train::StepReport> {
+        with_trainer!(self, t => run.step_async(t).await)
+    }
+
+    /// A checkpoint written into `run` ([`Run::save`]).
+    pub fn save_in(&self, run: &mut Run) -> Result<PathBuf> {
+        with_trainer!(self, t => run.save(t))
+    }
+
+    /// [`Self::save_in`], reading the weights back asynchronously.
+    pub async fn save_in_async(&self, run: &mut Run) -> Result<PathBuf> {
+        with_trainer!(self, t => run.save_async(t).await)
+    }
+
+    /// Restores the trainer from checkpoint files.
+    fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        with_trainer!(self, t => t.restore(ckpt))
+    }
+}
+
+/// The family a model folder or checkpoint's `config.json` names (`model_type`; GPT-2 when
+/// absent, as Hugging Face's own GPT-2 files may omit it).
+pub fn family_of(files: &Checkpoint) -> Result<Family> {
+    let path = files.path("config.json");
+    let config: serde_json::Value = serde_json::from_str(files.text("config.json")?)
+        .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    match config.get("model_type").and_then(serde_json::Value::as_str) {
+        None | Some("gpt2") => Ok(Family::Gpt2),
+        Some("llama") => Ok(Family::Llama),
+        Some(other) => Err(Error::format(
+            path,
+            format!("model_type '{other}' cannot be trained (gpt2 and llama can)"),
+        )),
+    }
+}
+
+/// The tokenizer of a checkpoint or model folder.
+fn checkpoint_tokenizer(ckpt: &Checkpoint) -> Result<Tokenizer> {
+    Tokenizer::from_json(ckpt.text("tokenizer.json")?)
+        .map_err(|e| Error::format(ckpt.path("tokenizer.json"), e.to_string()))
 }
 
 /// Sets up `settings` in `run` on `selected` (the trainer's model goes on its autodiff device)
-/// with `corpus` (the one `settings` names, loaded by the caller): trains or loads the tokenizer, builds or loads the model, and, when
-/// `resume`, restores the run's latest checkpoint. `say` receives one line per stage. Records
-/// the settings in the run.
+/// with `corpus` (the one `settings` names, loaded by the caller): trains or loads the
+/// tokenizer, builds or loads the model of the settings' family (or of the folder it starts
+/// from), and, when `resume`, restores the run's latest checkpoint. `say` receives one line
+/// per stage. Records the settings in the run.
 pub fn prepare(
     settings: &TrainSettings,
     run: &mut Run,
@@ -208,8 +363,9 @@ pub fn prepare(
     selected: &Selected,
     corpus: Corpus,
     say: &mut dyn FnMut(String),
-) -> Result<Trainer<Gpt2>> {
+) -> Result<AnyTrainer> {
     settings.check()?;
+    let mut settings = settings.clone();
     let recompute = settings.train.recompute;
     let device = if recompute.needs_checkpointing_device() {
         selected.device.clone().autodiff().gradient_checkpointing()
@@ -229,46 +385,94 @@ pub fn prepare(
         None
     };
 
-    let recipe = &settings.model;
     say(format!(
         "corpus {}: {} characters for training, {} held out",
-        recipe.corpus,
+        settings.model.corpus,
         corpus.train.chars().count(),
         corpus.val.chars().count()
     ));
 
-    let (model, tokenizer) = if let Some(ckpt) = &ckpt {
-        model_from_checkpoint(ckpt, &device)?
-    } else if let Some(dir) = &recipe.init_from {
-        let dir = resolve_model_dir(dir)?;
-        let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        (Gpt2::from_pretrained(&dir, &device)?, tok)
-    } else {
-        let t0 = web_time::Instant::now();
-        let tok = Tokenizer::train(recipe.tokenizer, &corpus.train)?;
-        say(format!(
-            "tokenizer {}: {} entries ({:.1}s)",
-            recipe.tokenizer,
-            tok.vocab_size(),
-            t0.elapsed().as_secs_f64()
-        ));
-        let mut config = recipe.model_config(tok.vocab_size(), settings.train.context);
-        config.bos_token_id = tok.eos_id().map(|i| i as usize);
-        config.eos_token_id = tok.eos_id().map(|i| i as usize);
-        config.check()?;
-        device.seed(settings.train.seed);
-        (config.init(&device), tok)
+    // Where the weights come from: the run's checkpoint, a model folder, or nothing (random).
+    let folder = match (&ckpt, &settings.model.init_from) {
+        (None, Some(dir)) => Some(Checkpoint::read_model_folder(&resolve_model_dir(dir)?)?),
+        _ => None,
     };
-    let cfg = model.config();
-    say(format!(
-        "model gpt2: {} layers, {} heads, width {}, context {}, vocabulary {}, {:.2}M parameters",
-        cfg.n_layer,
-        cfg.n_head,
-        cfg.n_embd,
-        cfg.n_positions,
-        cfg.vocab_size,
-        cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
-    ));
+    let start = ckpt.as_ref().or(folder.as_ref());
+    if let Some(files) = start {
+        settings.model.family = family_of(files)?;
+    }
+    let recipe = &settings.model;
+    let tokenizer = match start {
+        Some(files) => checkpoint_tokenizer(files)?,
+        None => {
+            let t0 = web_time::Instant::now();
+            let tok = Tokenizer::train(recipe.tokenizer, &corpus.train)?;
+            say(format!(
+                "tokenizer {}: {} entries ({:.1}s)",
+                recipe.tokenizer,
+                tok.vocab_size(),
+                t0.elapsed().as_secs_f64()
+            ));
+            tok
+        }
+    };
+    let (vocab, context) = (tokenizer.vocab_size(), settings.train.context);
+    let eos = tokenizer.eos_id().map(|i| i as usize);
+    let model = match recipe.family {
+        Family::Gpt2 => {
+            let model = match start {
+                Some(files) => Gpt2::from_files(files, &device)?,
+                None => {
+                    device.seed(settings.train.seed);
+                    let mut config = recipe.model_config(vocab, context);
+                    config.bos_token_id = eos;
+                    config.eos_token_id = eos;
+                    config.check()?;
+                    config.init(&device)
+                }
+            };
+            let c = model.config();
+            say(format!(
+                "model gpt2: {} layers, {} heads, width {}, context {}, vocabulary {}, {:.2}M \
+                 parameters",
+                c.n_layer,
+                c.n_head,
+                c.n_embd,
+                c.n_positions,
+                c.vocab_size,
+                cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
+            ));
+            Model::Gpt2(model)
+        }
+        Family::Llama => {
+            let model = match start {
+                Some(files) => Llama::from_files(files, &device)?,
+                None => {
+                    device.seed(settings.train.seed);
+                    let config = recipe
+                        .llama_config(vocab, context)
+                        .with_bos_token_id(eos)
+                        .with_eos_token_id(eos.map(Into::into));
+                    config.check()?;
+                    config.init(&device)
+                }
+            };
+            let c = model.config();
+            say(format!(
+                "model llama: {} layers, {} heads ({} key/value), width {}, feed-forward {}, \
+                 context {}, vocabulary {}, {:.2}M parameters",
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.kv_heads(),
+                c.hidden_size,
+                c.intermediate_size,
+                c.max_position_embeddings,
+                c.vocab_size,
+                cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
+            ));
+            Model::Llama(model)
+        }
+    };
 
     let t0 = web_time::Instant::now();
     let train_tokens = tokenizer.encode_corpus(&corpus.train)?;
@@ -280,14 +484,25 @@ pub fn prepare(
         t0.elapsed().as_secs_f64()
     ));
 
-    let mut trainer = Trainer::new(
-        model,
-        settings.train.clone(),
-        tokenizer,
-        train_tokens,
-        val_tokens,
-        &device,
-    )?;
+    let config = settings.train.clone();
+    let mut trainer = match model {
+        Model::Gpt2(m) => AnyTrainer::Gpt2(Trainer::new(
+            m,
+            config,
+            tokenizer,
+            train_tokens,
+            val_tokens,
+            &device,
+        )?),
+        Model::Llama(m) => AnyTrainer::Llama(Trainer::new(
+            m,
+            config,
+            tokenizer,
+            train_tokens,
+            val_tokens,
+            &device,
+        )?),
+    };
     for note in trainer.notes() {
         say(format!("note: {note}"));
     }
@@ -300,8 +515,14 @@ pub fn prepare(
             trainer.step_count()
         ));
     }
-    run.write_settings(settings)?;
+    run.write_settings(&settings)?;
     Ok(trainer)
+}
+
+/// A freshly built or loaded model, before its trainer.
+enum Model {
+    Gpt2(Gpt2),
+    Llama(Llama),
 }
 
 #[cfg(test)]

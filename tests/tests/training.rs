@@ -2,12 +2,15 @@
 //! saved model loads back unchanged.
 
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
+use cinder_engine::data::Corpus;
+use cinder_engine::device::{DeviceChoice, select};
 use cinder_engine::lm::CausalLm;
 use cinder_engine::rng;
 use cinder_engine::run::{FsStorage, Run, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_engine::train::{TrainConfig, Trainer, save_model};
+use cinder_engine::train::{Recompute, TrainConfig, Trainer, save_model};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
+use cinder_models::recipe::{AnyTrainer, Family, TrainSettings, prepare};
 
 /// Sentences from a small grammar: low-entropy text a tiny model learns in a few dozen steps.
 fn corpus(lines: u64) -> String {
@@ -157,4 +160,133 @@ fn saved_model_loads_back_with_identical_logits() {
     for name in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(dir.path().join(name).is_file(), "{name}");
     }
+}
+
+/// Settings for a small LLaMA (2 layers of width 32, 4 query and 2 key/value heads) trained
+/// through `prepare`, the path `cinder train --family llama` and the app take.
+fn llama_settings(steps: u64, init_from: &std::path::Path) -> TrainSettings {
+    let mut s = TrainSettings::default();
+    s.model.family = Family::Llama;
+    s.model.n_layer = Some(2);
+    s.model.n_head = Some(4);
+    s.model.n_kv_head = Some(2);
+    s.model.n_embd = Some(32);
+    s.model.init_from = Some(init_from.to_path_buf());
+    s.device = DeviceChoice::Cpu;
+    s.train = TrainConfig {
+        steps,
+        batch_size: 8,
+        context: 32,
+        lr: 5e-3,
+        warmup: 3,
+        eval_every: 0,
+        sample_every: 0,
+        checkpoint_every: 0,
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    s
+}
+
+/// Steps `trainer` until it is done, in `run`, returning the losses.
+fn losses(trainer: &mut AnyTrainer, run: &mut Run, stop_after: Option<usize>) -> Vec<f64> {
+    let mut out = Vec::new();
+    while !trainer.finished() && stop_after.is_none_or(|n| out.len() < n) {
+        out.push(trainer.step_in(run).unwrap().loss);
+    }
+    out
+}
+
+#[test]
+fn llama_trains_resumes_exactly_recomputes_blocks_and_generates_from_its_run() {
+    let n: usize = 4;
+    let selected = select(DeviceChoice::Cpu).unwrap();
+    let text = corpus(400);
+    let data = || Corpus {
+        train: text.clone(),
+        val: text.clone(),
+    };
+    // The starting weights, written once: Burn's random source is process-wide, so two
+    // initialisations could differ while other tests run in parallel.
+    let init = tempfile::tempdir().unwrap();
+    let settings = llama_settings(2 * n as u64, init.path());
+    let tok = Tokenizer::train_char(&text).unwrap();
+    let config = settings
+        .model
+        .llama_config(tok.vocab_size(), settings.train.context);
+    assert_eq!(
+        (
+            config.num_hidden_layers,
+            config.kv_heads(),
+            config.intermediate_size
+        ),
+        (2, 2, 96),
+        "the LLaMA of a 2 x 32 recipe"
+    );
+    let cpu = Device::flex().autodiff();
+    cpu.seed(5);
+    save_model(&config.init(&cpu), &tok, init.path()).unwrap();
+    let quiet = &mut |_: String| {};
+
+    let straight_dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(Box::new(FsStorage::new(straight_dir.path()))).unwrap();
+    let mut straight = prepare(&settings, &mut run, false, &selected, data(), quiet).unwrap();
+    assert_eq!(straight.family(), "llama");
+    let expected = losses(&mut straight, &mut run, None);
+    let positions = (settings.train.batch_size * settings.train.context) as f64;
+    assert!(
+        expected[2 * n - 1] < 0.9 * expected[0],
+        "the loss falls: {expected:?}"
+    );
+
+    // Stopped after n steps, resumed from the checkpoint: the same losses.
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(Box::new(FsStorage::new(dir.path()))).unwrap();
+    let mut first = prepare(&settings, &mut run, false, &selected, data(), quiet).unwrap();
+    let mut got = losses(&mut first, &mut run, Some(n));
+    first.save_in(&mut run).unwrap();
+    drop((first, run));
+    let mut run = Run::new(Box::new(FsStorage::new(dir.path()))).unwrap();
+    let saved = TrainSettings::read(&run).unwrap().unwrap();
+    assert_eq!(
+        saved.model.family,
+        Family::Llama,
+        "run.json keeps the family"
+    );
+    let mut second = prepare(&saved, &mut run, true, &selected, data(), quiet).unwrap();
+    assert_eq!(second.step_count(), n as u64);
+    got.extend(losses(&mut second, &mut run, None));
+    // Recomputing each block in the backward pass changes what is kept, not what is computed.
+    let mut blocks = settings.clone();
+    blocks.train.recompute = Recompute::Blocks;
+    let blocks_dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(Box::new(FsStorage::new(blocks_dir.path()))).unwrap();
+    let mut recomputed = prepare(&blocks, &mut run, false, &selected, data(), quiet).unwrap();
+    let recomputed = losses(&mut recomputed, &mut run, None);
+    for (i, (a, b)) in expected.iter().zip(&got).enumerate() {
+        // As in resumed_run_repeats_the_uninterrupted_losses: each loss is a mean of
+        // batch x context positive terms, which a different summation order moves by that
+        // many ε of itself at most.
+        let bound = positions * f64::from(f32::EPSILON) * a;
+        assert!(
+            (a - b).abs() <= bound,
+            "step {}: uninterrupted {a} vs resumed {b} (bound {bound:e})",
+            i + 1
+        );
+        let c = recomputed[i];
+        assert!(
+            (a - c).abs() <= bound,
+            "step {}: kept {a} vs recomputed blocks {c} (bound {bound:e})",
+            i + 1
+        );
+    }
+
+    // The run's checkpoint is a Hugging Face LLaMA folder: it loads as one and generates.
+    let ckpt = resolve_model_dir(dir.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    let loaded = cinder_models::auto::load(&ckpt, &Device::flex(), None).unwrap();
+    assert_eq!(loaded.family(), "llama");
 }

@@ -310,6 +310,12 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     if let Some(corpus) = &args.corpus {
         form.settings.model.corpus = corpus.clone();
     }
+    if let Some(family) = args.family {
+        form.settings.model.family = family;
+        if family == cinder_models::recipe::Family::Llama {
+            form.settings.model.dropout = 0.0;
+        }
+    }
     if let Some(preset) = args.preset {
         form.settings.model.preset = preset;
         form.settings.model.n_layer = None;

@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::burn;
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::{Blockwise, CausalLm};
 use cinder_engine::weights::NamedTensors;
 
 use crate::blocks::{KvCache, kv_cache_methods, tied_logits};
@@ -66,11 +66,43 @@ impl Llama {
         if let Some(c) = cache {
             c.advance(t);
         }
+        self.logits(x)
+    }
+
+    /// The final norm and the output head.
+    ///
+    /// # Shapes
+    /// - x: `[B, T, C]` -> `[B, T, V]`
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         let x = self.norm.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => tied_logits(x, &self.embed_tokens),
         }
+    }
+}
+
+impl Blockwise for Llama {
+    fn num_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn has_dropout(&self) -> bool {
+        false
+    }
+
+    fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.embed_tokens.forward(tokens)
+    }
+
+    fn block(&self, index: usize, x: Tensor<3>) -> Tensor<3> {
+        let [_, t, _] = x.dims();
+        let rotary = Rotary::new(&self.inv_freq, 0, t, &x.device());
+        self.layers[index].forward(x, &rotary, None)
+    }
+
+    fn head(&self, x: Tensor<3>) -> Tensor<3> {
+        self.logits(x)
     }
 }
 
@@ -98,6 +130,10 @@ impl CausalLm for Llama {
         parameters: Vec<(String, TensorData)>,
     ) -> cinder_engine::Result<NamedTensors> {
         self.hf_tensors(parameters)
+    }
+
+    fn blockwise(&self) -> Option<&dyn Blockwise> {
+        Some(self)
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use cinder_engine::data::CorpusSource;
 use cinder_engine::optim::{OptimizerConfig, OptimizerKind};
 use cinder_engine::tokenizer::TokenizerKind;
-use cinder_models::recipe::{Gpt2Preset, TrainSettings};
+use cinder_models::recipe::{Family, Gpt2Preset, TrainSettings};
 use egui::RichText;
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +112,13 @@ impl TrainForm {
 
     fn model_ui(&mut self, ui: &mut egui::Ui) {
         let s = &mut self.settings;
-        section(ui, "Model (GPT-2)");
+        section(ui, "Model");
+        choice::<Family>(ui, "Family", &mut s.model.family);
+        if s.model.family == Family::Llama {
+            s.model.dropout = 0.0;
+        } else {
+            s.model.n_kv_head = None;
+        }
         let before = s.model.preset;
         choice::<Gpt2Preset>(ui, "Size", &mut s.model.preset);
         if s.model.preset != before {
@@ -130,8 +136,15 @@ impl TrainForm {
             number(ui, "Layers", &mut layers, 1..=96, 0.1);
             number(ui, "Heads", &mut heads, 1..=64, 0.1);
             number(ui, "Width", &mut width, 8..=8192, 1.0);
+            if m.family == Family::Llama {
+                let mut kv = m.n_kv_head.unwrap_or(heads);
+                number(ui, "Key/value heads", &mut kv, 1..=64, 0.1);
+                m.n_kv_head = (kv != heads).then_some(kv);
+            }
             number(ui, "Context", &mut s.train.context, 2..=4096, 1.0);
-            number(ui, "Dropout", &mut m.dropout, 0.0..=0.9, 0.01);
+            if m.family == Family::Gpt2 {
+                number(ui, "Dropout", &mut m.dropout, 0.0..=0.9, 0.01);
+            }
             // Only a value that differs from the preset is an override.
             m.n_layer = (layers != shape.n_layer).then_some(layers);
             m.n_head = (heads != shape.n_head).then_some(heads);
@@ -140,6 +153,15 @@ impl TrainForm {
                 ui.colored_label(
                     ui.visuals().error_fg_color,
                     "width must be a multiple of heads",
+                );
+                ui.end_row();
+            }
+            if m.n_kv_head
+                .is_some_and(|kv| kv == 0 || !heads.is_multiple_of(kv))
+            {
+                ui.colored_label(
+                    ui.visuals().error_fg_color,
+                    "heads must be a multiple of key/value heads",
                 );
                 ui.end_row();
             }

@@ -131,7 +131,7 @@ pub(super) async fn run_worker(job: Job, commands: Commands<Command>, events: Ev
             Some(Command::Stop) => break,
             Some(Command::Save) => {
                 if saved_at != Some(trainer.step_count()) {
-                    match run.save_async(&trainer).await {
+                    match trainer.save_in_async(&mut run).await {
                         Ok(path) => {
                             saved_at = Some(trainer.step_count());
                             send(Event::Saved(path));
@@ -151,7 +151,7 @@ pub(super) async fn run_worker(job: Job, commands: Commands<Command>, events: Ev
         }
         // The page draws and takes input (a Stop click) between steps.
         cinder_engine::pace::yield_now().await;
-        match run.step_async(&mut trainer).await {
+        match trainer.step_in_async(&mut run).await {
             Ok(mut report) => {
                 stepped = true;
                 if report.checkpoint.is_some() {
@@ -180,7 +180,7 @@ pub(super) async fn run_worker(job: Job, commands: Commands<Command>, events: Ev
     }
     let mut checkpoint = None;
     if stepped && saved_at != Some(trainer.step_count()) {
-        match run.save_async(&trainer).await {
+        match trainer.save_in_async(&mut run).await {
             Ok(path) => checkpoint = Some(path),
             Err(e) => {
                 send(Event::Failed(format!("saving the final checkpoint: {e:#}")));
