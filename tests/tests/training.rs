@@ -8,7 +8,7 @@ use cinder_engine::lm::CausalLm;
 use cinder_engine::rng;
 use cinder_engine::run::{FsStorage, Run, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_engine::train::{Recompute, TrainConfig, Trainer, save_model};
+use cinder_engine::train::{Precision, Recompute, TrainConfig, Trainer, save_model};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
 use cinder_models::recipe::{AnyTrainer, Family, TrainSettings, prepare};
 
@@ -198,7 +198,7 @@ fn losses(trainer: &mut AnyTrainer, run: &mut Run, stop_after: Option<usize>) ->
 }
 
 #[test]
-fn llama_trains_resumes_exactly_recomputes_blocks_and_generates_from_its_run() {
+fn llama_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_a_hf_folder() {
     let n: usize = 4;
     let selected = select(DeviceChoice::Cpu).unwrap();
     let text = corpus(400);
@@ -263,6 +263,29 @@ fn llama_trains_resumes_exactly_recomputes_blocks_and_generates_from_its_run() {
     let mut run = Run::new(Box::new(FsStorage::new(blocks_dir.path()))).unwrap();
     let mut recomputed = prepare(&blocks, &mut run, false, &selected, data(), quiet).unwrap();
     let recomputed = losses(&mut recomputed, &mut run, None);
+    // In bf16 (8 significant bits) the losses follow: the residual stream is rounded after
+    // each of the 2 layers' attention and feed-forward, the final norm and the head, 6
+    // roundings at the scale of the loss (bounded by 8 as in half_precision_losses_follow_the_f32_run).
+    let mut half = settings.clone();
+    half.train.precision = Precision::Bf16;
+    let half_dir = tempfile::tempdir().unwrap();
+    let mut run = Run::new(Box::new(FsStorage::new(half_dir.path()))).unwrap();
+    let mut bf16 = prepare(&half, &mut run, false, &selected, data(), quiet).unwrap();
+    let bf16 = losses(&mut bf16, &mut run, None);
+    let worst = bf16
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let bound = 8.0 * 2f64.powi(-8) * expected[0];
+    eprintln!(
+        "llama bf16: worst gap {worst:.4} over {} steps (bound {bound:.4})",
+        2 * n
+    );
+    assert!(
+        worst < bound,
+        "bf16 {bf16:?} vs f32 {expected:?} (bound {bound})"
+    );
     for (i, (a, b)) in expected.iter().zip(&got).enumerate() {
         // As in resumed_run_repeats_the_uninterrupted_losses: each loss is a mean of
         // batch x context positive terms, which a different summation order moves by that

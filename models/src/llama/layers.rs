@@ -57,7 +57,16 @@ impl Rotary {
         let first = x.clone().narrow(3, 0, d / 2);
         let second = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        // The tables are f32; training in f16 or bf16 rotates in that type.
+        let dtype = x.dtype();
+        let table = |t: &Tensor<4>| {
+            if t.dtype() == dtype {
+                t.clone()
+            } else {
+                t.clone().cast(dtype)
+            }
+        };
+        x * table(&self.cos) + rotated * table(&self.sin)
     }
 }
 
