@@ -1,4 +1,4 @@
-//! The GPU path: the same GPT-2 forward, backward, optimizer step and greedy generation on wgpu
+//! The GPU path: the same GPT-2 and LLaMA forward, backward, optimizer step and greedy generation on wgpu
 //! (Mesa's lavapipe software Vulkan renderer in CI) agree with the CPU backend.
 //!
 //! Bounds: two f32 evaluations summing in different orders, with the Vulkan precision of exp
@@ -78,6 +78,33 @@ fn forward_and_greedy_generation_match_the_cpu() {
 #[test]
 fn training_step_matches_the_cpu() {
     let dir = cinder_tests::fixtures().join("gpt2-tiny");
+    training_steps_match_the_cpu(
+        |folder, device| Gpt2::from_pretrained(folder, device).unwrap(),
+        &dir,
+        gpt2_tiny_roundings,
+    );
+}
+
+#[test]
+fn llama_training_step_matches_the_cpu() {
+    use cinder_models::llama::Llama;
+    let dir = cinder_tests::fixtures().join("llama-tiny");
+    training_steps_match_the_cpu(
+        |folder, device| Llama::from_pretrained(folder, device).unwrap(),
+        &dir,
+        cinder_tests::llama_tiny_roundings,
+    );
+}
+
+/// Two SGD steps of the fixture in `dir` (a 320-entry vocabulary, width 32), each taken on the
+/// CPU and on the device from the same weights and momentum: the losses, gradient norms and
+/// updated weights agree within the bounds of their roundings (`roundings(t, ulps)` for a
+/// forward pass over `t` positions).
+fn training_steps_match_the_cpu<M: CausalLm>(
+    load: impl Fn(&std::path::Path, &Device) -> M,
+    dir: &std::path::Path,
+    roundings: fn(usize, usize) -> usize,
+) {
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(20);
     let tokens = tok.encode_corpus(&text).unwrap();
@@ -98,7 +125,7 @@ fn training_step_matches_the_cpu() {
         checkpoint_every: 0,
         ..TrainConfig::default()
     };
-    let trainer = |model: Gpt2, device: &Device| {
+    let trainer = |model: M, device: &Device| {
         Trainer::new(
             model,
             config.clone(),
@@ -111,13 +138,13 @@ fn training_step_matches_the_cpu() {
     };
     // Forward and backward through the network (the backward's sums mirror the forward's),
     // then each weight's gradient sums over the batch's positions.
-    let forward = gpt2_tiny_roundings(context, VULKAN_ULPS);
+    let forward = roundings(context, VULKAN_ULPS);
     let grad_roundings = 2 * forward + batch * context;
     // The largest logit over the corpus's windows stands for the logits' magnitudes.
     let cpu_device = Device::flex().autodiff();
     let scale = max_abs(
         &logits(
-            &fixture(&Device::flex()),
+            &load(dir, &Device::flex()),
             &tokens[..context],
             &Device::flex(),
         )
@@ -125,16 +152,13 @@ fn training_step_matches_the_cpu() {
         .unwrap(),
     );
     let run_dir = tempfile::tempdir().unwrap();
-    let mut cpu = trainer(fixture(&cpu_device), &cpu_device);
+    let mut cpu = trainer(load(dir, &cpu_device), &cpu_device);
     for step in 1..=2 {
         // Both take the step from the same weights and momentum: the device resumes from the
         // CPU's checkpoint.
         let (folder, ckpt) = cinder_tests::checkpoint(run_dir.path(), &cpu);
         let gpu_device = wgpu().autodiff();
-        let mut gpu = trainer(
-            Gpt2::from_pretrained(&folder, &gpu_device).unwrap(),
-            &gpu_device,
-        );
+        let mut gpu = trainer(load(&folder, &gpu_device), &gpu_device);
         gpu.restore(&ckpt).unwrap();
         let before = cinder_tests::named_weights(cpu.model());
         let (c, g) = (cpu.step().unwrap(), gpu.step().unwrap());
