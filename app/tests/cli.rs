@@ -14,6 +14,16 @@ fn cinder(args: &[&str], cwd: &Path) -> Output {
         .expect("running cinder")
 }
 
+/// A 200-line text file in `dir` that a tiny model learns in a few steps.
+fn little_corpus(dir: &Path) -> PathBuf {
+    let corpus = dir.join("poems.txt");
+    let lines: String = (0..200)
+        .map(|i| format!("line {} of the little corpus.\n", i % 13))
+        .collect();
+    std::fs::write(&corpus, lines).expect("write corpus");
+    corpus
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
@@ -128,11 +138,7 @@ fn bad_arguments_get_clear_errors() {
 #[test]
 fn train_a_llama_and_generate_from_its_run() {
     let work = tempfile::tempdir().expect("tempdir");
-    let corpus = work.path().join("poems.txt");
-    let lines: String = (0..200)
-        .map(|i| format!("line {} of the little corpus.\n", i % 13))
-        .collect();
-    std::fs::write(&corpus, lines).expect("write corpus");
+    let corpus = little_corpus(work.path());
     let run = work.path().join("run");
     let run_path = run.to_str().expect("a UTF-8 path");
     #[rustfmt::skip]
@@ -179,11 +185,7 @@ fn train_a_llama_and_generate_from_its_run() {
 #[test]
 fn train_stop_resume_and_generate_from_the_run() {
     let work = tempfile::tempdir().expect("tempdir");
-    let corpus = work.path().join("poems.txt");
-    let lines: String = (0..200)
-        .map(|i| format!("line {} of the little corpus.\n", i % 13))
-        .collect();
-    std::fs::write(&corpus, lines).expect("write corpus");
+    let corpus = little_corpus(work.path());
     let run = work.path().join("run");
     let common = [
         "--corpus",
