@@ -268,7 +268,8 @@ async function ask(s, question) {
   await s.page.keyboard.type(question);
   await s.page.keyboard.press("Enter");
   const line = await s.waitFor("the answer", /^chat: answer in/, 5 * 60_000, from);
-  const m = /^chat: answer in (\d+) pieces \(([^)]*)\): ([\s\S]*)$/.exec(line);
+  // The speed may hold parentheses of its own ("(token limit)").
+  const m = /^chat: answer in (\d+) pieces \((.*?)\): ([\s\S]*)$/.exec(line);
   return { pieces: Number(m[1]), speed: m[2], text: m[3] };
 }
 
