@@ -101,6 +101,11 @@ async function session(base, { webgpu, query }) {
     }
   });
   page.on("pageerror", (e) => errors.push(`page error: ${e.message}`));
+  // Listening from the start makes Playwright intercept file choosers before the first click
+  // (enabled lazily, a chooser opened in the meantime would be a native one the test never
+  // sees, and it would block the next).
+  const choosers = [];
+  page.on("filechooser", (c) => choosers.push(c));
   await page.goto(`${base}/?${query}`);
   // The first line from index `from` on matching `pattern`.
   const waitFor = async (what, pattern, timeout, from = 0) => {
@@ -119,7 +124,7 @@ async function session(base, { webgpu, query }) {
       await page.waitForTimeout(250);
     }
   };
-  return { browser, page, lines, errors, waitFor };
+  return { browser, page, lines, errors, waitFor, choosers };
 }
 
 // Starts training with the keyboard (Ctrl+Enter on the focused canvas) and waits for the end:
@@ -432,11 +437,19 @@ try {
       await s.page.waitForTimeout(1000);
       await s.page.screenshot({ path: path.join(outDir, "chat-error.png") });
       let chooser = null;
+      // As a hand would: over the button first (egui sees the hover in a frame of its own),
+      // then press and release; again if the click was not taken.
       for (let attempt = 0; attempt < 3 && !chooser; attempt++) {
-        [chooser] = await Promise.all([
-          s.page.waitForEvent("filechooser", { timeout: 10_000 }).catch(() => null),
-          s.page.mouse.click(50, 79),
-        ]);
+        const before = s.choosers.length;
+        await s.page.mouse.move(50, 79);
+        await s.page.waitForTimeout(300);
+        await s.page.mouse.down();
+        await s.page.waitForTimeout(100);
+        await s.page.mouse.up();
+        for (let waited = 0; waited < 10_000 && s.choosers.length === before; waited += 250) {
+          await s.page.waitForTimeout(250);
+        }
+        chooser = s.choosers[before] ?? null;
       }
       check("chat: \"Model files…\" opens the browser's file chooser", Boolean(chooser));
       await chooser.setFiles(["config.json", "tokenizer.json", "model.safetensors"].map((n) => path.join(FIXTURE, n)));
