@@ -121,7 +121,11 @@ fn bad_arguments_get_clear_errors() {
     );
 
     // Settings of one family given to the other.
-    for (family, flag, value) in [("llama", "--dropout", "0.1"), ("gpt2", "--n-kv-head", "2")] {
+    for (family, flag, value) in [
+        ("llama", "--dropout", "0.1"),
+        ("gpt2", "--n-kv-head", "2"),
+        ("gpt2-ml", "--n-kv-head", "2"),
+    ] {
         let out = cinder(
             &["train", "--family", family, flag, value, "--device", "cpu"],
             cwd,
@@ -137,26 +141,39 @@ fn bad_arguments_get_clear_errors() {
 
 #[test]
 fn train_a_llama_and_generate_from_its_run() {
+    let kv = ["--n-kv-head", "2"];
+    let line = "model llama: 1 layers, 4 heads (2 key/value), width 32";
+    // Greedy: twelve steps teach it little, but it continues the prompt.
+    train_and_generate("llama", &kv, line, &["--temperature", "0"]);
+}
+
+#[test]
+fn train_a_gpt2_ml_and_sample_from_its_run_with_top_k_and_top_p() {
+    let line = "model gpt2-ml: 1 layers, 4 heads, width 32, feed-forward 128";
+    let sampling = ["--top-k", "5", "--top-p", "0.95", "--seed", "7"];
+    train_and_generate("gpt2-ml", &[], line, &sampling);
+}
+
+/// Trains a one-layer model of `family` for 12 steps on a little corpus (`extra` added to the
+/// flags), checks the model line `model_line` and that the loss falls, then generates 10 tokens
+/// from the run with the decoding flags `decoding`.
+fn train_and_generate(family: &str, extra: &[&str], model_line: &str, decoding: &[&str]) {
     let work = tempfile::tempdir().expect("tempdir");
     let corpus = little_corpus(work.path());
     let run = work.path().join("run");
     let run_path = run.to_str().expect("a UTF-8 path");
     #[rustfmt::skip]
-    let out = cinder(
-        &[
-            "train", "--family", "llama", "--corpus", corpus.to_str().expect("a UTF-8 path"),
-            "--n-layer", "1", "--n-embd", "32", "--n-head", "4", "--n-kv-head", "2",
-            "--context", "16", "--batch-size", "4", "--steps", "12", "--sample-every", "6",
-            "--sample-tokens", "8", "--device", "cpu", "--out", run_path,
-        ],
-        work.path(),
-    );
+    let mut args = vec![
+        "train", "--family", family, "--corpus", corpus.to_str().expect("a UTF-8 path"),
+        "--n-layer", "1", "--n-embd", "32", "--n-head", "4",
+        "--context", "16", "--batch-size", "4", "--steps", "12", "--sample-every", "6",
+        "--sample-tokens", "8", "--device", "cpu", "--out", run_path,
+    ];
+    args.extend(extra);
+    let out = cinder(&args, work.path());
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("model llama: 1 layers, 4 heads (2 key/value), width 32"),
-        "{err}"
-    );
+    assert!(err.contains(model_line), "{err}");
     let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .expect("read metrics")
         .lines()
@@ -168,17 +185,22 @@ fn train_a_llama_and_generate_from_its_run() {
         .collect();
     assert_eq!(losses.len(), 12);
     assert!(losses[11] < losses[0], "the loss falls: {losses:?}");
-    // Greedy: twelve steps teach it little, but it continues the prompt (a sampled first
-    // token may be the end of text and end the answer).
-    #[rustfmt::skip]
-    let out = cinder(
-        &["generate", "--model", run_path, "--prompt", "line", "--max-new-tokens", "10",
-          "--temperature", "0", "--device", "cpu"],
-        work.path(),
-    );
+    let mut args = vec![
+        "generate",
+        "--model",
+        run_path,
+        "--prompt",
+        "line",
+        "--max-new-tokens",
+        "10",
+        "--device",
+        "cpu",
+    ];
+    args.extend(decoding);
+    let out = cinder(&args, work.path());
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("(llama, F32 weights)"), "{err}");
+    assert!(err.contains(&format!("({family}, F32 weights)")), "{err}");
     assert!(err.contains("10 new tokens"), "{err}");
 }
 

@@ -14,6 +14,7 @@ use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::{Error, Result};
 
 use crate::gpt2::Gpt2;
+use crate::gpt2_ml::Gpt2Ml;
 use crate::llama::Llama;
 
 /// A model of one of the supported families.
@@ -23,6 +24,8 @@ pub enum AnyModel {
     Gpt2(Gpt2),
     /// LLaMA layout.
     Llama(Llama),
+    /// GPT2_ML layout.
+    Gpt2Ml(Gpt2Ml),
 }
 
 /// Runs `$body` with `$m` bound to the concrete model inside an [`AnyModel`], so generic engine
@@ -33,6 +36,7 @@ macro_rules! with_model {
         match $any {
             $crate::auto::AnyModel::Gpt2($m) => $body,
             $crate::auto::AnyModel::Llama($m) => $body,
+            $crate::auto::AnyModel::Gpt2Ml($m) => $body,
         }
     };
 }
@@ -65,6 +69,7 @@ impl LoadedModel {
         match self.model {
             AnyModel::Gpt2(_) => "gpt2",
             AnyModel::Llama(_) => "llama",
+            AnyModel::Gpt2Ml(_) => crate::gpt2_ml::MODEL_TYPE,
         }
     }
 }
@@ -165,16 +170,22 @@ fn load_files(
     let tokenizer = Tokenizer::from_json(files.text("tokenizer.json")?)
         .map_err(|e| Error::format(files.path("tokenizer.json"), e.to_string()))?;
     let (model, mut stop_tokens) = match family {
-        "gpt2" => {
+        "gpt2" | crate::gpt2_ml::MODEL_TYPE => {
             if dtype.is_some_and(|d| d != WeightDtype::F32) {
                 return Err(Error::Config(format!(
                     "--dtype {dtype:?}: quantized weights are implemented for LLaMA models; \
-                     GPT-2 runs in f32"
+                     {family} runs in f32"
                 )));
             }
-            let model = Gpt2::from_files(files, device)?;
-            let eos = model.config().eos_token_id.map(|e| e as u32);
-            (AnyModel::Gpt2(model), eos.into_iter().collect::<Vec<_>>())
+            if family == "gpt2" {
+                let model = Gpt2::from_files(files, device)?;
+                let eos = model.config().eos_token_id.map(|e| e as u32);
+                (AnyModel::Gpt2(model), eos.into_iter().collect::<Vec<_>>())
+            } else {
+                let model = Gpt2Ml::from_files(files, device)?;
+                let eos = model.config().eos_token_id.map(|e| e as u32);
+                (AnyModel::Gpt2Ml(model), eos.into_iter().collect::<Vec<_>>())
+            }
         }
         "llama" => {
             let dtype = dtype.unwrap_or_default();
@@ -185,7 +196,7 @@ fn load_files(
         other => {
             return Err(Error::format(
                 &config_path,
-                format!("model_type '{other}' is not supported (gpt2 and llama are)"),
+                format!("model_type '{other}' is not supported (gpt2, llama and gpt2-ml are)"),
             ));
         }
     };

@@ -14,7 +14,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
@@ -23,7 +23,8 @@ use cinder_engine::run::Checkpoint;
 use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
 
 use crate::blocks::{
-    KvCache, LayerCache, causal_attention, causal_mask, extend_cache, kv_cache_methods, tied_logits,
+    KvCache, LayerCache, causal_attention_with_dropout, extend_cache, gelu_tanh, kv_cache_methods,
+    tied_logits,
 };
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -234,22 +235,7 @@ impl Attention {
         if let Some(cache) = cache {
             (k, v) = extend_cache(cache, k, v);
         }
-        let s = k.dims()[2];
-        let dropout_active = self.attn_dropout.prob > 0.0
-            && self.attn_dropout.training.is_enabled()
-            && q.device().is_autodiff();
-        let y = if dropout_active {
-            // Attention dropout needs the probabilities, so spell the attention out.
-            let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
-            let mask = causal_mask(t, s, &scores.device())
-                .unsqueeze::<4>()
-                .expand([b, h, t, s]);
-            let probs =
-                burn::tensor::activation::softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
-            self.attn_dropout.forward(probs).matmul(v)
-        } else {
-            causal_attention(q, k, v)
-        }; // [B, H, T, D]
+        let y = causal_attention_with_dropout(q, k, v, &self.attn_dropout); // [B, H, T, D]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
@@ -276,16 +262,6 @@ impl Mlp {
         };
         self.dropout.forward(self.c_proj.forward(hidden))
     }
-}
-
-/// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written
-/// through the identity `0.5 (1 + tanh(z)) = sigmoid(2z)`: six element-wise ops and no `powf`,
-/// which on the CPU backend made the textbook form about a fifth of a training step.
-fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const C1: f64 = 2.0 * 0.797_884_560_802_865_4; // 2 * sqrt(2 / pi)
-    const C2: f64 = C1 * 0.044_715;
-    let z = x.clone() * (x.clone() * x.clone()).mul_scalar(C2).add_scalar(C1);
-    x * sigmoid(z)
 }
 
 /// One pre-LayerNorm transformer block.

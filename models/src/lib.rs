@@ -4,6 +4,7 @@
 pub mod auto;
 pub mod blocks;
 pub mod gpt2;
+pub mod gpt2_ml;
 pub mod llama;
 pub mod projection;
 pub mod recipe;

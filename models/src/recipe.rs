@@ -1,4 +1,4 @@
-//! What `cinder train` trains, and how: a GPT-2 or LLaMA of a size preset on a corpus with a
+//! What `cinder train` trains, and how: a GPT-2, LLaMA or GPT2_ML of a size preset on a corpus with a
 //! tokenizer trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
 //! desktop and browser form's state); [`prepare`] turns it into a [`Trainer`] ready to step
 //! inside a [`Run`], starting fresh, from a Hugging Face folder, or from the run's latest
@@ -16,6 +16,7 @@ use cinder_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::gpt2_ml::{Gpt2Ml, Gpt2MlConfig};
 use crate::llama::{Llama, LlamaConfig};
 
 /// The model families `cinder train` trains.
@@ -31,6 +32,23 @@ pub enum Family {
     #[value(name = "llama")]
     #[serde(rename = "llama")]
     Llama,
+    /// GPT2_ML (the Chinese GPT-2 of bert4keras): learned positions, an embedding LayerNorm,
+    /// post-LayerNorm blocks whose feed-forward residual skips its input norm, tied head.
+    #[value(name = "gpt2-ml")]
+    #[serde(rename = "gpt2-ml")]
+    Gpt2Ml,
+}
+
+impl Family {
+    /// Whether the family has dropout layers (`--dropout` applies).
+    pub fn has_dropout(self) -> bool {
+        matches!(self, Self::Gpt2 | Self::Gpt2Ml)
+    }
+
+    /// Whether its attention can share keys and values between heads (`--n-kv-head` applies).
+    pub fn has_kv_heads(self) -> bool {
+        self == Self::Llama
+    }
 }
 
 impl std::fmt::Display for Family {
@@ -102,10 +120,10 @@ pub struct ModelRecipe {
     /// Key/value heads of grouped-query attention (LLaMA; default: as many as the heads).
     #[arg(long)]
     pub n_kv_head: Option<usize>,
-    /// Dropout on embeddings, attention and residual branches (GPT-2).
+    /// Dropout on embeddings, attention and residual branches (GPT-2, GPT2_ML).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
-    /// Start from this Hugging Face GPT-2 or LLaMA folder (or run) instead of random weights;
+    /// Start from this model folder (or run) of a family Cinder trains instead of random weights;
     /// its family replaces --family.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
@@ -151,6 +169,22 @@ impl ModelRecipe {
         .with_rms_norm_eps(1e-5)
         .with_tie_word_embeddings(true)
     }
+
+    /// The GPT2_ML of the same size: the preset's blocks, heads and width with the overrides, a
+    /// feed-forward layer 4 times the width, exact GELU, and the recipe's dropout.
+    pub fn gpt2_ml_config(&self, vocab: usize, context: usize) -> Gpt2MlConfig {
+        let shape = self.model_config(vocab, context);
+        Gpt2MlConfig::new(
+            vocab,
+            context,
+            shape.n_embd,
+            shape.n_layer,
+            shape.n_head,
+            4 * shape.n_embd,
+        )
+        .with_hidden_dropout_prob(self.dropout)
+        .with_attention_probs_dropout_prob(self.dropout)
+    }
 }
 
 /// The layout version of `run.json`.
@@ -186,20 +220,18 @@ impl TrainSettings {
     pub fn check(&self) -> Result<()> {
         self.train.validate()?;
         let m = &self.model;
-        match m.family {
-            Family::Llama if m.dropout > 0.0 => {
-                return Err(Error::Config(
-                    "--dropout does not apply to --family llama (LLaMA has no dropout)".into(),
-                ));
-            }
-            Family::Gpt2 if m.n_kv_head.is_some() => {
-                return Err(Error::Config(
-                    "--n-kv-head does not apply to --family gpt2 (its heads all have their own \
-                     keys and values)"
-                        .into(),
-                ));
-            }
-            _ => {}
+        if !m.family.has_dropout() && m.dropout > 0.0 {
+            return Err(Error::Config(format!(
+                "--dropout does not apply to --family {} (it has no dropout)",
+                m.family
+            )));
+        }
+        if !m.family.has_kv_heads() && m.n_kv_head.is_some() {
+            return Err(Error::Config(format!(
+                "--n-kv-head does not apply to --family {} (its heads all have their own keys \
+                 and values)",
+                m.family
+            )));
         }
         if self.train.recompute.blockwise() && self.model.dropout > 0.0 {
             return Err(Error::Config(format!(
@@ -257,6 +289,8 @@ pub enum AnyTrainer {
     Gpt2(Trainer<Gpt2>),
     /// A LLaMA's.
     Llama(Trainer<Llama>),
+    /// A GPT2_ML's.
+    Gpt2Ml(Trainer<Gpt2Ml>),
 }
 
 /// Runs `$body` with `$t` bound to the trainer inside `$any`, whatever its family.
@@ -265,12 +299,13 @@ macro_rules! with_trainer {
         match $any {
             AnyTrainer::Gpt2($t) => $body,
             AnyTrainer::Llama($t) => $body,
+            AnyTrainer::Gpt2Ml($t) => $body,
         }
     };
 }
 
 impl AnyTrainer {
-    /// The family's name ("gpt2", "llama").
+    /// The family's name ("gpt2", "llama", "gpt2-ml").
     pub fn family(&self) -> &'static str {
         with_trainer!(self, t => t.model().family())
     }
@@ -338,9 +373,10 @@ pub fn family_of(files: &Checkpoint) -> Result<Family> {
     match config.get("model_type").and_then(serde_json::Value::as_str) {
         None | Some("gpt2") => Ok(Family::Gpt2),
         Some("llama") => Ok(Family::Llama),
+        Some(crate::gpt2_ml::MODEL_TYPE) => Ok(Family::Gpt2Ml),
         Some(other) => Err(Error::format(
             path,
-            format!("model_type '{other}' cannot be trained (gpt2 and llama can)"),
+            format!("model_type '{other}' cannot be trained (gpt2, llama and gpt2-ml can)"),
         )),
     }
 }
@@ -472,6 +508,33 @@ pub fn prepare(
             ));
             Model::Llama(model)
         }
+        Family::Gpt2Ml => {
+            let model = match start {
+                Some(files) => Gpt2Ml::from_files(files, &device)?,
+                None => {
+                    device.seed(settings.train.seed);
+                    let config = recipe
+                        .gpt2_ml_config(vocab, context)
+                        .with_bos_token_id(eos)
+                        .with_eos_token_id(eos);
+                    config.check()?;
+                    config.init(&device)
+                }
+            };
+            let c = model.config();
+            say(format!(
+                "model gpt2-ml: {} layers, {} heads, width {}, feed-forward {}, context {}, \
+                 vocabulary {}, {:.2}M parameters",
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.hidden_size,
+                c.intermediate_size,
+                c.max_position_embeddings,
+                c.vocab_size,
+                cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
+            ));
+            Model::Gpt2Ml(model)
+        }
     };
 
     let t0 = web_time::Instant::now();
@@ -502,6 +565,14 @@ pub fn prepare(
             val_tokens,
             &device,
         )?),
+        Model::Gpt2Ml(m) => AnyTrainer::Gpt2Ml(Trainer::new(
+            m,
+            config,
+            tokenizer,
+            train_tokens,
+            val_tokens,
+            &device,
+        )?),
     };
     for note in trainer.notes() {
         say(format!("note: {note}"));
@@ -523,6 +594,7 @@ pub fn prepare(
 enum Model {
     Gpt2(Gpt2),
     Llama(Llama),
+    Gpt2Ml(Gpt2Ml),
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ fn check_against_reference(model: &Llama, device: &Device, what: &str) {
 fn llama(any: AnyModel) -> Llama {
     match any {
         AnyModel::Llama(m) => m,
-        AnyModel::Gpt2(_) => panic!("loaded a GPT-2"),
+        other => panic!("loaded {other:?}, not a LLaMA"),
     }
 }
 

@@ -162,14 +162,15 @@ fn saved_model_loads_back_with_identical_logits() {
     }
 }
 
-/// Settings for a small LLaMA (2 layers of width 32, 4 query and 2 key/value heads) trained
-/// through `prepare`, the path `cinder train --family llama` and the app take.
-fn llama_settings(steps: u64, init_from: &std::path::Path) -> TrainSettings {
+/// Settings for a small model of `family` (2 layers of width 32 and 4 heads; for LLaMA 2 of
+/// them key/value heads) trained through `prepare`, the path `cinder train --family` and the
+/// app take.
+fn family_settings(family: Family, steps: u64, init_from: &std::path::Path) -> TrainSettings {
     let mut s = TrainSettings::default();
-    s.model.family = Family::Llama;
+    s.model.family = family;
     s.model.n_layer = Some(2);
     s.model.n_head = Some(4);
-    s.model.n_kv_head = Some(2);
+    s.model.n_kv_head = family.has_kv_heads().then_some(2);
     s.model.n_embd = Some(32);
     s.model.init_from = Some(init_from.to_path_buf());
     s.device = DeviceChoice::Cpu;
@@ -199,6 +200,57 @@ fn losses(trainer: &mut AnyTrainer, run: &mut Run, stop_after: Option<usize>) ->
 
 #[test]
 fn llama_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_a_hf_folder() {
+    let settings = |init: &std::path::Path| family_settings(Family::Llama, 8, init);
+    let write_init = |s: &TrainSettings, tok: &Tokenizer, dir: &std::path::Path| {
+        let config = s.model.llama_config(tok.vocab_size(), s.train.context);
+        assert_eq!(
+            (
+                config.num_hidden_layers,
+                config.kv_heads(),
+                config.intermediate_size
+            ),
+            (2, 2, 96),
+            "the LLaMA of a 2 x 32 recipe"
+        );
+        let cpu = Device::flex().autodiff();
+        cpu.seed(5);
+        save_model(&config.init(&cpu), tok, dir).unwrap();
+    };
+    let config = trains_resumes_recomputes_and_saves(settings, write_init);
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+}
+
+#[test]
+fn gpt2_ml_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_its_folder() {
+    let settings = |init: &std::path::Path| family_settings(Family::Gpt2Ml, 8, init);
+    let write_init = |s: &TrainSettings, tok: &Tokenizer, dir: &std::path::Path| {
+        let config = s.model.gpt2_ml_config(tok.vocab_size(), s.train.context);
+        assert_eq!(
+            config.intermediate_size, 128,
+            "the GPT2_ML of a 2 x 32 recipe"
+        );
+        let cpu = Device::flex().autodiff();
+        cpu.seed(5);
+        save_model(&config.init(&cpu), tok, dir).unwrap();
+    };
+    let config = trains_resumes_recomputes_and_saves(settings, write_init);
+    assert_eq!(config["model_type"], "gpt2-ml");
+    assert!(
+        config.get("n_embd").is_none(),
+        "GPT2_ML's own keys: {config}"
+    );
+}
+
+/// Trains the settings `settings(init)` make for 8 steps, `write_init(settings, tokenizer,
+/// init)` having written the starting weights into `init`: the loss falls, a run stopped after
+/// 4 steps and resumed from its checkpoint repeats the losses, recomputing blocks changes
+/// nothing, bf16 follows f32, and the checkpoint loads as a model folder of the family. Returns
+/// the checkpoint's `config.json`.
+fn trains_resumes_recomputes_and_saves(
+    settings: impl Fn(&std::path::Path) -> TrainSettings,
+    write_init: impl Fn(&TrainSettings, &Tokenizer, &std::path::Path),
+) -> serde_json::Value {
     let n: usize = 4;
     let selected = select(DeviceChoice::Cpu).unwrap();
     let text = corpus(400);
@@ -209,29 +261,17 @@ fn llama_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_a_hf_folder(
     // The starting weights, written once: Burn's random source is process-wide, so two
     // initialisations could differ while other tests run in parallel.
     let init = tempfile::tempdir().unwrap();
-    let settings = llama_settings(2 * n as u64, init.path());
+    let settings = settings(init.path());
+    assert_eq!(settings.train.steps, 2 * n as u64);
+    let family = settings.model.family;
     let tok = Tokenizer::train_char(&text).unwrap();
-    let config = settings
-        .model
-        .llama_config(tok.vocab_size(), settings.train.context);
-    assert_eq!(
-        (
-            config.num_hidden_layers,
-            config.kv_heads(),
-            config.intermediate_size
-        ),
-        (2, 2, 96),
-        "the LLaMA of a 2 x 32 recipe"
-    );
-    let cpu = Device::flex().autodiff();
-    cpu.seed(5);
-    save_model(&config.init(&cpu), &tok, init.path()).unwrap();
+    write_init(&settings, &tok, init.path());
     let quiet = &mut |_: String| {};
 
     let straight_dir = tempfile::tempdir().unwrap();
     let mut run = Run::new(Box::new(FsStorage::new(straight_dir.path()))).unwrap();
     let mut straight = prepare(&settings, &mut run, false, &selected, data(), quiet).unwrap();
-    assert_eq!(straight.family(), "llama");
+    assert_eq!(straight.family(), family.to_string());
     let expected = losses(&mut straight, &mut run, None);
     let positions = (settings.train.batch_size * settings.train.context) as f64;
     assert!(
@@ -248,11 +288,7 @@ fn llama_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_a_hf_folder(
     drop((first, run));
     let mut run = Run::new(Box::new(FsStorage::new(dir.path()))).unwrap();
     let saved = TrainSettings::read(&run).unwrap().unwrap();
-    assert_eq!(
-        saved.model.family,
-        Family::Llama,
-        "run.json keeps the family"
-    );
+    assert_eq!(saved.model.family, family, "run.json keeps the family");
     let mut second = prepare(&saved, &mut run, true, &selected, data(), quiet).unwrap();
     assert_eq!(second.step_count(), n as u64);
     got.extend(losses(&mut second, &mut run, None));
@@ -279,7 +315,7 @@ fn llama_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_a_hf_folder(
         .fold(0.0, f64::max);
     let bound = 8.0 * 2f64.powi(-8) * expected[0];
     eprintln!(
-        "llama bf16: worst gap {worst:.4} over {} steps (bound {bound:.4})",
+        "{family} bf16: worst gap {worst:.4} over {} steps (bound {bound:.4})",
         2 * n
     );
     assert!(
@@ -304,12 +340,9 @@ fn llama_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_a_hf_folder(
         );
     }
 
-    // The run's checkpoint is a Hugging Face LLaMA folder: it loads as one and generates.
+    // The run's checkpoint is a model folder of the family: it loads as one.
     let ckpt = resolve_model_dir(dir.path()).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["model_type"], "llama");
-    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
     let loaded = cinder_models::auto::load(&ckpt, &Device::flex(), None).unwrap();
-    assert_eq!(loaded.family(), "llama");
+    assert_eq!(loaded.family(), family.to_string());
+    serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap()
 }

@@ -312,7 +312,7 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     }
     if let Some(family) = args.family {
         form.settings.model.family = family;
-        if family == cinder_models::recipe::Family::Llama {
+        if !family.has_dropout() {
             form.settings.model.dropout = 0.0;
         }
     }

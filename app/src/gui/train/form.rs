@@ -114,9 +114,10 @@ impl TrainForm {
         let s = &mut self.settings;
         section(ui, "Model");
         choice::<Family>(ui, "Family", &mut s.model.family);
-        if s.model.family == Family::Llama {
+        if !s.model.family.has_dropout() {
             s.model.dropout = 0.0;
-        } else {
+        }
+        if !s.model.family.has_kv_heads() {
             s.model.n_kv_head = None;
         }
         let before = s.model.preset;
@@ -136,13 +137,13 @@ impl TrainForm {
             number(ui, "Layers", &mut layers, 1..=96, 0.1);
             number(ui, "Heads", &mut heads, 1..=64, 0.1);
             number(ui, "Width", &mut width, 8..=8192, 1.0);
-            if m.family == Family::Llama {
+            if m.family.has_kv_heads() {
                 let mut kv = m.n_kv_head.unwrap_or(heads);
                 number(ui, "Key/value heads", &mut kv, 1..=64, 0.1);
                 m.n_kv_head = (kv != heads).then_some(kv);
             }
             number(ui, "Context", &mut s.train.context, 2..=4096, 1.0);
-            if m.family == Family::Gpt2 {
+            if m.family.has_dropout() {
                 number(ui, "Dropout", &mut m.dropout, 0.0..=0.9, 0.01);
             }
             // Only a value that differs from the preset is an override.
