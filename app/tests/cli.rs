@@ -287,3 +287,86 @@ fn train_stop_resume_and_generate_from_the_run() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).trim().is_empty());
 }
+
+#[test]
+fn embed_and_fill_mask_print_json_and_refuse_what_they_cannot_use() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let bert = fixture().with_file_name("bert-tiny");
+    let bert = bert.to_str().expect("a UTF-8 path");
+    let texts = ["the quick brown fox", "hello world", "the lazy dog"];
+    let mut args = vec!["embed", "--model", bert, "--json", "--device", "cpu"];
+    args.extend(texts);
+    let out = cinder(&args, work.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let vectors = json["embeddings"].as_array().expect("embeddings");
+    let cosine = json["cosine"].as_array().expect("cosine");
+    assert_eq!((vectors.len(), cosine.len()), (3, 3));
+    for (i, v) in vectors.iter().enumerate() {
+        let v: Vec<f64> = v
+            .as_array()
+            .expect("a vector")
+            .iter()
+            .map(|x| x.as_f64().expect("a number"))
+            .collect();
+        assert_eq!(v.len(), 32);
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "text {i}: norm {norm}");
+        assert!((cosine[i][i].as_f64().expect("a cosine") - 1.0).abs() < 1e-5);
+    }
+
+    // The fixture's reference: the transformers fill-mask pipeline's best five.
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().with_file_name("bert-tiny").join("reference.json"))
+            .expect("reference"),
+    )
+    .expect("reference JSON");
+    let fill = &reference["fill_mask"];
+    #[rustfmt::skip]
+    let out = cinder(
+        &["fill-mask", "--model", bert, "--json", "--device", "cpu",
+          fill["text"].as_str().expect("a text")],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let ours: Vec<u64> = json[0][0]
+        .as_array()
+        .expect("one mask's predictions")
+        .iter()
+        .map(|p| p["id"].as_u64().expect("an id"))
+        .collect();
+    let theirs: Vec<u64> = fill["top"]
+        .as_array()
+        .expect("top")
+        .iter()
+        .map(|p| p["id"].as_u64().expect("an id"))
+        .collect();
+    assert_eq!(ours, theirs);
+
+    // A decoder is not an encoder; a text without a mask has nothing to fill; an encoder does
+    // not generate.
+    let gpt2 = fixture();
+    let gpt2 = gpt2.to_str().expect("a UTF-8 path");
+    for (args, expected) in [
+        (
+            vec!["embed", "--model", gpt2, "hi"],
+            "model_type 'gpt2' is not an encoder",
+        ),
+        (vec!["fill-mask", "--model", bert, "no mask"], "no [MASK]"),
+        (
+            vec!["generate", "--model", bert, "--prompt", "hi"],
+            "cinder embed",
+        ),
+        (
+            vec!["embed", "--model", bert, "--max-length", "1", "hi"],
+            "--max-length 1",
+        ),
+    ] {
+        let out = cinder(&args, work.path());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

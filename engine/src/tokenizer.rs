@@ -88,7 +88,11 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Tokenizer {
-    fn wrap(inner: tokenizers::Tokenizer) -> Self {
+    fn wrap(mut inner: tokenizers::Tokenizer) -> Self {
+        // Padding and truncation saved in a tokenizer.json are a call's settings, not the
+        // tokenizer's (transformers sets them per call too): a prompt is never padded or cut.
+        inner.with_padding(None);
+        let _ = inner.with_truncation(None);
         let eos = [END_OF_TEXT, "</s>", "<|im_end|>", "<eos>"]
             .iter()
             .find_map(|t| inner.token_to_id(t));
@@ -303,6 +307,24 @@ impl Tokenizer {
         Ok(self
             .inner
             .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Token ids of `text` as an encoder takes them: with the special tokens the tokenizer's
+    /// post-processor adds (BERT's `[CLS] ... [SEP]`), the text cut so that the whole is at most
+    /// `max_len` tokens.
+    pub fn encode_with_special_tokens(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
+        let mut inner = self.inner.clone();
+        inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(tok_err)?;
+        Ok(inner
+            .encode(text, true)
             .map_err(tok_err)?
             .get_ids()
             .to_vec())

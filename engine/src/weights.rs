@@ -19,7 +19,8 @@ use crate::{Error, Result, readback};
 /// Tensors read from a file, by name, converted to f32.
 pub type NamedTensors = BTreeMap<String, TensorData>;
 
-/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 are accepted).
+/// Reads every float tensor of a safetensors file as f32 (F32, F16 and BF16 are accepted;
+/// integer buffers are skipped).
 pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_safetensors(path, &bytes)
@@ -46,6 +47,9 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<NamedTensors> {
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            // Integer tensors are buffers, never parameters (transformers' BERT saves its
+            // position ids as one): nothing loads them.
+            Dtype::I64 | Dtype::I32 | Dtype::I16 | Dtype::I8 | Dtype::U8 | Dtype::BOOL => continue,
             other => {
                 return Err(Error::format(
                     path,

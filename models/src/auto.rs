@@ -193,6 +193,13 @@ fn load_files(
             let eos = model.config().eos_ids();
             (AnyModel::Llama(model), eos)
         }
+        "bert" => {
+            return Err(Error::format(
+                &config_path,
+                "model_type 'bert' is an encoder, which does not generate text: use `cinder \
+                 embed` or `cinder fill-mask`",
+            ));
+        }
         other => {
             return Err(Error::format(
                 &config_path,

@@ -2,6 +2,7 @@
 //! [`CausalLm`](cinder_engine::lm::CausalLm) and reads and writes its upstream checkpoint layout.
 
 pub mod auto;
+pub mod bert;
 pub mod blocks;
 pub mod gpt2;
 pub mod gpt2_ml;

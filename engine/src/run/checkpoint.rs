@@ -29,6 +29,13 @@ pub const MODEL_FILES: [&str; 6] = [
     WEIGHTS,
     WEIGHTS_INDEX,
 ];
+/// sentence-transformers' settings in an encoder's folder (sequence length, pooling), read with
+/// the [`MODEL_FILES`] when present.
+pub const SENTENCE_FILES: [&str; 3] = [
+    "sentence_bert_config.json",
+    "modules.json",
+    "1_Pooling/config.json",
+];
 
 /// The files of one checkpoint (or of any model folder), by name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,7 +100,7 @@ impl Checkpoint {
             }
             Ok(())
         };
-        for name in MODEL_FILES {
+        for name in MODEL_FILES.iter().chain(&SENTENCE_FILES) {
             read(&mut ckpt, name)?;
         }
         if ckpt.get(WEIGHTS).is_none() && ckpt.get(WEIGHTS_INDEX).is_some() {

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use checkpoint::{
-    CHECKPOINT_FORMAT, Checkpoint, LATEST, MODEL_FILES, TrainerState, WEIGHTS, WEIGHTS_INDEX,
-    resolve_model_dir,
+    CHECKPOINT_FORMAT, Checkpoint, LATEST, MODEL_FILES, SENTENCE_FILES, TrainerState, WEIGHTS,
+    WEIGHTS_INDEX, resolve_model_dir,
 };
 pub use storage::{FsStorage, MemoryStorage, RunStorage};
 
