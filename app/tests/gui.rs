@@ -76,6 +76,40 @@ fn the_optimizer_picker_offers_every_optimizer_and_trains_with_it() {
     assert!(r[5].loss < r[0].loss, "{} -> {}", r[0].loss, r[5].loss);
 }
 
+#[test]
+fn the_family_picker_trains_each_family_with_its_own_fields() {
+    for (family, own_field) in [("llama", "Key/value heads"), ("gpt2-ml", "Dropout")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut h = harness(tiny_run(dir.path(), 6), dir.path());
+        // The family picker shows the current family; open it and pick another.
+        h.get_by_role_and_label(Role::ComboBox, "Family").click();
+        h.step();
+        h.step();
+        h.get_by_label(family).click();
+        h.step();
+        h.get_by_label(own_field);
+        h.get_by_label("Start").click();
+        h.step();
+        wait_for(&mut h, 120, family, |app| {
+            app.train.status == RunStatus::Finished
+        });
+        let saved = std::fs::read_to_string(dir.path().join("run/run.json")).expect("read");
+        assert!(
+            saved.contains(&format!("\"family\": \"{family}\"")),
+            "{saved}"
+        );
+        let r = &h.state().train.run.reports;
+        assert!(
+            r[5].loss < r[0].loss,
+            "{family}: {} -> {}",
+            r[0].loss,
+            r[5].loss
+        );
+        let log = h.state().train.run.log.join("\n");
+        assert!(log.contains(&format!("model {family}:")), "{log}");
+    }
+}
+
 fn harness<'a>(settings: Settings, cache: &Path) -> Harness<'a, CinderApp> {
     let app = CinderApp::new(settings, Devices::cpu_only(), cache);
     Harness::builder()
