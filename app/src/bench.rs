@@ -124,9 +124,9 @@ pub async fn decode_async(
     runs: usize,
     say: &mut dyn FnMut(String),
 ) -> Result<GenerateStats> {
-    let vocab = with_model!(&loaded.model, |m| cinder_engine::lm::CausalLm::vocab_size(
-        m
-    ));
+    let vocab = with_model!(&loaded.model, |m| {
+        cinder_engine::lm::LanguageModel::vocab_size(m)
+    });
     if prompt_tokens == 0 || tokens == 0 {
         bail!("--prompt-tokens and --tokens must be positive");
     }

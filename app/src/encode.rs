@@ -147,7 +147,11 @@ pub fn fill_mask(args: FillMaskArgs) -> Result<()> {
         );
     }
     let tok = &opened.tokenizer;
-    let token = |id: u32| tok.id_to_token(id).unwrap_or_else(|| format!("<{id}>"));
+    // Whitespace and control tokens (a newline) shown escaped.
+    let token = |id: u32| {
+        tok.id_to_token(id)
+            .map_or_else(|| format!("<{id}>"), |t| t.escape_debug().to_string())
+    };
     let mut all = Vec::new();
     for text in &args.texts {
         let masks = opened

@@ -208,14 +208,27 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    println!("\nGenerating from the trained model:");
+    let masked = trainer.family() == "bert";
+    if masked {
+        println!("\nFilling in masked held-out lines with the trained model:");
+    } else {
+        println!("\nGenerating from the trained model:");
+    }
     for i in 0..3 {
         let text = trainer.sample(settings.train.seed.wrapping_add(1000 + i))?;
         println!("{}", text.trim());
     }
-    println!(
-        "\nTry: cinder generate --model {} --prompt \"...\" --max-new-tokens 64",
-        run_dir.display()
-    );
+    if masked {
+        println!(
+            "\nTry: cinder fill-mask --model {0} \"... [MASK] ...\"\n     cinder embed --model {0} \
+             \"first text\" \"second text\"",
+            run_dir.display()
+        );
+    } else {
+        println!(
+            "\nTry: cinder generate --model {} --prompt \"...\" --max-new-tokens 64",
+            run_dir.display()
+        );
+    }
     Ok(())
 }

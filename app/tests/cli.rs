@@ -125,6 +125,8 @@ fn bad_arguments_get_clear_errors() {
         ("llama", "--dropout", "0.1"),
         ("gpt2", "--n-kv-head", "2"),
         ("gpt2-ml", "--n-kv-head", "2"),
+        ("gpt2", "--objective", "mlm"),
+        ("bert", "--objective", "causal"),
     ] {
         let out = cinder(
             &["train", "--family", family, flag, value, "--device", "cpu"],
@@ -369,4 +371,56 @@ fn embed_and_fill_mask_print_json_and_refuse_what_they_cannot_use() {
         assert!(err.contains(expected), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn train_a_bert_as_a_masked_lm_then_fill_masks_and_embed_with_its_run() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let corpus = little_corpus(work.path());
+    let run = work.path().join("run");
+    let run_path = run.to_str().expect("a UTF-8 path");
+    #[rustfmt::skip]
+    let out = cinder(
+        &[
+            "train", "--family", "bert", "--objective", "mlm",
+            "--corpus", corpus.to_str().expect("a UTF-8 path"),
+            "--n-layer", "1", "--n-embd", "32", "--n-head", "4", "--context", "32",
+            "--batch-size", "8", "--steps", "12", "--sample-every", "6", "--eval-every", "6",
+            "--device", "cpu", "--out", run_path,
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("model bert: 1 layers, 4 heads, width 32") && err.contains("masked LM"),
+        "{err}"
+    );
+    // The samples fill in masked held-out lines: the masked line, then the filled one.
+    assert!(err.contains('▢') && err.contains("→ "), "{err}");
+    assert!(stdout.contains("cinder fill-mask --model"), "{stdout}");
+    #[rustfmt::skip]
+    let out = cinder(
+        &["fill-mask", "--model", run_path, "--json", "--top-k", "3", "--device", "cpu",
+          "line 4 of the [MASK]ittle corpus."],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+    let top = json[0][0].as_array().expect("one mask's predictions");
+    assert_eq!(top.len(), 3);
+    let scores: Vec<f64> = top
+        .iter()
+        .map(|p| p["score"].as_f64().expect("a score"))
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let out = cinder(
+        &[
+            "embed", "--model", run_path, "--device", "cpu", "line 1", "line 2",
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("cosine similarity"));
 }

@@ -78,7 +78,11 @@ fn the_optimizer_picker_offers_every_optimizer_and_trains_with_it() {
 
 #[test]
 fn the_family_picker_trains_each_family_with_its_own_fields() {
-    for (family, own_field) in [("llama", "Key/value heads"), ("gpt2-ml", "Dropout")] {
+    for (family, own_field) in [
+        ("llama", "Key/value heads"),
+        ("gpt2-ml", "Dropout"),
+        ("bert", "Dropout"),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = harness(tiny_run(dir.path(), 6), dir.path());
         // The family picker shows the current family; open it and pick another.

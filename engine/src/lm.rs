@@ -1,20 +1,36 @@
-//! The interface every decoder-only language model implements.
+//! The interfaces language models implement: [`LanguageModel`] for training (every family),
+//! [`CausalLm`] for decoding token by token (the decoder-only families).
 //!
 //! B=batch, T=time, V=vocab
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::Result;
+use crate::generate::GenerateConfig;
 use crate::weights::{NamedTensors, named_parameters, named_parameters_async};
 
-/// A causal language model the trainer can train and the decoder can run.
-pub trait CausalLm: Module + Sized {
-    /// Per-sequence state kept between decoding steps (keys and values of past positions).
-    type Cache;
+/// What a model learns to predict, which decides how the trainer draws batches and scores them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    /// The next token at every position of a window (decoder-only models).
+    Causal,
+    /// Masked tokens of right-padded documents from their whole context (BERT's masked LM:
+    /// 15% of the tokens chosen, of those 80% replaced by the mask token, 10% by a random token,
+    /// 10% kept; the loss only on the chosen positions).
+    Masked,
+}
 
+/// A language model the trainer can train: logits over the vocabulary at every position, a
+/// configuration and weights in the family's interchange format.
+pub trait LanguageModel: Module + Sized {
     /// The model family's name, as written into checkpoints ("gpt2").
     fn family(&self) -> &'static str;
+
+    /// What the model is trained to predict.
+    fn objective(&self) -> Objective {
+        Objective::Causal
+    }
 
     /// Number of output classes.
     fn vocab_size(&self) -> usize;
@@ -29,21 +45,33 @@ pub trait CausalLm: Module + Sized {
     /// - output: `[B, T, V]`
     fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3>;
 
-    /// An empty cache for decoding.
-    fn new_cache(&self) -> Self::Cache;
-
-    /// Positions the cache already holds.
-    fn cache_len(cache: &Self::Cache) -> usize;
-
-    /// Keeps, for each row `i` of the next batch, the cached row `rows[i]` (beam search).
-    fn reorder_cache(cache: &mut Self::Cache, rows: &[usize], device: &Device);
-
-    /// Logits for `tokens`, which continue the sequence held in `cache`; the cache grows by `T`.
+    /// Logits for every position of right-padded rows; `mask` is `true` at real tokens. A
+    /// causal model never looks right, so padding cannot reach real positions and the mask is
+    /// not needed; an encoder must not attend to padding.
     ///
     /// # Shapes
-    /// - tokens: `[B, T]`
+    /// - tokens, mask: `[B, T]`
     /// - output: `[B, T, V]`
-    fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3>;
+    fn forward_padded(&self, tokens: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        let _ = mask;
+        self.forward(tokens)
+    }
+
+    /// Continues `prompt` as `config` asks (the trainer's samples); an error for a model that
+    /// does not generate text.
+    #[allow(async_fn_in_trait)]
+    async fn continue_prompt(
+        &self,
+        prompt: &[u32],
+        config: &GenerateConfig,
+        device: &Device,
+    ) -> Result<Vec<u32>> {
+        let _ = (prompt, config, device);
+        Err(crate::Error::Config(format!(
+            "the '{}' family does not generate text",
+            self.family()
+        )))
+    }
 
     /// The model's configuration in its family's interchange format (a Hugging Face
     /// `config.json` for the families that have one).
@@ -67,13 +95,35 @@ pub trait CausalLm: Module + Sized {
     }
 }
 
-/// [`CausalLm::export_tensors`], reading the weights back asynchronously.
-pub async fn export_tensors_async<M: CausalLm>(model: &M) -> Result<NamedTensors> {
+/// A decoder-only language model the decoder can run token by token with a cache.
+pub trait CausalLm: LanguageModel {
+    /// Per-sequence state kept between decoding steps (keys and values of past positions).
+    type Cache;
+
+    /// An empty cache for decoding.
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Positions the cache already holds.
+    fn cache_len(cache: &Self::Cache) -> usize;
+
+    /// Keeps, for each row `i` of the next batch, the cached row `rows[i]` (beam search).
+    fn reorder_cache(cache: &mut Self::Cache, rows: &[usize], device: &Device);
+
+    /// Logits for `tokens`, which continue the sequence held in `cache`; the cache grows by `T`.
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]`
+    /// - output: `[B, T, V]`
+    fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3>;
+}
+
+/// [`LanguageModel::export_tensors`], reading the weights back asynchronously.
+pub async fn export_tensors_async<M: LanguageModel>(model: &M) -> Result<NamedTensors> {
     model.export_named(named_parameters_async(model).await?)
 }
 
 /// A forward pass split into stages: `head(block(n-1, ... block(0, embed(tokens))))` equals
-/// [`CausalLm::forward`]. The trainer keeps only each block's input and recomputes the block in
+/// [`LanguageModel::forward`]. The trainer keeps only each block's input and recomputes the block in
 /// the backward pass.
 pub trait Blockwise {
     /// Transformer blocks.

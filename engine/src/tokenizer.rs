@@ -312,6 +312,17 @@ impl Tokenizer {
             .to_vec())
     }
 
+    /// Adds `tokens` as special tokens (kept whole, skipped when decoding) at the end of the
+    /// vocabulary, those it lacks: `[PAD]` and `[MASK]` for masked-LM training.
+    pub fn add_special_tokens(&mut self, tokens: &[&str]) {
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .filter(|t| self.inner.token_to_id(t).is_none())
+            .map(|t| AddedToken::from(t.to_string(), true))
+            .collect();
+        self.inner.add_special_tokens(&added);
+    }
+
     /// Token ids of `text` as an encoder takes them: with the special tokens the tokenizer's
     /// post-processor adds (BERT's `[CLS] ... [SEP]`), the text cut so that the whole is at most
     /// `max_len` tokens.

@@ -25,6 +25,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
+use cinder_engine::lm::{LanguageModel, Objective};
 use cinder_engine::readback::f32_values;
 use cinder_engine::run::Checkpoint;
 use cinder_engine::tokenizer::Tokenizer;
@@ -214,13 +215,30 @@ impl BertConfig {
                 dropout: dropout(),
             },
             layers,
-            mlm: mlm.then(|| MlmHead {
-                transform: linear(c, c),
-                norm: ln(),
-                bias: Initializer::Zeros.init([self.vocab_size], device),
-                tanh,
-            }),
+            mlm: mlm.then(|| self.init_mlm_head(device)),
             config: self.clone(),
+        }
+    }
+}
+
+impl BertConfig {
+    /// A randomly initialised masked-LM head (its projection is the token embedding).
+    pub fn init_mlm_head(&self, device: &Device) -> MlmHead {
+        let c = self.hidden_size;
+        let mut transform = LinearConfig::new(c, c)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: self.initializer_range,
+            })
+            .init(device);
+        transform.bias = Some(Initializer::Zeros.init([c], device));
+        MlmHead {
+            transform,
+            norm: LayerNormConfig::new(c)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            bias: Initializer::Zeros.init([self.vocab_size], device),
+            tanh: self.hidden_act != "gelu",
         }
     }
 }
@@ -350,6 +368,27 @@ impl Bert {
         x
     }
 
+    /// [`mlm_logits`](Self::mlm_logits), or without a head the hidden states against the token
+    /// embedding.
+    ///
+    /// # Shapes
+    /// - x: `[B, T, C]` -> `[B, T, V]`
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        match self.mlm_logits(x.clone()) {
+            Some(logits) => logits,
+            None => crate::blocks::tied_logits(x, &self.embeddings.word_embeddings),
+        }
+    }
+
+    /// The model with a masked-LM head: its own, or a freshly initialised one (a `BertModel`
+    /// about to be trained).
+    pub fn with_mlm_head(mut self, device: &Device) -> Self {
+        if self.mlm.is_none() {
+            self.mlm = Some(self.config.init_mlm_head(device));
+        }
+        self
+    }
+
     /// Masked-LM logits for hidden states; `None` when the model has no masked-LM head.
     ///
     /// # Shapes
@@ -382,13 +421,43 @@ impl Bert {
         let model = config.init(mlm, device);
         load_parameters(model, &mut tensors, &hf_names, &source, device)
     }
+}
 
-    /// Every weight under its Hugging Face name (`bert.`-prefixed with the masked-LM head, as
-    /// `BertForMaskedLM` saves them), linear weights `[out, in]`.
-    pub fn export_tensors(&self) -> EngineResult<NamedTensors> {
+impl LanguageModel for Bert {
+    fn family(&self) -> &'static str {
+        "bert"
+    }
+
+    fn objective(&self) -> Objective {
+        Objective::Masked
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn context_length(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// Masked-LM logits of unpadded rows (without a head, the hidden states against the token
+    /// embedding).
+    fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.logits(self.encode(tokens, None, None))
+    }
+
+    fn forward_padded(&self, tokens: Tensor<2, Int>, mask: Tensor<2, Bool>) -> Tensor<3> {
+        self.logits(self.encode(tokens, None, Some(mask)))
+    }
+
+    fn config_json(&self) -> EngineResult<serde_json::Value> {
+        self.config.to_hf_json(self.has_mlm_head())
+    }
+
+    fn export_named(&self, parameters: Vec<(String, TensorData)>) -> EngineResult<NamedTensors> {
         let prefix = if self.has_mlm_head() { "bert." } else { "" };
         let mut out = NamedTensors::new();
-        for (path, data) in cinder_engine::weights::named_parameters(self)? {
+        for (path, data) in parameters {
             let Some(name) = hf_names(&path).into_iter().next() else {
                 continue;
             };

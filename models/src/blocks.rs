@@ -1,6 +1,6 @@
 //! Building blocks shared by the families that burn-nn does not provide: causal attention, the
-//! key/value cache, the tied output head, and the [`CausalLm`](cinder_engine::lm::CausalLm)
-//! methods every decoder-only family writes the same way.
+//! key/value cache, the tied output head, and the decoding methods every decoder-only family
+//! writes the same way.
 //!
 //! B=batch, H=heads, T=time (new positions), S=past+time, D=head size, C=channels, V=vocab
 
@@ -160,14 +160,13 @@ pub fn tied_logits(x: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
         .reshape([b, t, vocab])
 }
 
-/// The [`CausalLm`](cinder_engine::lm::CausalLm) items that every family built on [`KvCache`]
-/// writes the same way: the cache type and its handling, and both forward passes through the
+/// The decoding side every family built on [`KvCache`] writes the same way, through the
 /// family's own `fn run(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) ->
-/// Tensor<3>`. Used inside the family's `impl CausalLm`.
-macro_rules! kv_cache_methods {
+/// Tensor<3>`: `decoder_methods!()` inside the family's `impl LanguageModel` (the full forward
+/// pass and the trainer's samples), `decoder_methods!(Family)` at item level for its
+/// [`CausalLm`](cinder_engine::lm::CausalLm) impl (the cache and the cached forward pass).
+macro_rules! decoder_methods {
     () => {
-        type Cache = $crate::blocks::KvCache;
-
         /// Logits for every position.
         ///
         /// # Shapes
@@ -176,25 +175,42 @@ macro_rules! kv_cache_methods {
             self.run(tokens, None)
         }
 
-        fn new_cache(&self) -> Self::Cache {
-            $crate::blocks::KvCache::default()
+        async fn continue_prompt(
+            &self,
+            prompt: &[u32],
+            config: &cinder_engine::generate::GenerateConfig,
+            device: &Device,
+        ) -> cinder_engine::Result<Vec<u32>> {
+            let (ids, _) =
+                cinder_engine::generate::generate_async(self, prompt, config, device, |_| true)
+                    .await?;
+            Ok(ids)
         }
+    };
+    ($model:ty) => {
+        impl cinder_engine::lm::CausalLm for $model {
+            type Cache = $crate::blocks::KvCache;
 
-        fn cache_len(cache: &Self::Cache) -> usize {
-            cache.len()
-        }
+            fn new_cache(&self) -> Self::Cache {
+                $crate::blocks::KvCache::default()
+            }
 
-        fn reorder_cache(cache: &mut Self::Cache, rows: &[usize], device: &Device) {
-            cache.reorder(rows, device);
-        }
+            fn cache_len(cache: &Self::Cache) -> usize {
+                cache.len()
+            }
 
-        /// Logits for `tokens`, which continue the sequence held in `cache`.
-        ///
-        /// # Shapes
-        /// - tokens: `[B, T]` -> `[B, T, V]`; the cache grows by T positions
-        fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3> {
-            self.run(tokens, Some(cache))
+            fn reorder_cache(cache: &mut Self::Cache, rows: &[usize], device: &Device) {
+                cache.reorder(rows, device);
+            }
+
+            /// Logits for `tokens`, which continue the sequence held in `cache`.
+            ///
+            /// # Shapes
+            /// - tokens: `[B, T]` -> `[B, T, V]`; the cache grows by T positions
+            fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3> {
+                self.run(tokens, Some(cache))
+            }
         }
     };
 }
-pub(crate) use kv_cache_methods;
+pub(crate) use decoder_methods;

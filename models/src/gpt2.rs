@@ -18,12 +18,12 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
-use cinder_engine::lm::{Blockwise, CausalLm};
+use cinder_engine::lm::{Blockwise, LanguageModel};
 use cinder_engine::run::Checkpoint;
 use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
 
 use crate::blocks::{
-    KvCache, LayerCache, causal_attention_with_dropout, extend_cache, gelu_tanh, kv_cache_methods,
+    KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_tanh,
     tied_logits,
 };
 
@@ -395,8 +395,10 @@ impl Blockwise for Gpt2 {
     }
 }
 
-impl CausalLm for Gpt2 {
-    kv_cache_methods!();
+decoder_methods!(Gpt2);
+
+impl LanguageModel for Gpt2 {
+    decoder_methods!();
 
     fn family(&self) -> &'static str {
         "gpt2"
@@ -430,6 +432,7 @@ impl CausalLm for Gpt2 {
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
+    use cinder_engine::lm::CausalLm;
 
     #[test]
     fn forward_shapes_and_cache_agree_with_full_forward() {

@@ -30,12 +30,12 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
-use cinder_engine::lm::{Blockwise, CausalLm};
+use cinder_engine::lm::{Blockwise, LanguageModel};
 use cinder_engine::run::Checkpoint;
 use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
 
 use crate::blocks::{
-    KvCache, LayerCache, causal_attention_with_dropout, extend_cache, gelu_tanh, kv_cache_methods,
+    KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_tanh,
     tied_logits,
 };
 
@@ -395,8 +395,10 @@ impl Blockwise for Gpt2Ml {
     }
 }
 
-impl CausalLm for Gpt2Ml {
-    kv_cache_methods!();
+decoder_methods!(Gpt2Ml);
+
+impl LanguageModel for Gpt2Ml {
+    decoder_methods!();
 
     fn family(&self) -> &'static str {
         MODEL_TYPE
@@ -429,6 +431,7 @@ impl CausalLm for Gpt2Ml {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cinder_engine::lm::CausalLm;
 
     #[test]
     fn cached_decoding_equals_the_full_forward() {

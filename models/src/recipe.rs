@@ -1,4 +1,4 @@
-//! What `cinder train` trains, and how: a GPT-2, LLaMA or GPT2_ML of a size preset on a corpus with a
+//! What `cinder train` trains, and how: a GPT-2, LLaMA, GPT2_ML or BERT of a size preset on a corpus with a
 //! tokenizer trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
 //! desktop and browser form's state); [`prepare`] turns it into a [`Trainer`] ready to step
 //! inside a [`Run`], starting fresh, from a Hugging Face folder, or from the run's latest
@@ -8,13 +8,14 @@ use std::path::PathBuf;
 
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected};
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::run::{Checkpoint, Run, resolve_model_dir};
 use cinder_engine::tokenizer::{Tokenizer, TokenizerKind};
 use cinder_engine::train::{TrainConfig, Trainer};
 use cinder_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::bert::{Bert, BertConfig};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt2_ml::{Gpt2Ml, Gpt2MlConfig};
 use crate::llama::{Llama, LlamaConfig};
@@ -37,12 +38,49 @@ pub enum Family {
     #[value(name = "gpt2-ml")]
     #[serde(rename = "gpt2-ml")]
     Gpt2Ml,
+    /// BERT: a bidirectional encoder trained as a masked language model (post-LayerNorm,
+    /// learned positions, GELU, head tied to the embedding).
+    #[value(name = "bert")]
+    #[serde(rename = "bert")]
+    Bert,
+}
+
+/// What `cinder train` teaches the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum ObjectiveKind {
+    /// The family's own: next-token prediction for decoders, masked LM for BERT.
+    #[default]
+    #[value(name = "auto")]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Next-token prediction over windows of the corpus (decoder families).
+    #[value(name = "causal")]
+    #[serde(rename = "causal")]
+    Causal,
+    /// Masked tokens of the corpus's lines, padded into batches (BERT).
+    #[value(name = "mlm")]
+    #[serde(rename = "mlm")]
+    Mlm,
+}
+
+impl std::fmt::Display for ObjectiveKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        cinder_engine::settings::fmt_value_enum(self, f)
+    }
 }
 
 impl Family {
     /// Whether the family has dropout layers (`--dropout` applies).
     pub fn has_dropout(self) -> bool {
-        matches!(self, Self::Gpt2 | Self::Gpt2Ml)
+        matches!(self, Self::Gpt2 | Self::Gpt2Ml | Self::Bert)
+    }
+
+    /// The objective the family trains with.
+    pub fn objective(self) -> ObjectiveKind {
+        match self {
+            Self::Bert => ObjectiveKind::Mlm,
+            _ => ObjectiveKind::Causal,
+        }
     }
 
     /// Whether its attention can share keys and values between heads (`--n-kv-head` applies).
@@ -105,6 +143,9 @@ pub struct ModelRecipe {
     /// Model family.
     #[arg(long, value_enum, default_value_t)]
     pub family: Family,
+    /// Training objective: auto (the family's own), causal (decoders) or mlm (masked LM, BERT).
+    #[arg(long, value_enum, default_value_t)]
+    pub objective: ObjectiveKind,
     /// Model size preset (blocks, heads and width; the same for both families).
     #[arg(long, value_enum, default_value_t)]
     pub preset: Gpt2Preset,
@@ -120,7 +161,7 @@ pub struct ModelRecipe {
     /// Key/value heads of grouped-query attention (LLaMA; default: as many as the heads).
     #[arg(long)]
     pub n_kv_head: Option<usize>,
-    /// Dropout on embeddings, attention and residual branches (GPT-2, GPT2_ML).
+    /// Dropout on embeddings, attention and residual branches (GPT-2, GPT2_ML, BERT).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// Start from this model folder (or run) of a family Cinder trains instead of random weights;
@@ -185,6 +226,24 @@ impl ModelRecipe {
         .with_hidden_dropout_prob(self.dropout)
         .with_attention_probs_dropout_prob(self.dropout)
     }
+
+    /// The BERT of the same size: the preset's layers, heads and width with the overrides, a
+    /// feed-forward layer 4 times the width, exact GELU, the recipe's dropout, padding token
+    /// `pad`.
+    pub fn bert_config(&self, vocab: usize, context: usize, pad: usize) -> BertConfig {
+        let shape = self.model_config(vocab, context);
+        BertConfig::new(
+            vocab,
+            shape.n_embd,
+            shape.n_layer,
+            shape.n_head,
+            4 * shape.n_embd,
+        )
+        .with_max_position_embeddings(context)
+        .with_pad_token_id(pad)
+        .with_hidden_dropout_prob(self.dropout)
+        .with_attention_probs_dropout_prob(self.dropout)
+    }
 }
 
 /// The layout version of `run.json`.
@@ -224,6 +283,16 @@ impl TrainSettings {
             return Err(Error::Config(format!(
                 "--dropout does not apply to --family {} (it has no dropout)",
                 m.family
+            )));
+        }
+        if m.objective != ObjectiveKind::Auto && m.objective != m.family.objective() {
+            let hint = match m.objective {
+                ObjectiveKind::Mlm => "add --family bert (the masked-LM family)",
+                _ => "BERT trains as a masked language model",
+            };
+            return Err(Error::Config(format!(
+                "--objective {} does not apply to --family {}: {hint}",
+                m.objective, m.family
             )));
         }
         if !m.family.has_kv_heads() && m.n_kv_head.is_some() {
@@ -284,6 +353,9 @@ impl TrainSettings {
 }
 
 /// A trainer of any family `cinder train` trains.
+// One exists per run and is never copied around or stored in bulk, so its variants' sizes
+// differing costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyTrainer {
     /// A GPT-2's.
     Gpt2(Trainer<Gpt2>),
@@ -291,6 +363,8 @@ pub enum AnyTrainer {
     Llama(Trainer<Llama>),
     /// A GPT2_ML's.
     Gpt2Ml(Trainer<Gpt2Ml>),
+    /// A BERT's (masked LM).
+    Bert(Trainer<Bert>),
 }
 
 /// Runs `$body` with `$t` bound to the trainer inside `$any`, whatever its family.
@@ -300,6 +374,7 @@ macro_rules! with_trainer {
             AnyTrainer::Gpt2($t) => $body,
             AnyTrainer::Llama($t) => $body,
             AnyTrainer::Gpt2Ml($t) => $body,
+            AnyTrainer::Bert($t) => $body,
         }
     };
 }
@@ -374,9 +449,10 @@ pub fn family_of(files: &Checkpoint) -> Result<Family> {
         None | Some("gpt2") => Ok(Family::Gpt2),
         Some("llama") => Ok(Family::Llama),
         Some(crate::gpt2_ml::MODEL_TYPE) => Ok(Family::Gpt2Ml),
+        Some("bert") => Ok(Family::Bert),
         Some(other) => Err(Error::format(
             path,
-            format!("model_type '{other}' cannot be trained (gpt2, llama and gpt2-ml can)"),
+            format!("model_type '{other}' cannot be trained (gpt2, llama, gpt2-ml and bert can)"),
         )),
     }
 }
@@ -438,11 +514,15 @@ pub fn prepare(
         settings.model.family = family_of(files)?;
     }
     let recipe = &settings.model;
-    let tokenizer = match start {
+    let masked = recipe.family.objective() == ObjectiveKind::Mlm;
+    let mut tokenizer = match start {
         Some(files) => checkpoint_tokenizer(files)?,
         None => {
             let t0 = web_time::Instant::now();
-            let tok = Tokenizer::train(recipe.tokenizer, &corpus.train)?;
+            let mut tok = Tokenizer::train(recipe.tokenizer, &corpus.train)?;
+            if masked {
+                tok.add_special_tokens(&MLM_TOKENS);
+            }
             say(format!(
                 "tokenizer {}: {} entries ({:.1}s)",
                 recipe.tokenizer,
@@ -452,6 +532,10 @@ pub fn prepare(
             tok
         }
     };
+    if masked && start.is_some() {
+        // A pretrained BERT's tokenizer has them; one from a Cinder run too.
+        tokenizer.add_special_tokens(&MLM_TOKENS);
+    }
     let (vocab, context) = (tokenizer.vocab_size(), settings.train.context);
     let eos = tokenizer.eos_id().map(|i| i as usize);
     let model = match recipe.family {
@@ -535,6 +619,31 @@ pub fn prepare(
             ));
             Model::Gpt2Ml(model)
         }
+        Family::Bert => {
+            let model = match start {
+                Some(files) => Bert::from_files(files, &device)?.with_mlm_head(&device),
+                None => {
+                    device.seed(settings.train.seed);
+                    let pad = tokenizer.token_to_id("[PAD]").unwrap_or(0) as usize;
+                    let config = recipe.bert_config(vocab, context, pad);
+                    config.check()?;
+                    config.init(true, &device)
+                }
+            };
+            let c = model.config();
+            say(format!(
+                "model bert: {} layers, {} heads, width {}, feed-forward {}, positions {}, \
+                 vocabulary {}, {:.2}M parameters; masked LM",
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.hidden_size,
+                c.intermediate_size,
+                c.max_position_embeddings,
+                c.vocab_size,
+                cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
+            ));
+            Model::Bert(model)
+        }
     };
 
     let t0 = web_time::Instant::now();
@@ -573,6 +682,14 @@ pub fn prepare(
             val_tokens,
             &device,
         )?),
+        Model::Bert(m) => AnyTrainer::Bert(Trainer::new(
+            m,
+            config,
+            tokenizer,
+            train_tokens,
+            val_tokens,
+            &device,
+        )?),
     };
     for note in trainer.notes() {
         say(format!("note: {note}"));
@@ -590,12 +707,17 @@ pub fn prepare(
     Ok(trainer)
 }
 
-/// A freshly built or loaded model, before its trainer.
+/// A freshly built or loaded model, before its trainer (one at a time, like [`AnyTrainer`]).
+#[allow(clippy::large_enum_variant)]
 enum Model {
     Gpt2(Gpt2),
     Llama(Llama),
     Gpt2Ml(Gpt2Ml),
+    Bert(Bert),
 }
+
+/// The special tokens masked-LM training adds to a tokenizer that lacks them.
+const MLM_TOKENS: [&str; 2] = ["[PAD]", "[MASK]"];
 
 #[cfg(test)]
 mod tests {

@@ -251,7 +251,7 @@ pub const FIXTURE_DIGITS: usize = 5;
 
 /// Saves `trainer`'s state as a checkpoint of the run in `dir` and returns the checkpoint's
 /// folder (a model folder `from_pretrained` loads) and its files (what `restore` takes).
-pub fn checkpoint<M: cinder_engine::lm::CausalLm>(
+pub fn checkpoint<M: cinder_engine::lm::LanguageModel>(
     dir: &std::path::Path,
     trainer: &cinder_engine::train::Trainer<M>,
 ) -> (PathBuf, cinder_engine::run::Checkpoint) {
@@ -263,7 +263,7 @@ pub fn checkpoint<M: cinder_engine::lm::CausalLm>(
 }
 
 /// A model's weights by their interchange names, as f32 values.
-pub fn named_weights<M: cinder_engine::lm::CausalLm>(model: &M) -> Vec<(String, Vec<f32>)> {
+pub fn named_weights<M: cinder_engine::lm::LanguageModel>(model: &M) -> Vec<(String, Vec<f32>)> {
     model
         .export_tensors()
         .unwrap()

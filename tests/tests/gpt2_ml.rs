@@ -4,7 +4,7 @@
 
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::generate::{GenerateConfig, generate};
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_models::auto::{AnyModel, load};
 use cinder_models::gpt2_ml::Gpt2Ml;

@@ -3,7 +3,7 @@
 
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::generate::{GenerateConfig, generate};
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::lm_loss;

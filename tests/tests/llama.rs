@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::generate::{BeamConfig, GenerateConfig, beam_search, generate};
 use cinder_engine::gguf::GgufFile;
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::weights::read_safetensors;

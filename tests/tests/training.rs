@@ -4,7 +4,7 @@
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::data::Corpus;
 use cinder_engine::device::{DeviceChoice, select};
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::rng;
 use cinder_engine::run::{FsStorage, Run, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
@@ -242,6 +242,23 @@ fn gpt2_ml_trains_resumes_exactly_recomputes_blocks_in_bf16_and_saves_its_folder
     );
 }
 
+#[test]
+fn bert_trains_as_a_masked_lm_resumes_exactly_accumulates_exactly_in_bf16_and_saves_a_hf_folder() {
+    let settings = |init: &std::path::Path| family_settings(Family::Bert, 8, init);
+    let write_init = |s: &TrainSettings, tok: &Tokenizer, dir: &std::path::Path| {
+        let mut tok = tok.clone();
+        tok.add_special_tokens(&["[PAD]", "[MASK]"]);
+        let pad = tok.token_to_id("[PAD]").unwrap() as usize;
+        let config = s.model.bert_config(tok.vocab_size(), s.train.context, pad);
+        let cpu = Device::flex().autodiff();
+        cpu.seed(5);
+        save_model(&config.init(true, &cpu), &tok, dir).unwrap();
+    };
+    let config = trains_resumes_recomputes_and_saves(settings, write_init);
+    assert_eq!(config["model_type"], "bert");
+    assert_eq!(config["architectures"][0], "BertForMaskedLM");
+}
+
 /// Trains the settings `settings(init)` make for 8 steps, `write_init(settings, tokenizer,
 /// init)` having written the starting weights into `init`: the loss falls, a run stopped after
 /// 4 steps and resumed from its checkpoint repeats the losses, recomputing blocks changes
@@ -274,10 +291,13 @@ fn trains_resumes_recomputes_and_saves(
     assert_eq!(straight.family(), family.to_string());
     let expected = losses(&mut straight, &mut run, None);
     let positions = (settings.train.batch_size * settings.train.context) as f64;
-    assert!(
-        expected[2 * n - 1] < 0.9 * expected[0],
-        "the loss falls: {expected:?}"
+    // The last two steps against the first two: a masked-LM loss is a mean over the few
+    // dozen tokens chosen in a batch, noisier than a causal one over every position.
+    let ends = (
+        expected[0] + expected[1],
+        expected[2 * n - 2] + expected[2 * n - 1],
     );
+    assert!(ends.1 < 0.95 * ends.0, "the loss falls: {expected:?}");
 
     // Stopped after n steps, resumed from the checkpoint: the same losses.
     let dir = tempfile::tempdir().unwrap();
@@ -293,8 +313,15 @@ fn trains_resumes_recomputes_and_saves(
     assert_eq!(second.step_count(), n as u64);
     got.extend(losses(&mut second, &mut run, None));
     // Recomputing each block in the backward pass changes what is kept, not what is computed.
+    // (An encoder has no block-wise form: there, half the batch accumulated twice is the same
+    // update, since each micro-batch's loss is divided by the whole step's chosen tokens.)
     let mut blocks = settings.clone();
-    blocks.train.recompute = Recompute::Blocks;
+    if family == Family::Bert {
+        blocks.train.batch_size /= 2;
+        blocks.train.accumulate = 2;
+    } else {
+        blocks.train.recompute = Recompute::Blocks;
+    }
     let blocks_dir = tempfile::tempdir().unwrap();
     let mut run = Run::new(Box::new(FsStorage::new(blocks_dir.path()))).unwrap();
     let mut recomputed = prepare(&blocks, &mut run, false, &selected, data(), quiet).unwrap();
@@ -335,14 +362,19 @@ fn trains_resumes_recomputes_and_saves(
         let c = recomputed[i];
         assert!(
             (a - c).abs() <= bound,
-            "step {}: kept {a} vs recomputed blocks {c} (bound {bound:e})",
+            "step {}: kept {a} vs recomputed blocks (or accumulated) {c} (bound {bound:e})",
             i + 1
         );
     }
 
     // The run's checkpoint is a model folder of the family: it loads as one.
     let ckpt = resolve_model_dir(dir.path()).unwrap();
-    let loaded = cinder_models::auto::load(&ckpt, &Device::flex(), None).unwrap();
-    assert_eq!(loaded.family(), family.to_string());
+    if family == Family::Bert {
+        let bert = cinder_models::bert::Bert::from_pretrained(&ckpt, &Device::flex()).unwrap();
+        assert!(bert.has_mlm_head());
+    } else {
+        let loaded = cinder_models::auto::load(&ckpt, &Device::flex(), None).unwrap();
+        assert_eq!(loaded.family(), family.to_string());
+    }
     serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap()
 }

@@ -8,6 +8,7 @@ mod batch;
 mod corpus;
 #[cfg(not(target_family = "wasm"))]
 pub mod fetch;
+pub mod masked;
 
 /// The SmolLM2-135M-Instruct GGUF file that `cinder fetch smollm2` caches (and the web site
 /// serves under `data/models/`).

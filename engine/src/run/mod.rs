@@ -18,7 +18,7 @@ pub use checkpoint::{
 };
 pub use storage::{FsStorage, MemoryStorage, RunStorage};
 
-use crate::lm::CausalLm;
+use crate::lm::LanguageModel;
 use crate::train::{StepReport, Trainer};
 use crate::{Error, Result, readback};
 
@@ -149,12 +149,12 @@ impl Run {
     }
 
     /// Writes the trainer's current state as a checkpoint.
-    pub fn save<M: CausalLm>(&mut self, trainer: &Trainer<M>) -> Result<std::path::PathBuf> {
+    pub fn save<M: LanguageModel>(&mut self, trainer: &Trainer<M>) -> Result<std::path::PathBuf> {
         readback::resolve("the weights", self.save_async(trainer))
     }
 
     /// [`save`](Self::save), reading the weights back asynchronously.
-    pub async fn save_async<M: CausalLm>(
+    pub async fn save_async<M: LanguageModel>(
         &mut self,
         trainer: &Trainer<M>,
     ) -> Result<std::path::PathBuf> {
@@ -165,12 +165,12 @@ impl Run {
 
     /// Runs one optimizer step and records it: the metrics line, and the checkpoint when one
     /// falls due (its location in the report).
-    pub fn step<M: CausalLm>(&mut self, trainer: &mut Trainer<M>) -> Result<StepReport> {
+    pub fn step<M: LanguageModel>(&mut self, trainer: &mut Trainer<M>) -> Result<StepReport> {
         readback::resolve("the loss", self.step_async(trainer))
     }
 
     /// [`step`](Self::step), awaiting every readback: the version a browser page drives.
-    pub async fn step_async<M: CausalLm>(
+    pub async fn step_async<M: LanguageModel>(
         &mut self,
         trainer: &mut Trainer<M>,
     ) -> Result<StepReport> {

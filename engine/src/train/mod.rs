@@ -16,16 +16,17 @@ mod precision;
 mod recompute;
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 pub use config::{Precision, Recompute, TrainConfig};
-pub use loss::lm_loss;
+pub use loss::{lm_loss, masked_loss_sum};
 pub use precision::LossScaler;
 
+use crate::data::masked::{MaskedBatch, Masking, documents, masked_batch_rows};
 use crate::data::{LmBatch, lm_batch, lm_batch_rows};
-use crate::generate::{GenerateConfig, generate_async};
-use crate::lm::{CausalLm, export_tensors_async};
+use crate::generate::GenerateConfig;
+use crate::lm::{LanguageModel, Objective, export_tensors_async};
 use crate::optim::{Optimizer, clip_global_norm_async, global_norm_async, param_paths};
 use crate::pace::Pacer;
 use crate::run::{CHECKPOINT_FORMAT, Checkpoint, TrainerState};
@@ -80,19 +81,87 @@ pub struct StepReport {
 struct Batches<'a> {
     config: &'a TrainConfig,
     tokens: &'a [u32],
+    masked: Option<&'a MaskedData>,
     device: &'a Device,
     step: u64,
     loss_scale: f64,
 }
 
+/// What masked-LM training draws its batches from: the special ids and each split's documents
+/// (the lines of the token streams).
+struct MaskedData {
+    masking: Masking,
+    train_docs: Vec<std::ops::Range<usize>>,
+    val_docs: Vec<std::ops::Range<usize>>,
+}
+
+impl MaskedData {
+    /// The masking of `tokenizer` (which must have `[MASK]` and `[PAD]`) and the documents of
+    /// both splits: the lines, each ending at a token whose text ends a line.
+    fn new(tokenizer: &Tokenizer, train: &[u32], val: &[u32]) -> Result<Self> {
+        let id = |name: &str| {
+            tokenizer.token_to_id(name).ok_or_else(|| {
+                Error::Config(format!(
+                    "masked-LM training needs a {name} token, which the tokenizer lacks"
+                ))
+            })
+        };
+        let (mask_id, pad_id) = (id("[MASK]")?, id("[PAD]")?);
+        let vocab = tokenizer.vocab_size() as u32;
+        let special: Vec<u32> = [
+            "[PAD]",
+            "[MASK]",
+            "[CLS]",
+            "[SEP]",
+            "[UNK]",
+            "<unk>",
+            "<|endoftext|>",
+        ]
+        .iter()
+        .filter_map(|t| tokenizer.token_to_id(t))
+        .collect();
+        let ends: std::collections::HashSet<u32> = (0..vocab)
+            .filter(|&i| !special.contains(&i))
+            .filter(|&i| tokenizer.decode(&[i]).is_ok_and(|t| t.ends_with('\n')))
+            .collect();
+        let docs = |tokens: &[u32]| documents(tokens, |t| ends.contains(&t), 2);
+        Ok(Self {
+            masking: Masking::new(mask_id, pad_id, vocab, &special)?,
+            train_docs: docs(train),
+            val_docs: docs(val),
+        })
+    }
+}
+
+/// A masked batch as tensors: inputs, targets, chosen positions and the attention mask.
+fn masked_tensors(
+    batch: &MaskedBatch,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>, Tensor<2, Bool>) {
+    let shape = [batch.batch, batch.len];
+    (
+        Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.chosen.clone(), shape), device),
+        Tensor::from_data(TensorData::new(batch.mask.clone(), shape), device),
+    )
+}
+
+/// The loss of one optimizer step and the real tokens it saw.
+struct StepLoss {
+    loss: f64,
+    tokens: u64,
+}
+
 /// Trains a [`CausalLm`] on token streams.
-pub struct Trainer<M: CausalLm> {
+pub struct Trainer<M: LanguageModel> {
     model: Option<M>,
     optim: Optimizer,
     config: TrainConfig,
     tokenizer: Tokenizer,
     train_tokens: Vec<u32>,
     val_tokens: Vec<u32>,
+    masked: Option<MaskedData>,
     device: Device,
     step: u64,
     tokens_seen: u64,
@@ -113,7 +182,7 @@ fn to_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(value).map_err(|e| Error::serialize(what, e))
 }
 
-impl<M: CausalLm> Trainer<M> {
+impl<M: LanguageModel> Trainer<M> {
     /// A trainer for `model` (whose parameters must live on an autodiff device), starting at
     /// step 0.
     pub fn new(
@@ -150,9 +219,30 @@ impl<M: CausalLm> Trainer<M> {
                 model.vocab_size()
             )));
         }
-        // Fail now, not at the first step, if the corpus cannot fill a window.
-        lm_batch(&train_tokens, 1, config.context, 0, 0, 0)?;
+        // Fail now, not at the first step, if the corpus cannot fill a batch.
+        let masked = match model.objective() {
+            Objective::Causal => {
+                lm_batch(&train_tokens, 1, config.context, 0, 0, 0)?;
+                None
+            }
+            Objective::Masked => {
+                let data = MaskedData::new(&tokenizer, &train_tokens, &val_tokens)?;
+                masked_batch_rows(
+                    &train_tokens,
+                    &data.train_docs,
+                    1,
+                    0,
+                    config.context,
+                    &data.masking,
+                    0,
+                    0,
+                    0,
+                )?;
+                Some(data)
+            }
+        };
         Ok(Self {
+            masked,
             model: Some(model),
             optim: Optimizer::new(config.optimizer),
             scaler: LossScaler::new(config.precision),
@@ -278,12 +368,13 @@ impl<M: CausalLm> Trainer<M> {
         let batches = Batches {
             config: &self.config,
             tokens: &self.train_tokens,
+            masked: self.masked.as_ref(),
             device: &self.device,
             step: self.step,
             loss_scale: self.scaler.scale(),
         };
         let loss_scale = self.scaler.is_dynamic().then_some(self.scaler.scale());
-        let (mut grads, loss_sum) = match batches.gradients(&model).await {
+        let (mut grads, loss) = match batches.gradients(&model).await {
             Ok(g) => g,
             Err(e) => {
                 self.model = Some(model);
@@ -298,7 +389,7 @@ impl<M: CausalLm> Trainer<M> {
         if !self.scaler.record(norm) {
             // The f16 gradients overflowed under this scale: no update this step.
             return self
-                .finish_step(model, t0, loss_sum, lr, norm, loss_scale, true)
+                .finish_step(model, t0, loss, lr, norm, loss_scale, true)
                 .await;
         }
         let grad_norm = clip_global_norm_async(&model, &mut grads, self.config.grad_clip).await?;
@@ -309,7 +400,7 @@ impl<M: CausalLm> Trainer<M> {
             Ok(g)
         };
         let model = self.optim.update(lr, model, grads, gradient_at).await?;
-        self.finish_step(model, t0, loss_sum, lr, grad_norm, loss_scale, false)
+        self.finish_step(model, t0, loss, lr, grad_norm, loss_scale, false)
             .await
     }
 
@@ -319,17 +410,15 @@ impl<M: CausalLm> Trainer<M> {
         &mut self,
         model: M,
         t0: web_time::Instant,
-        loss_sum: f64,
+        loss: StepLoss,
         lr: f64,
         grad_norm: f64,
         loss_scale: Option<f64>,
         skipped: bool,
     ) -> Result<StepReport> {
-        let c = &self.config;
-        let k = c.accumulate;
         self.model = Some(model);
         self.step += 1;
-        let tokens = (c.batch_size * c.context * k) as u64;
+        let tokens = loss.tokens;
         self.tokens_seen += tokens;
         let tokens_per_sec = tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9);
 
@@ -349,7 +438,7 @@ impl<M: CausalLm> Trainer<M> {
         let pool = crate::device::memory_usage(&self.device);
         Ok(StepReport {
             step: self.step,
-            loss: loss_sum / k as f64,
+            loss: loss.loss,
             lr,
             grad_norm,
             tokens_per_sec,
@@ -382,6 +471,33 @@ impl<M: CausalLm> Trainer<M> {
         };
         let mut total = 0.0;
         let mut pacer = Pacer::default();
+        if let Some(m) = &self.masked {
+            let (tokens, docs) = if m.val_docs.is_empty() {
+                (&self.train_tokens, &m.train_docs)
+            } else {
+                (&self.val_tokens, &m.val_docs)
+            };
+            for i in 0..c.eval_batches.max(1) {
+                let batch = masked_batch_rows(
+                    tokens,
+                    docs,
+                    c.batch_size,
+                    0,
+                    c.context,
+                    &m.masking,
+                    c.seed,
+                    1,
+                    i as u64,
+                )?;
+                let chosen: f32 = batch.chosen.iter().sum();
+                let (inputs, targets, weights, mask) = masked_tensors(&batch, &device);
+                let sum = masked_loss_sum(model.forward_padded(inputs, mask), targets, weights);
+                total +=
+                    readback::scalar_async(sum, "the held-out loss").await? / f64::from(chosen);
+                pacer.breathe().await;
+            }
+            return Ok(total / c.eval_batches.max(1) as f64);
+        }
         for i in 0..c.eval_batches.max(1) {
             let batch = lm_batch(tokens, c.batch_size, c.context, c.seed, 1, i as u64)?;
             let (inputs, targets) = batch_tensors(&batch, &device);
@@ -401,6 +517,9 @@ impl<M: CausalLm> Trainer<M> {
     pub async fn sample_async(&self, seed: u64) -> Result<String> {
         let model = self.model().valid();
         let device = self.device.clone().without_autodiff();
+        if let Some(m) = &self.masked {
+            return self.fill_in_async(&model, m, seed, &device).await;
+        }
         let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
         if prompt.is_empty() {
             // Documents are separated by newlines in the corpora, so a fresh line is the natural
@@ -416,10 +535,52 @@ impl<M: CausalLm> Trainer<M> {
             ..SamplingConfig::default()
         };
         let config = GenerateConfig::new(self.config.sample_tokens, sampling, None);
-        let (new, _) = generate_async(&model, &prompt, &config, &device, |_| true).await?;
+        let new = model.continue_prompt(&prompt, &config, &device).await?;
         let mut all = prompt;
         all.extend(new);
         self.tokenizer.decode(&all)
+    }
+
+    /// A masked model's sample: a held-out document with tokens masked as in training (mask
+    /// tokens shown as `▢`), then the same document with the model's likeliest token at every
+    /// chosen position.
+    async fn fill_in_async(
+        &self,
+        model: &M,
+        m: &MaskedData,
+        seed: u64,
+        device: &Device,
+    ) -> Result<String> {
+        let (tokens, docs) = if m.val_docs.is_empty() {
+            (&self.train_tokens, &m.train_docs)
+        } else {
+            (&self.val_tokens, &m.val_docs)
+        };
+        let c = &self.config;
+        let batch = masked_batch_rows(tokens, docs, 1, 0, c.context, &m.masking, seed, 2, 0)?;
+        let (inputs, _, _, mask) = masked_tensors(&batch, device);
+        let best = model
+            .forward_padded(inputs, mask)
+            .argmax(2)
+            .reshape([batch.len]);
+        let best = readback::int_values_async(best, "the filled-in tokens").await?;
+        let mut shown = String::new();
+        let mut run: Vec<u32> = Vec::new();
+        let mut filled = Vec::with_capacity(batch.len);
+        for ((&input, &chosen), &guess) in batch.inputs.iter().zip(&batch.chosen).zip(&best) {
+            let input = input as u32;
+            filled.push(if chosen > 0.0 { guess as u32 } else { input });
+            if input == m.masking.mask_id {
+                shown.push_str(&self.tokenizer.decode(&run)?);
+                shown.push('▢');
+                run.clear();
+            } else {
+                run.push(input);
+            }
+        }
+        shown.push_str(&self.tokenizer.decode(&run)?);
+        let filled = self.tokenizer.decode(&filled)?;
+        Ok(format!("{}\n→ {}", shown.trim_end(), filled.trim_end()))
     }
 
     /// The trainer's complete state as checkpoint files: the model folder (loadable by Cinder
@@ -456,7 +617,7 @@ impl Batches<'_> {
     /// number) at `model`, and the sum of the micro-batch losses. Micro-batch `j` of `k` holds
     /// rows `j b .. (j + 1) b` of the step's batch of `k b` rows, so accumulating `k`
     /// micro-batches of `b` sees exactly the sequences of one batch of `k b`.
-    async fn gradients<M: CausalLm>(&self, model: &M) -> Result<(GradientsParams, f64)> {
+    async fn gradients<M: LanguageModel>(&self, model: &M) -> Result<(GradientsParams, StepLoss)> {
         let c = self.config;
         let k = c.accumulate;
         // Dropout masks are a function of (seed, step) too.
@@ -464,6 +625,13 @@ impl Batches<'_> {
         let dtype = c.precision.dtype();
         let low = dtype.map(|d| precision::cast_params(model, d));
         let work = low.as_ref().unwrap_or(model);
+        if let Some(m) = self.masked {
+            let (grads, loss) = self.masked_gradients(work, m).await?;
+            if dtype.is_none() && self.loss_scale == 1.0 {
+                return Ok((grads, loss));
+            }
+            return Ok((precision::unscale(model, grads, self.loss_scale), loss));
+        }
         // Each micro-batch's loss is divided by their number (accumulation) and multiplied by
         // the loss scale (1 except in f16).
         let factor = self.loss_scale / k as f64;
@@ -499,21 +667,76 @@ impl Batches<'_> {
             loss_sum += readback::scalar_async(loss.detach(), "the loss").await?;
         }
         let grads = accumulator.grads();
+        let loss = StepLoss {
+            loss: loss_sum / k as f64,
+            tokens: (c.batch_size * c.context * k) as u64,
+        };
         if dtype.is_none() && self.loss_scale == 1.0 {
-            return Ok((grads, loss_sum));
+            return Ok((grads, loss));
         }
-        Ok((precision::unscale(model, grads, self.loss_scale), loss_sum))
+        Ok((precision::unscale(model, grads, self.loss_scale), loss))
+    }
+
+    /// [`gradients`](Self::gradients) of a masked-LM step: each micro-batch's summed loss over
+    /// its chosen positions is divided by the number chosen in the whole step, so the
+    /// accumulated gradient is exactly that of one batch of all the rows.
+    async fn masked_gradients<M: LanguageModel>(
+        &self,
+        work: &M,
+        m: &MaskedData,
+    ) -> Result<(GradientsParams, StepLoss)> {
+        let c = self.config;
+        if c.recompute.blockwise() {
+            return Err(Error::Config(format!(
+                "recompute {}: block-by-block recomputation is implemented for causal models \
+                 (use recompute checkpointing)",
+                c.recompute
+            )));
+        }
+        let micro = (0..c.accumulate)
+            .map(|j| {
+                masked_batch_rows(
+                    self.tokens,
+                    &m.train_docs,
+                    c.batch_size,
+                    j * c.batch_size,
+                    c.context,
+                    &m.masking,
+                    c.seed,
+                    0,
+                    self.step,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let chosen: f32 = micro.iter().flat_map(|b| &b.chosen).sum();
+        let factor = self.loss_scale / f64::from(chosen);
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss = StepLoss {
+            loss: 0.0,
+            tokens: 0,
+        };
+        for batch in &micro {
+            let (inputs, targets, weights, mask) = masked_tensors(batch, self.device);
+            let logits = precision::to_f32(work.forward_padded(inputs, mask));
+            let sum = masked_loss_sum(logits, targets, weights);
+            let scaled = precision::scaled(&sum, factor);
+            accumulator.accumulate(work, GradientsParams::from_grads(scaled.backward(), work));
+            loss.loss +=
+                readback::scalar_async(sum.detach(), "the loss").await? / f64::from(chosen);
+            loss.tokens += batch.real_tokens as u64;
+        }
+        Ok((accumulator.grads(), loss))
     }
 }
 
 /// A model folder loadable by Cinder and by Hugging Face transformers: `config.json`,
 /// `model.safetensors` and `tokenizer.json`.
-pub fn model_files<M: CausalLm>(model: &M, tokenizer: &Tokenizer) -> Result<Checkpoint> {
+pub fn model_files<M: LanguageModel>(model: &M, tokenizer: &Tokenizer) -> Result<Checkpoint> {
     readback::resolve("the weights", model_files_async(model, tokenizer))
 }
 
 /// [`model_files`], reading the weights back asynchronously.
-pub async fn model_files_async<M: CausalLm>(
+pub async fn model_files_async<M: LanguageModel>(
     model: &M,
     tokenizer: &Tokenizer,
 ) -> Result<Checkpoint> {
@@ -532,7 +755,7 @@ pub async fn model_files_async<M: CausalLm>(
 }
 
 /// Writes [`model_files`] into the folder `dir`, atomically.
-pub fn save_model<M: CausalLm>(
+pub fn save_model<M: LanguageModel>(
     model: &M,
     tokenizer: &Tokenizer,
     dir: &std::path::Path,

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::loss::lm_loss;
 use super::precision::{scaled, to_f32};
-use crate::lm::{Blockwise, CausalLm};
+use crate::lm::{Blockwise, LanguageModel};
 use crate::{Error, Result};
 
 /// Accumulates the gradients of one micro-batch into `accumulator` and returns its loss: a
@@ -20,7 +20,7 @@ use crate::{Error, Result};
 ///
 /// # Shapes
 /// - inputs, targets: `[B, T]`
-pub(super) fn blockwise_gradients<M: CausalLm>(
+pub(super) fn blockwise_gradients<M: LanguageModel>(
     model: &M,
     device: &Device,
     inputs: Tensor<2, Int>,

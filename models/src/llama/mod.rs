@@ -15,10 +15,10 @@ use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::burn;
-use cinder_engine::lm::{Blockwise, CausalLm};
+use cinder_engine::lm::{Blockwise, LanguageModel};
 use cinder_engine::weights::NamedTensors;
 
-use crate::blocks::{KvCache, kv_cache_methods, tied_logits};
+use crate::blocks::{KvCache, decoder_methods, tied_logits};
 use crate::projection::Projection;
 
 mod config;
@@ -106,8 +106,10 @@ impl Blockwise for Llama {
     }
 }
 
-impl CausalLm for Llama {
-    kv_cache_methods!();
+decoder_methods!(Llama);
+
+impl LanguageModel for Llama {
+    decoder_methods!();
 
     fn family(&self) -> &'static str {
         "llama"
@@ -146,6 +148,7 @@ mod tests {
     use cinder_engine::quant::WeightDtype;
 
     use super::*;
+    use cinder_engine::lm::CausalLm;
 
     fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
         Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), device)
