@@ -106,52 +106,30 @@ impl BertConfig {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
-            return bad(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        if [
-            self.vocab_size,
-            self.max_position_embeddings,
-            self.num_hidden_layers,
-            self.intermediate_size,
-            self.type_vocab_size,
-        ]
-        .contains(&0)
-        {
-            return bad(
-                "vocab_size, max_position_embeddings, num_hidden_layers, intermediate_size and \
-                 type_vocab_size must be positive"
-                    .into(),
-            );
-        }
+        crate::check_shape(
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            &[
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("intermediate_size", self.intermediate_size),
+                ("type_vocab_size", self.type_vocab_size),
+            ],
+            &[
+                ("hidden_dropout_prob", self.hidden_dropout_prob),
+                (
+                    "attention_probs_dropout_prob",
+                    self.attention_probs_dropout_prob,
+                ),
+            ],
+            ("hidden_act", &self.hidden_act),
+        )?;
         if self.pad_token_id >= self.vocab_size {
-            return bad(format!(
+            return Err(Error::Config(format!(
                 "pad_token_id {} is outside the vocabulary of {}",
                 self.pad_token_id, self.vocab_size
-            ));
-        }
-        if !matches!(
-            self.hidden_act.as_str(),
-            "gelu" | "gelu_new" | "gelu_pytorch_tanh"
-        ) {
-            return bad(format!("unsupported hidden_act '{}'", self.hidden_act));
-        }
-        for (name, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
-            (
-                "attention_probs_dropout_prob",
-                self.attention_probs_dropout_prob,
-            ),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return bad(format!("{name} {p} is not in [0, 1)"));
-            }
+            )));
         }
         Ok(())
     }
@@ -591,6 +569,12 @@ impl Bert {
                 .iter()
                 .map(|t| tokenizer.encode_with_special_tokens(t, settings.max_seq_length))
                 .collect::<EngineResult<Vec<_>>>()?;
+            if let Some(i) = rows.iter().position(Vec::is_empty) {
+                return Err(Error::Config(format!(
+                    "{:?} has no tokens to embed",
+                    chunk[i]
+                )));
+            }
             lengths.extend(rows.iter().map(Vec::len));
             let (ids, mask) = padded_batch(&rows, pad, &device);
             let hidden = self.encode(ids, None, Some(mask.clone()));
@@ -717,19 +701,12 @@ pub fn padded_batch(
     pad: u32,
     device: &Device,
 ) -> (Tensor<2, Int>, Tensor<2, Bool>) {
-    let t = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut ids = Vec::with_capacity(rows.len() * t);
-    let mut mask = Vec::with_capacity(rows.len() * t);
-    for row in rows {
-        for i in 0..t {
-            ids.push(i64::from(row.get(i).copied().unwrap_or(pad)));
-            mask.push(i < row.len());
-        }
-    }
-    let b = rows.len();
+    let p = cinder_engine::data::pad_batch(rows, pad, None);
+    let shape = [p.batch, p.len];
+    let mask: Vec<bool> = p.mask.iter().map(|&m| m == 1).collect();
     (
-        Tensor::from_data(TensorData::new(ids, [b, t]), device),
-        Tensor::from_data(TensorData::new(mask, [b, t]), device),
+        Tensor::from_data(TensorData::new(p.ids, shape), device),
+        Tensor::from_data(TensorData::new(mask, shape), device),
     )
 }
 

@@ -110,36 +110,25 @@ impl Gpt2Config {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
-            return bad(format!(
-                "n_embd {} is not a multiple of n_head {}",
-                self.n_embd, self.n_head
-            ));
-        }
-        if self.vocab_size == 0 || self.n_positions == 0 || self.n_layer == 0 {
-            return bad("vocab_size, n_positions and n_layer must be positive".into());
-        }
-        if !matches!(
-            self.activation_function.as_str(),
-            "gelu_new" | "gelu" | "gelu_pytorch_tanh"
-        ) {
-            return bad(format!(
-                "unsupported activation_function '{}'",
-                self.activation_function
-            ));
-        }
-        for (name, p) in [
-            ("resid_pdrop", self.resid_pdrop),
-            ("embd_pdrop", self.embd_pdrop),
-            ("attn_pdrop", self.attn_pdrop),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return bad(format!("{name} {p} is not in [0, 1)"));
-            }
-        }
+        crate::check_shape(
+            ("n_embd", self.n_embd),
+            ("n_head", self.n_head),
+            &[
+                ("vocab_size", self.vocab_size),
+                ("n_positions", self.n_positions),
+                ("n_layer", self.n_layer),
+            ],
+            &[
+                ("resid_pdrop", self.resid_pdrop),
+                ("embd_pdrop", self.embd_pdrop),
+                ("attn_pdrop", self.attn_pdrop),
+            ],
+            ("activation_function", &self.activation_function),
+        )?;
         if !self.tie_word_embeddings {
-            return bad("only tied output heads (tie_word_embeddings = true) are supported".into());
+            return Err(Error::Config(
+                "only tied output heads (tie_word_embeddings = true) are supported".into(),
+            ));
         }
         Ok(())
     }

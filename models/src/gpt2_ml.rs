@@ -119,47 +119,24 @@ impl Gpt2MlConfig {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
-            return bad(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        if [
-            self.vocab_size,
-            self.max_position_embeddings,
-            self.num_hidden_layers,
-            self.intermediate_size,
-        ]
-        .contains(&0)
-        {
-            return bad(
-                "vocab_size, max_position_embeddings, num_hidden_layers and intermediate_size \
-                 must be positive"
-                    .into(),
-            );
-        }
-        if !matches!(
-            self.hidden_act.as_str(),
-            "gelu" | "gelu_new" | "gelu_pytorch_tanh"
-        ) {
-            return bad(format!("unsupported hidden_act '{}'", self.hidden_act));
-        }
-        for (name, p) in [
-            ("hidden_dropout_prob", self.hidden_dropout_prob),
-            (
-                "attention_probs_dropout_prob",
-                self.attention_probs_dropout_prob,
-            ),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return bad(format!("{name} {p} is not in [0, 1)"));
-            }
-        }
-        Ok(())
+        crate::check_shape(
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            &[
+                ("vocab_size", self.vocab_size),
+                ("max_position_embeddings", self.max_position_embeddings),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("intermediate_size", self.intermediate_size),
+            ],
+            &[
+                ("hidden_dropout_prob", self.hidden_dropout_prob),
+                (
+                    "attention_probs_dropout_prob",
+                    self.attention_probs_dropout_prob,
+                ),
+            ],
+            ("hidden_act", &self.hidden_act),
+        )
     }
 
     /// The config as Cinder writes it (`model_type` "gpt2-ml").

@@ -63,3 +63,32 @@ pub(crate) fn parse_config<C: serde::de::DeserializeOwned + serde::Serialize>(
     serde_json::from_value(value)
         .map_err(|e| Error::format(path, format!("not a valid {family} config: {e}")))
 }
+
+/// Checks that a family's config can be built: `width` divides among `heads`, no size in `sizes`
+/// is zero, every probability in `dropouts` is in [0, 1), and `activation` (the config key and
+/// its value) names a GELU. Each problem is named by its `config.json` key.
+pub(crate) fn check_shape(
+    width: (&str, usize),
+    heads: (&str, usize),
+    sizes: &[(&str, usize)],
+    dropouts: &[(&str, f64)],
+    activation: (&str, &str),
+) -> cinder_engine::Result<()> {
+    let bad = |m: String| Err(cinder_engine::Error::Config(m));
+    if heads.1 == 0 || !width.1.is_multiple_of(heads.1) {
+        return bad(format!(
+            "{} {} is not a multiple of {} {}",
+            width.0, width.1, heads.0, heads.1
+        ));
+    }
+    if let Some((name, _)) = sizes.iter().find(|(_, n)| *n == 0) {
+        return bad(format!("{name} must be positive"));
+    }
+    if let Some((name, p)) = dropouts.iter().find(|(_, p)| !(0.0..1.0).contains(p)) {
+        return bad(format!("{name} {p} is not in [0, 1)"));
+    }
+    if !matches!(activation.1, "gelu" | "gelu_new" | "gelu_pytorch_tanh") {
+        return bad(format!("unsupported {} '{}'", activation.0, activation.1));
+    }
+    Ok(())
+}

@@ -657,39 +657,24 @@ pub fn prepare(
     ));
 
     let config = settings.train.clone();
+    // One arm runs, so each moves the data into its trainer.
+    macro_rules! trainer {
+        ($family:ident, $m:expr) => {
+            AnyTrainer::$family(Trainer::new(
+                $m,
+                config,
+                tokenizer,
+                train_tokens,
+                val_tokens,
+                &device,
+            )?)
+        };
+    }
     let mut trainer = match model {
-        Model::Gpt2(m) => AnyTrainer::Gpt2(Trainer::new(
-            m,
-            config,
-            tokenizer,
-            train_tokens,
-            val_tokens,
-            &device,
-        )?),
-        Model::Llama(m) => AnyTrainer::Llama(Trainer::new(
-            m,
-            config,
-            tokenizer,
-            train_tokens,
-            val_tokens,
-            &device,
-        )?),
-        Model::Gpt2Ml(m) => AnyTrainer::Gpt2Ml(Trainer::new(
-            m,
-            config,
-            tokenizer,
-            train_tokens,
-            val_tokens,
-            &device,
-        )?),
-        Model::Bert(m) => AnyTrainer::Bert(Trainer::new(
-            m,
-            config,
-            tokenizer,
-            train_tokens,
-            val_tokens,
-            &device,
-        )?),
+        Model::Gpt2(m) => trainer!(Gpt2, m),
+        Model::Llama(m) => trainer!(Llama, m),
+        Model::Gpt2Ml(m) => trainer!(Gpt2Ml, m),
+        Model::Bert(m) => trainer!(Bert, m),
     };
     for note in trainer.notes() {
         say(format!("note: {note}"));
