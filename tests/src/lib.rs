@@ -239,6 +239,23 @@ pub fn llama_tiny_roundings(t: usize, ulps: usize) -> usize {
     2 * (32 + 32 + t + 8 + 2 * t + 32 + 32 + 64 + 64 + 6 * ulps) + (32 + ulps) + 32
 }
 
+/// Terms summed along the `bert-tiny` fixture's encoder over `t` positions, each a rounding
+/// relative to the magnitudes (see [`difference_bound`]): the three embeddings' sum (3) and their
+/// LayerNorm (2 x 32 and a reciprocal square root); per layer, q, k and v (32), scores (head
+/// size 8), softmax and attention-weighted values (t each), the output projection (32), two
+/// LayerNorms (64 each), the intermediate (32) and output (64) layers, with `ulps` for each of
+/// exp, erf and the two reciprocal square roots.
+pub fn bert_tiny_encoder_roundings(t: usize, ulps: usize) -> usize {
+    3 + (64 + ulps) + 2 * (32 + 8 + 2 * t + 32 + 64 + 64 + 32 + 64 + 4 * ulps)
+}
+
+/// [`bert_tiny_encoder_roundings`] and the masked-LM head on top: the dense layer (32), GELU,
+/// LayerNorm (64) and the tied projection (32), with `ulps` for erf and the reciprocal square
+/// root.
+pub fn bert_tiny_roundings(t: usize, ulps: usize) -> usize {
+    bert_tiny_encoder_roundings(t, ulps) + 32 + 64 + 32 + 2 * ulps
+}
+
 /// Ulps of error in exp, tanh, sine, cosine and the reciprocal square root on the CPU.
 pub const CPU_ULPS: usize = 4;
 

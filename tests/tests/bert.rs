@@ -21,22 +21,6 @@ fn tiny(device: &Device) -> (Bert, Tokenizer, Value) {
     )
 }
 
-/// Terms summed along the tiny fixture's encoder over `t` positions, each a rounding relative to
-/// the magnitudes ([`cinder_tests::difference_bound`]): the three embeddings' sum (3) and their
-/// LayerNorm (2 x 32 and a reciprocal square root); per layer, q, k and v (32), scores (head
-/// size 8), softmax and attention-weighted values (t each), the output projection (32), two
-/// LayerNorms (64 each), the intermediate (32) and output (64) layers, with `ulps` for each of
-/// exp, erf and the two reciprocal square roots.
-fn encoder_roundings(t: usize, ulps: usize) -> usize {
-    3 + (64 + ulps) + 2 * (32 + 8 + 2 * t + 32 + 64 + 64 + 32 + 64 + 4 * ulps)
-}
-
-/// The masked-LM head on top: the dense layer (32), GELU, LayerNorm (64) and the tied
-/// projection (32), with `ulps` for erf and the reciprocal square root.
-fn mlm_roundings(t: usize, ulps: usize) -> usize {
-    encoder_roundings(t, ulps) + 32 + 64 + 32 + 2 * ulps
-}
-
 fn rows(value: &Value) -> Vec<Vec<u32>> {
     value
         .as_array()
@@ -73,14 +57,16 @@ fn a_padded_batch_gives_transformers_hidden_states_and_masked_lm_logits() {
         hidden.dims().to_vec(),
     );
     let ours = hidden.clone().into_data();
-    let roundings = encoder_roundings(t, cinder_tests::CPU_ULPS) + cinder_tests::FIXTURE_DIGITS;
+    let roundings = cinder_tests::bert_tiny_encoder_roundings(t, cinder_tests::CPU_ULPS)
+        + cinder_tests::FIXTURE_DIGITS;
     cinder_tests::assert_close(&ours, &theirs, roundings, "last hidden states");
     let logits = model.mlm_logits(hidden).expect("a masked-LM head");
     let theirs = TensorData::new(
         cinder_tests::json_f32s(&batch["logits"]),
         logits.dims().to_vec(),
     );
-    let roundings = mlm_roundings(t, cinder_tests::CPU_ULPS) + cinder_tests::FIXTURE_DIGITS;
+    let roundings =
+        cinder_tests::bert_tiny_roundings(t, cinder_tests::CPU_ULPS) + cinder_tests::FIXTURE_DIGITS;
     cinder_tests::assert_close(&logits.into_data(), &theirs, roundings, "masked-LM logits");
 }
 

@@ -7,7 +7,7 @@
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::device::{DeviceChoice, select};
 use cinder_engine::generate::{GenerateConfig, generate};
-use cinder_engine::lm::CausalLm;
+use cinder_engine::lm::{CausalLm, LanguageModel};
 use cinder_engine::optim::{OptimizerConfig, SgdConfig};
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::tokenizer::Tokenizer;
@@ -26,7 +26,7 @@ fn fixture(device: &Device) -> Gpt2 {
     Gpt2::from_pretrained(&dir, device).unwrap()
 }
 
-fn logits(model: &impl CausalLm, ids: &[u32], device: &Device) -> TensorData {
+fn logits(model: &impl LanguageModel, ids: &[u32], device: &Device) -> TensorData {
     let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), device);
     model.forward(tokens).into_data().convert::<f32>()
@@ -96,11 +96,11 @@ fn llama_training_step_matches_the_cpu() {
     );
 }
 
-/// Two SGD steps of the fixture in `dir` (a 320-entry vocabulary, width 32), each taken on the
+/// Two SGD steps of the fixture in `dir` (a vocabulary of at most 320 entries, width 32), each taken on the
 /// CPU and on the device from the same weights and momentum: the losses, gradient norms and
 /// updated weights agree within the bounds of their roundings (`roundings(t, ulps)` for a
 /// forward pass over `t` positions).
-fn training_steps_match_the_cpu<M: CausalLm>(
+fn training_steps_match_the_cpu<M: LanguageModel>(
     load: impl Fn(&std::path::Path, &Device) -> M,
     dir: &std::path::Path,
     roundings: fn(usize, usize) -> usize,
