@@ -1,4 +1,5 @@
-//! The GPU path: the same GPT-2 and LLaMA forward, backward, optimizer step and greedy generation on wgpu
+//! The GPU path: the same GPT-2 and LLaMA forward, backward, optimizer step and greedy generation,
+//! and BERT's masked-LM logits, on wgpu
 //! (Mesa's lavapipe software Vulkan renderer in CI) agree with the CPU backend.
 //!
 //! Bounds: two f32 evaluations summing in different orders, with the Vulkan precision of exp
@@ -283,5 +284,22 @@ fn quantized_llama_on_wgpu_stays_close_to_f32() {
     assert!(
         diff < bound * scale,
         "8-bit weights on wgpu: logits off by {diff} (largest {scale})"
+    );
+}
+
+#[test]
+fn bert_masked_lm_logits_match_the_cpu() {
+    use cinder_models::bert::Bert;
+    let dir = cinder_tests::fixtures().join("bert-tiny");
+    let (cpu, gpu) = (Device::flex(), wgpu());
+    // The parity batch's first sentence, [CLS] to [SEP].
+    let reference = cinder_tests::read_json(&dir.join("reference.json"));
+    let ids = cinder_tests::json_ids(&reference["batch"]["ids"][0]);
+    let roundings = cinder_tests::bert_tiny_roundings(ids.len(), VULKAN_ULPS);
+    cinder_tests::assert_close(
+        &logits(&Bert::from_pretrained(&dir, &gpu).unwrap(), &ids, &gpu),
+        &logits(&Bert::from_pretrained(&dir, &cpu).unwrap(), &ids, &cpu),
+        roundings,
+        "wgpu masked-LM logits against the CPU",
     );
 }
