@@ -73,6 +73,12 @@ pub struct BertConfig {
     /// The padding token's id.
     #[config(default = 0)]
     pub pad_token_id: usize,
+    /// How positions enter: `absolute` (learned embeddings), the only kind supported.
+    #[config(default = "String::from(\"absolute\")")]
+    pub position_embedding_type: String,
+    /// Whether the layers also attend to an encoder's output (a decoder): not supported.
+    #[config(default = false)]
+    pub add_cross_attention: bool,
 }
 
 impl BertConfig {
@@ -125,6 +131,18 @@ impl BertConfig {
             ],
             ("hidden_act", &self.hidden_act),
         )?;
+        if self.position_embedding_type != "absolute" {
+            return Err(Error::Config(format!(
+                "position_embedding_type '{}' is not supported (absolute is)",
+                self.position_embedding_type
+            )));
+        }
+        if self.add_cross_attention {
+            return Err(Error::Config(
+                "add_cross_attention: BERT as a decoder with cross-attention is not supported"
+                    .into(),
+            ));
+        }
         if self.pad_token_id >= self.vocab_size {
             return Err(Error::Config(format!(
                 "pad_token_id {} is outside the vocabulary of {}",
@@ -741,6 +759,44 @@ mod tests {
         }
         let logits = model.mlm_logits(alone).unwrap();
         assert_eq!(logits.dims(), [1, 3, 100]);
+    }
+
+    #[test]
+    fn configs_of_unsupported_kinds_are_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        for (key, value, expected) in [
+            (
+                "position_embedding_type",
+                serde_json::json!("relative_key"),
+                "relative_key",
+            ),
+            (
+                "add_cross_attention",
+                serde_json::json!(true),
+                "add_cross_attention",
+            ),
+            ("pad_token_id", serde_json::json!(100), "pad_token_id 100"),
+            (
+                "intermediate_size",
+                serde_json::json!(0),
+                "intermediate_size must be positive",
+            ),
+            (
+                "hidden_act",
+                serde_json::json!("relu"),
+                "unsupported hidden_act 'relu'",
+            ),
+        ] {
+            let mut json = BertConfig::tiny().to_hf_json(true).unwrap();
+            json[key] = value;
+            std::fs::write(&path, json.to_string()).unwrap();
+            let err = BertConfig::from_file(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("config.json") && err.contains(expected),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]
