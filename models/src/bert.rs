@@ -19,7 +19,7 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -31,7 +31,7 @@ use cinder_engine::run::Checkpoint;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters, transpose_2d};
 
-use crate::blocks::gelu_tanh;
+use crate::blocks::{gelu_exact, gelu_tanh};
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
 type EngineResult<T> = cinder_engine::Result<T>;
@@ -268,7 +268,7 @@ pub struct Layer {
 
 /// GELU, exact or with the tanh approximation.
 fn activation<const D: usize>(x: Tensor<D>, tanh: bool) -> Tensor<D> {
-    if tanh { gelu_tanh(x) } else { gelu(x) }
+    if tanh { gelu_tanh(x) } else { gelu_exact(x) }
 }
 
 impl Layer {

@@ -26,7 +26,6 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::Error;
 use cinder_engine::burn;
@@ -35,8 +34,8 @@ use cinder_engine::run::Checkpoint;
 use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
 
 use crate::blocks::{
-    KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_tanh,
-    tied_logits,
+    KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
+    gelu_tanh, tied_logits,
 };
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -248,7 +247,7 @@ impl Layer {
         let hidden = if self.tanh {
             gelu_tanh(hidden)
         } else {
-            gelu(hidden)
+            gelu_exact(hidden)
         };
         let ffn = self.mlp_output_dropout.forward(self.output.forward(hidden));
         // The residual skips mlp_ln0: it is the block's input after attention.

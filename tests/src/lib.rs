@@ -256,6 +256,16 @@ pub fn bert_tiny_roundings(t: usize, ulps: usize) -> usize {
     bert_tiny_encoder_roundings(t, ulps) + 32 + 64 + 32 + 2 * ulps
 }
 
+/// Terms summed along the forward pass of the `gpt2-ml-tiny` fixture over `t` positions, each a
+/// rounding relative to the magnitudes (see [`difference_bound`]): the embedding LayerNorm (2 x
+/// 32 and a reciprocal square root); per layer, q, k and v (32), scores (head size 8), softmax
+/// and attention-weighted values (t each), the projection (32), both LayerNorms (64 each), the
+/// intermediate (32) and output (96) layers, with `ulps` for each of exp, erf and the two
+/// reciprocal square roots; then the tied head (32).
+pub fn gpt2_ml_tiny_roundings(t: usize, ulps: usize) -> usize {
+    (64 + ulps) + 2 * (32 + 8 + 2 * t + 32 + 64 + 64 + 32 + 96 + 4 * ulps) + 32
+}
+
 /// Ulps of error in exp, tanh, sine, cosine and the reciprocal square root on the CPU.
 pub const CPU_ULPS: usize = 4;
 

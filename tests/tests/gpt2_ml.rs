@@ -9,18 +9,8 @@ use cinder_engine::sampling::SamplingConfig;
 use cinder_models::auto::{AnyModel, load};
 use cinder_models::gpt2_ml::Gpt2Ml;
 
-/// Terms summed by the reference's and by our forward pass over `t` positions, each a rounding
-/// relative to the magnitudes ([`cinder_tests::difference_bound`]): the embedding LayerNorm
-/// (mean and variance, 2 x 32, and a reciprocal square root); per layer, q, k and v (32), scores
-/// (head size 8), softmax and attention-weighted values (t each), the projection (32), both
-/// LayerNorms (64 each), the intermediate (32) and output (96) layers, with `ulps` for each of
-/// exp, erf and the two reciprocal square roots; then the tied head (32).
-fn roundings(t: usize, ulps: usize) -> usize {
-    (64 + ulps) + 2 * (32 + 8 + 2 * t + 32 + 64 + 64 + 32 + 96 + 4 * ulps) + 32
-}
-
 fn forward_roundings(t: usize) -> usize {
-    roundings(t, cinder_tests::CPU_ULPS) + cinder_tests::FIXTURE_DIGITS
+    cinder_tests::gpt2_ml_tiny_roundings(t, cinder_tests::CPU_ULPS) + cinder_tests::FIXTURE_DIGITS
 }
 
 fn logits_of(model: &Gpt2Ml, ids: &[u32], device: &Device) -> TensorData {

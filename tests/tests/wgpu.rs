@@ -1,5 +1,5 @@
 //! The GPU path: the same GPT-2 and LLaMA forward, backward, optimizer step and greedy generation,
-//! and BERT's masked-LM logits, on wgpu
+//! BERT's masked-LM logits and step, and GPT2_ML's step, on wgpu
 //! (Mesa's lavapipe software Vulkan renderer in CI) agree with the CPU backend.
 //!
 //! Bounds: two f32 evaluations summing in different orders, with the Vulkan precision of exp
@@ -194,8 +194,12 @@ fn training_steps_match_the_cpu<M: LanguageModel>(
             // Each update rounds once more, to half an ulp of the weight.
             let bound = difference_bound(grad_roundings, update) + EPS * max_abs(p);
             let diff = max_abs(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
+            // A separate key projection's bias has no gradient in exact arithmetic (it shifts
+            // all of a query's scores alike, which softmax ignores): its update is rounding
+            // noise, so only the difference is bounded there.
+            let key_bias = name.contains("key") && name.ends_with("bias");
             assert!(
-                diff <= bound && bound < 0.1 * update,
+                diff <= bound && (key_bias || bound < 0.1 * update),
                 "step {step}: {name}: device and CPU updates differ by {diff:e} (bound {bound:e}, \
                  update {update:e})"
             );
@@ -208,6 +212,30 @@ fn training_steps_match_the_cpu<M: LanguageModel>(
             worst.0, worst.1
         );
     }
+}
+
+/// With exact (erf) GELU: Burn's fused `gelu` had a backward pass off by up to 1% on wgpu,
+/// which put these updates 2-4 times outside the bound; the families now write GELU out.
+#[test]
+fn bert_masked_lm_training_step_matches_the_cpu() {
+    use cinder_models::bert::Bert;
+    let dir = cinder_tests::fixtures().join("bert-tiny");
+    training_steps_match_the_cpu(
+        |folder, device| Bert::from_pretrained(folder, device).unwrap(),
+        &dir,
+        cinder_tests::bert_tiny_roundings,
+    );
+}
+
+#[test]
+fn gpt2_ml_training_step_matches_the_cpu() {
+    use cinder_models::gpt2_ml::Gpt2Ml;
+    let dir = cinder_tests::fixtures().join("gpt2-ml-tiny");
+    training_steps_match_the_cpu(
+        |folder, device| Gpt2Ml::from_pretrained(folder, device).unwrap(),
+        &dir,
+        cinder_tests::gpt2_ml_tiny_roundings,
+    );
 }
 
 #[test]
