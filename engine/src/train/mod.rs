@@ -153,7 +153,8 @@ struct StepLoss {
     tokens: u64,
 }
 
-/// Trains a [`CausalLm`] on token streams.
+/// Trains a [`LanguageModel`] on token streams: windows for a causal model, padded and masked
+/// lines for a masked one.
 pub struct Trainer<M: LanguageModel> {
     model: Option<M>,
     optim: Optimizer,
