@@ -208,7 +208,7 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    let masked = trainer.family() == "bert";
+    let masked = trainer.objective() == cinder_engine::lm::Objective::Masked;
     if masked {
         println!("\nFilling in masked held-out lines with the trained model:");
     } else {

@@ -92,6 +92,7 @@ impl Tokenizer {
         // Padding and truncation saved in a tokenizer.json are a call's settings, not the
         // tokenizer's (transformers sets them per call too): a prompt is never padded or cut.
         inner.with_padding(None);
+        // Turning truncation off cannot fail (only a stride longer than the length can).
         let _ = inner.with_truncation(None);
         let eos = [END_OF_TEXT, "</s>", "<|im_end|>", "<eos>"]
             .iter()
@@ -323,10 +324,15 @@ impl Tokenizer {
         self.inner.add_special_tokens(&added);
     }
 
-    /// Token ids of `text` as an encoder takes them: with the special tokens the tokenizer's
-    /// post-processor adds (BERT's `[CLS] ... [SEP]`), the text cut so that the whole is at most
-    /// `max_len` tokens.
-    pub fn encode_with_special_tokens(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
+    /// Token ids of each of `texts` as an encoder takes them: with the special tokens the
+    /// tokenizer's post-processor adds (BERT's `[CLS] ... [SEP]`), each text cut so that the
+    /// whole is at most `max_len` tokens.
+    pub fn encode_with_special_tokens<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        max_len: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        // Truncation is a setting of the tokenizer: set on a copy, once for all the texts.
         let mut inner = self.inner.clone();
         inner
             .with_truncation(Some(tokenizers::TruncationParams {
@@ -334,11 +340,16 @@ impl Tokenizer {
                 ..Default::default()
             }))
             .map_err(tok_err)?;
-        Ok(inner
-            .encode(text, true)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec())
+        texts
+            .iter()
+            .map(|t| {
+                Ok(inner
+                    .encode(t.as_ref(), true)
+                    .map_err(tok_err)?
+                    .get_ids()
+                    .to_vec())
+            })
+            .collect()
     }
 
     /// Token ids of a whole corpus, encoded line by line (newlines kept).

@@ -89,8 +89,7 @@ impl BertConfig {
 
     /// Reads a Hugging Face `config.json`; a missing required key is an error naming the file.
     pub fn from_file(path: &Path) -> EngineResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(path, &text)
+        crate::read_config_file(path, Self::from_json)
     }
 
     /// Parses the text of a Hugging Face `config.json`; `path` names it in errors.
@@ -102,12 +101,14 @@ impl BertConfig {
             "num_attention_heads",
             "intermediate_size",
         ];
-        let defaults = Self::new(0, 0, 0, 0, 0);
-        let config: Self = crate::parse_config(path, text, &defaults, &required, "BERT")?;
-        config
-            .check()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(config)
+        crate::parse_checked(
+            path,
+            text,
+            &Self::new(0, 0, 0, 0, 0),
+            &required,
+            "BERT",
+            |c| c.check(),
+        )
     }
 
     /// Checks values that would make the model impossible to build.
@@ -580,21 +581,17 @@ impl Bert {
     ) -> EngineResult<(Vec<Vec<f32>>, Vec<usize>)> {
         let device = self.embeddings.word_embeddings.weight.device();
         let pad = self.config.pad_token_id as u32;
+        let all = tokenizer.encode_with_special_tokens(texts, settings.max_seq_length)?;
+        if let Some(i) = all.iter().position(Vec::is_empty) {
+            return Err(Error::Config(format!(
+                "{:?} has no tokens to embed",
+                texts[i]
+            )));
+        }
+        let lengths: Vec<usize> = all.iter().map(Vec::len).collect();
         let mut vectors = Vec::with_capacity(texts.len());
-        let mut lengths = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(32) {
-            let rows = chunk
-                .iter()
-                .map(|t| tokenizer.encode_with_special_tokens(t, settings.max_seq_length))
-                .collect::<EngineResult<Vec<_>>>()?;
-            if let Some(i) = rows.iter().position(Vec::is_empty) {
-                return Err(Error::Config(format!(
-                    "{:?} has no tokens to embed",
-                    chunk[i]
-                )));
-            }
-            lengths.extend(rows.iter().map(Vec::len));
-            let (ids, mask) = padded_batch(&rows, pad, &device);
+        for rows in all.chunks(32) {
+            let (ids, mask) = padded_batch(rows, pad, &device);
             let hidden = self.encode(ids, None, Some(mask.clone()));
             let [b, _, c] = hidden.dims();
             let pooled = if settings.cls_pooling {
@@ -626,8 +623,9 @@ impl Bert {
             .iter()
             .find_map(|t| tokenizer.token_to_id(t))
             .ok_or_else(|| Error::Config("the tokenizer has no [MASK] token".into()))?;
-        let ids =
-            tokenizer.encode_with_special_tokens(text, self.config.max_position_embeddings)?;
+        let ids = tokenizer
+            .encode_with_special_tokens(&[text], self.config.max_position_embeddings)?
+            .concat();
         let positions: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == mask_id).collect();
         if positions.is_empty() {
             return Err(Error::Config(format!("no [MASK] in {text:?}")));

@@ -92,19 +92,20 @@ impl Gpt2Config {
 
     /// Reads a Hugging Face `config.json`; a missing required key is an error naming the file.
     pub fn from_file(path: &Path) -> EngineResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(path, &text)
+        crate::read_config_file(path, Self::from_json)
     }
 
     /// Parses the text of a Hugging Face `config.json`; `path` names it in errors.
     pub fn from_json(path: &Path, text: &str) -> EngineResult<Self> {
         let required = ["vocab_size", "n_positions", "n_embd", "n_layer", "n_head"];
-        let defaults = Self::new(0, 0, 0, 0, 0);
-        let config: Self = crate::parse_config(path, text, &defaults, &required, "GPT-2")?;
-        config
-            .check()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(config)
+        crate::parse_checked(
+            path,
+            text,
+            &Self::new(0, 0, 0, 0, 0),
+            &required,
+            "GPT-2",
+            |c| c.check(),
+        )
     }
 
     /// Checks values that would make the model impossible to build.

@@ -27,7 +27,6 @@ use burn::nn::{
     LinearConfig,
 };
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::lm::{Blockwise, LanguageModel};
 use cinder_engine::run::Checkpoint;
@@ -94,8 +93,7 @@ impl Gpt2MlConfig {
 
     /// Reads a `config.json`; a missing required key is an error naming the file.
     pub fn from_file(path: &Path) -> EngineResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(path, &text)
+        crate::read_config_file(path, Self::from_json)
     }
 
     /// Parses the text of a `config.json`; `path` names it in errors.
@@ -108,12 +106,14 @@ impl Gpt2MlConfig {
             "num_attention_heads",
             "intermediate_size",
         ];
-        let defaults = Self::new(0, 0, 0, 0, 0, 0);
-        let config: Self = crate::parse_config(path, text, &defaults, &required, "GPT2_ML")?;
-        config
-            .check()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(config)
+        crate::parse_checked(
+            path,
+            text,
+            &Self::new(0, 0, 0, 0, 0, 0),
+            &required,
+            "GPT2_ML",
+            |c| c.check(),
+        )
     }
 
     /// Checks values that would make the model impossible to build.

@@ -31,6 +31,29 @@ pub(crate) fn hf_config_json<C: serde::Serialize>(
     Ok(value)
 }
 
+/// [`parse_config`], then the family's `check` of the values (its error named after `path`).
+pub(crate) fn parse_checked<C: serde::de::DeserializeOwned + serde::Serialize>(
+    path: &std::path::Path,
+    text: &str,
+    defaults: &C,
+    required: &[&str],
+    family: &str,
+    check: impl FnOnce(&mut C) -> cinder_engine::Result<()>,
+) -> cinder_engine::Result<C> {
+    let mut config = parse_config(path, text, defaults, required, family)?;
+    check(&mut config).map_err(|e| cinder_engine::Error::format(path, e.to_string()))?;
+    Ok(config)
+}
+
+/// Reads the `config.json` at `path` and parses it with the family's `from_json`.
+pub(crate) fn read_config_file<C>(
+    path: &std::path::Path,
+    from_json: fn(&std::path::Path, &str) -> cinder_engine::Result<C>,
+) -> cinder_engine::Result<C> {
+    let text = std::fs::read_to_string(path).map_err(|e| cinder_engine::Error::io(path, e))?;
+    from_json(path, &text)
+}
+
 /// Parses a `config.json` into a family's config, taking the value of every key the file leaves
 /// out from `defaults` (Hugging Face omits keys that have their default value; Burn's config
 /// derive would otherwise demand them all). A missing `required` key is reported by name.

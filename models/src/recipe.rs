@@ -385,6 +385,11 @@ impl AnyTrainer {
         with_trainer!(self, t => t.model().family())
     }
 
+    /// What the model learns to predict.
+    pub fn objective(&self) -> cinder_engine::lm::Objective {
+        with_trainer!(self, t => t.model().objective())
+    }
+
     /// Optimizer steps taken.
     pub fn step_count(&self) -> u64 {
         with_trainer!(self, t => t.step_count())

@@ -10,7 +10,7 @@ use cinder_engine::run::{FsStorage, Run, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::{Precision, Recompute, TrainConfig, Trainer, save_model};
 use cinder_models::gpt2::{Gpt2, Gpt2Config};
-use cinder_models::recipe::{AnyTrainer, Family, TrainSettings, prepare};
+use cinder_models::recipe::{AnyTrainer, Family, ObjectiveKind, TrainSettings, prepare};
 
 /// Sentences from a small grammar: low-entropy text a tiny model learns in a few dozen steps.
 fn corpus(lines: u64) -> String {
@@ -316,7 +316,7 @@ fn trains_resumes_recomputes_and_saves(
     // (An encoder has no block-wise form: there, half the batch accumulated twice is the same
     // update, since each micro-batch's loss is divided by the whole step's chosen tokens.)
     let mut blocks = settings.clone();
-    if family == Family::Bert {
+    if family.objective() == ObjectiveKind::Mlm {
         blocks.train.batch_size /= 2;
         blocks.train.accumulate = 2;
     } else {
@@ -369,7 +369,7 @@ fn trains_resumes_recomputes_and_saves(
 
     // The run's checkpoint is a model folder of the family: it loads as one.
     let ckpt = resolve_model_dir(dir.path()).unwrap();
-    if family == Family::Bert {
+    if family.objective() == ObjectiveKind::Mlm {
         let bert = cinder_models::bert::Bert::from_pretrained(&ckpt, &Device::flex()).unwrap();
         assert!(bert.has_mlm_head());
     } else {

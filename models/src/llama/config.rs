@@ -130,8 +130,7 @@ impl LlamaConfig {
 
     /// Reads a Hugging Face `config.json`; a missing required key is an error naming the file.
     pub fn from_file(path: &Path) -> EngineResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(path, &text)
+        crate::read_config_file(path, Self::from_json)
     }
 
     /// Parses the text of a Hugging Face `config.json`; `path` names it in errors.
@@ -143,13 +142,10 @@ impl LlamaConfig {
             "num_hidden_layers",
             "num_attention_heads",
         ];
-        let mut config: Self =
-            crate::parse_config(path, text, &Self::defaults(), &required, "LLaMA")?;
-        config.rope_theta = config.rope_base();
-        config
-            .check()
-            .map_err(|e| Error::format(path, e.to_string()))?;
-        Ok(config)
+        crate::parse_checked(path, text, &Self::defaults(), &required, "LLaMA", |c| {
+            c.rope_theta = c.rope_base();
+            c.check()
+        })
     }
 
     /// Reads the hyper-parameters from a GGUF file's `llama.*` metadata.
