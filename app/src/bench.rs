@@ -11,7 +11,7 @@ use cinder_engine::rng;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::train::TrainConfig;
 use cinder_models::auto::LoadedModel;
-use cinder_models::with_model;
+use cinder_models::with_decoder;
 use web_time::Instant;
 
 use crate::cli::Workload;
@@ -124,9 +124,7 @@ pub async fn decode_async(
     runs: usize,
     say: &mut dyn FnMut(String),
 ) -> Result<GenerateStats> {
-    let vocab = with_model!(&loaded.model, |m| {
-        cinder_engine::lm::LanguageModel::vocab_size(m)
-    });
+    let vocab = loaded.model.vocab_size();
     if prompt_tokens == 0 || tokens == 0 {
         bail!("--prompt-tokens and --tokens must be positive");
     }
@@ -136,9 +134,9 @@ pub async fn decode_async(
     let config = GenerateConfig::new(tokens, SamplingConfig::greedy(), None);
     let mut best: Option<GenerateStats> = None;
     for run in 0..=runs.max(1) {
-        let (_, stats) = with_model!(&loaded.model, |m| generate_async(
+        let (_, stats) = with_decoder!(&loaded.model, &prompt, device, |m, p| generate_async(
             m,
-            &prompt,
+            p,
             &config,
             device,
             |_| true

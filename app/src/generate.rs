@@ -12,7 +12,7 @@ use cinder_engine::generate::{
 };
 use cinder_engine::quant::{DtypeChoice, WeightDtype};
 use cinder_models::auto::{LoadedModel, load};
-use cinder_models::with_model;
+use cinder_models::with_decoder;
 
 use crate::cli::{ChatArgs, DecodeArgs, GenerateArgs, ModelArgs};
 
@@ -119,7 +119,7 @@ fn respond(
             stop_tokens,
         };
         let t0 = Instant::now();
-        let best = with_model!(&loaded.model, |m| beam_search(m, prompt, &config, device))?
+        let best = with_decoder!(&loaded.model, prompt, device, |m, p| beam_search(m, p, &config, device))?
             .into_iter()
             .next()
             .context("beam search finished no sequence")?;
@@ -144,10 +144,10 @@ fn respond(
         stop_tokens,
     };
     let stops: Vec<String> = args.stop.iter().chain(extra_stops).cloned().collect();
-    let out = with_model!(&loaded.model, |m| generate_text(
+    let out = with_decoder!(&loaded.model, prompt, device, |m, p| generate_text(
         m,
         &loaded.tokenizer,
-        prompt,
+        p,
         &config,
         &stops,
         device,

@@ -11,7 +11,7 @@ use web_time::Instant;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::lm::CausalLm;
+use crate::lm::Decoder;
 use crate::pace::Pacer;
 use crate::sampling::{SamplingConfig, sample_next_async};
 use crate::tokenizer::Tokenizer;
@@ -82,8 +82,8 @@ fn last_position(logits: Tensor<3>) -> Tensor<2> {
     logits.narrow(1, t - 1, 1).reshape([b, v])
 }
 
-fn check_prompt<M: CausalLm>(model: &M, prompt: &[u32]) -> Result<()> {
-    let ctx = model.context_length();
+fn check_prompt<M: Decoder>(model: &M, prompt: &[u32]) -> Result<()> {
+    let ctx = model.max_len();
     if prompt.is_empty() {
         return Err(Error::Request(
             "the prompt is empty: give at least one token".into(),
@@ -95,7 +95,7 @@ fn check_prompt<M: CausalLm>(model: &M, prompt: &[u32]) -> Result<()> {
             prompt.len()
         )));
     }
-    let vocab = model.vocab_size() as u32;
+    let vocab = model.vocab() as u32;
     if let Some(bad) = prompt.iter().find(|&&id| id >= vocab) {
         return Err(Error::Request(format!(
             "token id {bad} is outside the vocabulary ({vocab})"
@@ -108,7 +108,7 @@ fn check_prompt<M: CausalLm>(model: &M, prompt: &[u32]) -> Result<()> {
 /// Returns the new tokens and timings. The prompt is processed in one pass (prefill); each later
 /// step feeds one token and reads back one id. When the context fills up, the cache is rebuilt
 /// from the newest half of the sequence.
-pub fn generate<M: CausalLm>(
+pub fn generate<M: Decoder>(
     model: &M,
     prompt: &[u32],
     config: &GenerateConfig,
@@ -123,7 +123,7 @@ pub fn generate<M: CausalLm>(
 
 /// [`generate`], reading each token back asynchronously and letting a browser page run between
 /// tokens.
-pub async fn generate_async<M: CausalLm>(
+pub async fn generate_async<M: Decoder>(
     model: &M,
     prompt: &[u32],
     config: &GenerateConfig,
@@ -132,7 +132,7 @@ pub async fn generate_async<M: CausalLm>(
 ) -> Result<(Vec<u32>, GenerateStats)> {
     check_prompt(model, prompt)?;
     config.sampling.check()?;
-    let ctx = model.context_length();
+    let ctx = model.max_len();
     let mut stats = GenerateStats {
         prompt_tokens: prompt.len(),
         ..GenerateStats::default()
@@ -201,7 +201,7 @@ pub struct TextGeneration {
 /// Continues `prompt` and streams text: `on_text` receives each piece as soon as it cannot be
 /// the beginning of a stop string, and returns `false` to stop. Generation ends at a stop token,
 /// at a stop string (which is not emitted), at `max_new_tokens`, or when the caller stops it.
-pub fn generate_text<M: CausalLm>(
+pub fn generate_text<M: Decoder>(
     model: &M,
     tokenizer: &Tokenizer,
     prompt: &[u32],
@@ -226,7 +226,7 @@ pub fn generate_text<M: CausalLm>(
 
 /// [`generate_text`], reading each token back asynchronously and letting a browser page run
 /// between tokens.
-pub async fn generate_text_async<M: CausalLm>(
+pub async fn generate_text_async<M: Decoder>(
     model: &M,
     tokenizer: &Tokenizer,
     prompt: &[u32],
@@ -333,8 +333,8 @@ fn penalised(log_prob: f32, len: usize, penalty: f32) -> f32 {
 
 /// Beam search: keeps the `width` most likely partial sequences at each step and returns the
 /// finished ones, best first. All beams run as one batch; the KV cache follows the surviving
-/// beams through [`CausalLm::reorder_cache`].
-pub fn beam_search<M: CausalLm>(
+/// beams through [`Decoder::reorder_cache`].
+pub fn beam_search<M: Decoder>(
     model: &M,
     prompt: &[u32],
     config: &BeamConfig,
@@ -344,12 +344,12 @@ pub fn beam_search<M: CausalLm>(
     if config.width == 0 {
         return Err(Error::Request("the beam width must be at least 1".into()));
     }
-    if prompt.len() + config.max_new_tokens > model.context_length() {
+    if prompt.len() + config.max_new_tokens > model.max_len() {
         return Err(Error::Request(format!(
             "beam search needs the prompt ({}) plus --max-new-tokens ({}) within the context ({})",
             prompt.len(),
             config.max_new_tokens,
-            model.context_length()
+            model.max_len()
         )));
     }
     let width = config.width;

@@ -1,5 +1,7 @@
 //! The interfaces language models implement: [`LanguageModel`] for training (every family),
-//! [`CausalLm`] for decoding token by token (the decoder-only families).
+//! [`Decoder`] for decoding token by token with a cache (a decoder-only model itself, an
+//! encoder-decoder's decoder once the encoder has read the input), and [`CausalLm`] for the
+//! decoder-only families, which are both.
 //!
 //! B=batch, T=time, V=vocab
 
@@ -19,6 +21,9 @@ pub enum Objective {
     /// 15% of the tokens chosen, of those 80% replaced by the mask token, 10% by a random token,
     /// 10% kept; the loss only on the chosen positions).
     Masked,
+    /// The target of an (input, target) pair from the encoded input, the decoder reading the
+    /// target shifted right (teacher forcing); the loss on every real target token.
+    Seq2Seq,
 }
 
 /// A language model the trainer can train: logits over the vocabulary at every position, a
@@ -57,8 +62,27 @@ pub trait LanguageModel: Module + Sized {
         self.forward(tokens)
     }
 
-    /// Continues `prompt` as `config` asks (the trainer's samples); an error for a model that
-    /// does not generate text.
+    /// Logits of an encoder-decoder model for a padded batch of pairs: the encoder reads
+    /// `input` (real tokens where `input_mask` is `true`), the decoder reads `decoder_input`
+    /// (the targets shifted right, padded on the right). A model without an encoder has only the
+    /// decoder's side and runs `decoder_input` alone; the trainer asks for this only of models
+    /// whose objective is [`Objective::Seq2Seq`].
+    ///
+    /// # Shapes
+    /// - input, input_mask: `[B, S]`; decoder_input: `[B, T]`
+    /// - output: `[B, T, V]`
+    fn forward_pairs(
+        &self,
+        input: Tensor<2, Int>,
+        input_mask: Tensor<2, Bool>,
+        decoder_input: Tensor<2, Int>,
+    ) -> Tensor<3> {
+        let _ = (input, input_mask);
+        self.forward(decoder_input)
+    }
+
+    /// Continues `prompt` as `config` asks (the trainer's samples; an encoder-decoder reads the
+    /// prompt and writes its answer); an error for a model that does not generate text.
     #[allow(async_fn_in_trait)]
     async fn continue_prompt(
         &self,
@@ -95,10 +119,19 @@ pub trait LanguageModel: Module + Sized {
     }
 }
 
-/// A decoder-only language model the decoder can run token by token with a cache.
-pub trait CausalLm: LanguageModel {
-    /// Per-sequence state kept between decoding steps (keys and values of past positions).
+/// What the decoding loops ([`generate`](crate::generate::generate),
+/// [`beam_search`](crate::generate::beam_search)) run: logits for new tokens that continue a
+/// sequence held in a cache.
+pub trait Decoder {
+    /// Per-sequence state kept between decoding steps (keys and values of past positions, and
+    /// for an encoder-decoder the encoder's keys and values).
     type Cache;
+
+    /// Number of output classes.
+    fn vocab(&self) -> usize;
+
+    /// The longest sequence the decoder accepts.
+    fn max_len(&self) -> usize;
 
     /// An empty cache for decoding.
     fn new_cache(&self) -> Self::Cache;
@@ -116,6 +149,11 @@ pub trait CausalLm: LanguageModel {
     /// - output: `[B, T, V]`
     fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3>;
 }
+
+/// A decoder-only language model: trained as a [`LanguageModel`], decoded as a [`Decoder`].
+pub trait CausalLm: LanguageModel + Decoder {}
+
+impl<M: LanguageModel + Decoder> CausalLm for M {}
 
 /// [`LanguageModel::export_tensors`], reading the weights back asynchronously.
 pub async fn export_tensors_async<M: LanguageModel>(model: &M) -> Result<NamedTensors> {

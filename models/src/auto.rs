@@ -16,6 +16,7 @@ use cinder_engine::{Error, Result};
 use crate::gpt2::Gpt2;
 use crate::gpt2_ml::Gpt2Ml;
 use crate::llama::Llama;
+use crate::t5::T5;
 
 /// A model of one of the supported families.
 #[derive(Debug)]
@@ -26,17 +27,51 @@ pub enum AnyModel {
     Llama(Llama),
     /// GPT2_ML layout.
     Gpt2Ml(Gpt2Ml),
+    /// T5 encoder-decoder.
+    T5(T5),
 }
 
-/// Runs `$body` with `$m` bound to the concrete model inside an [`AnyModel`], so generic engine
-/// code (`generate`, `beam_search`) can be called on whichever family was loaded.
+impl AnyModel {
+    /// Number of output classes.
+    pub fn vocab_size(&self) -> usize {
+        use cinder_engine::lm::LanguageModel;
+        match self {
+            Self::Gpt2(m) => m.vocab_size(),
+            Self::Llama(m) => m.vocab_size(),
+            Self::Gpt2Ml(m) => m.vocab_size(),
+            Self::T5(m) => m.vocab_size(),
+        }
+    }
+}
+
+/// Runs `$body` with `$m` bound to the decoder that continues `$prompt` (token ids) for the
+/// model inside an [`AnyModel`] and `$p` to that decoder's prompt, so generic engine code
+/// (`generate`, `beam_search`) runs on whichever family was loaded: a decoder-only model itself
+/// with the prompt as given; for T5, its decoder after the encoder has read the prompt (on
+/// `$device`), starting from the decoder's start token. Fails (with `?`, in a function
+/// returning a `Result` that a Cinder error converts into) on a prompt the encoder refuses.
 #[macro_export]
-macro_rules! with_model {
-    ($any:expr, |$m:ident| $body:expr) => {
+macro_rules! with_decoder {
+    ($any:expr, $prompt:expr, $device:expr, |$m:ident, $p:ident| $body:expr) => {
         match $any {
-            $crate::auto::AnyModel::Gpt2($m) => $body,
-            $crate::auto::AnyModel::Llama($m) => $body,
-            $crate::auto::AnyModel::Gpt2Ml($m) => $body,
+            $crate::auto::AnyModel::Gpt2($m) => {
+                let $p: &[u32] = $prompt;
+                $body
+            }
+            $crate::auto::AnyModel::Llama($m) => {
+                let $p: &[u32] = $prompt;
+                $body
+            }
+            $crate::auto::AnyModel::Gpt2Ml($m) => {
+                let $p: &[u32] = $prompt;
+                $body
+            }
+            $crate::auto::AnyModel::T5(t5) => {
+                let (decoding, start) = t5.condition($prompt, $device)?;
+                let $m = &decoding;
+                let $p: &[u32] = &start;
+                $body
+            }
         }
     };
 }
@@ -70,6 +105,7 @@ impl LoadedModel {
             AnyModel::Gpt2(_) => "gpt2",
             AnyModel::Llama(_) => "llama",
             AnyModel::Gpt2Ml(_) => crate::gpt2_ml::MODEL_TYPE,
+            AnyModel::T5(_) => crate::t5::MODEL_TYPE,
         }
     }
 }
@@ -170,7 +206,7 @@ fn load_files(
     let tokenizer = Tokenizer::from_json(files.text("tokenizer.json")?)
         .map_err(|e| Error::format(files.path("tokenizer.json"), e.to_string()))?;
     let (model, mut stop_tokens) = match family {
-        "gpt2" | crate::gpt2_ml::MODEL_TYPE => {
+        "gpt2" | crate::gpt2_ml::MODEL_TYPE | crate::t5::MODEL_TYPE => {
             if dtype.is_some_and(|d| d != WeightDtype::F32) {
                 return Err(Error::Config(format!(
                     "--dtype {dtype:?}: quantized weights are implemented for LLaMA models; \
@@ -181,6 +217,10 @@ fn load_files(
                 let model = Gpt2::from_files(files, device)?;
                 let eos = model.config().eos_token_id.map(|e| e as u32);
                 (AnyModel::Gpt2(model), eos.into_iter().collect::<Vec<_>>())
+            } else if family == crate::t5::MODEL_TYPE {
+                let model = T5::from_files(files, device)?;
+                let eos = model.config().eos_token_id as u32;
+                (AnyModel::T5(model), vec![eos])
             } else {
                 let model = Gpt2Ml::from_files(files, device)?;
                 let eos = model.config().eos_token_id.map(|e| e as u32);
@@ -203,7 +243,7 @@ fn load_files(
         other => {
             return Err(Error::format(
                 &config_path,
-                format!("model_type '{other}' is not supported (gpt2, llama and gpt2-ml are)"),
+                format!("model_type '{other}' is not supported (gpt2, llama, gpt2-ml and t5 are)"),
             ));
         }
     };

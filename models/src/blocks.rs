@@ -178,7 +178,7 @@ pub fn tied_logits(x: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
 /// family's own `fn run(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) ->
 /// Tensor<3>`: `decoder_methods!()` inside the family's `impl LanguageModel` (the full forward
 /// pass and the trainer's samples), `decoder_methods!(Family)` at item level for its
-/// [`CausalLm`](cinder_engine::lm::CausalLm) impl (the cache and the cached forward pass).
+/// [`Decoder`](cinder_engine::lm::Decoder) impl (the cache and the cached forward pass).
 macro_rules! decoder_methods {
     () => {
         /// Logits for every position.
@@ -202,8 +202,16 @@ macro_rules! decoder_methods {
         }
     };
     ($model:ty) => {
-        impl cinder_engine::lm::CausalLm for $model {
+        impl cinder_engine::lm::Decoder for $model {
             type Cache = $crate::blocks::KvCache;
+
+            fn vocab(&self) -> usize {
+                cinder_engine::lm::LanguageModel::vocab_size(self)
+            }
+
+            fn max_len(&self) -> usize {
+                cinder_engine::lm::LanguageModel::context_length(self)
+            }
 
             fn new_cache(&self) -> Self::Cache {
                 $crate::blocks::KvCache::default()

@@ -421,7 +421,7 @@ impl LanguageModel for Gpt2 {
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
-    use cinder_engine::lm::CausalLm;
+    use cinder_engine::lm::Decoder;
 
     #[test]
     fn forward_shapes_and_cache_agree_with_full_forward() {

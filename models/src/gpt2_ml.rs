@@ -407,7 +407,7 @@ impl LanguageModel for Gpt2Ml {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cinder_engine::lm::CausalLm;
+    use cinder_engine::lm::Decoder;
 
     #[test]
     fn cached_decoding_equals_the_full_forward() {

@@ -9,6 +9,7 @@ pub mod gpt2_ml;
 pub mod llama;
 pub mod projection;
 pub mod recipe;
+pub mod t5;
 
 /// A family's config as Hugging Face writes its `config.json`: the fields, the `model_type` and
 /// the `architectures` list; `drop_nulls` leaves out unset optional keys.

@@ -9,7 +9,7 @@ use cinder_engine::generate::{GenerateConfig, generate};
 use cinder_engine::quant::WeightDtype;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_models::auto::load;
-use cinder_models::with_model;
+use cinder_models::with_decoder;
 
 #[test]
 fn greedy_chat_answers_match_transformers() {
@@ -53,14 +53,16 @@ fn check(dtype: WeightDtype) {
             sampling: SamplingConfig::greedy(),
             stop_tokens: loaded.stop_tokens.clone(),
         };
-        let (new, _) = with_model!(&loaded.model, |m| generate(
-            m,
-            &prompt_ids,
-            &config,
-            &device,
-            |_| true
-        ))
-        .unwrap();
+        let decode = || -> cinder_engine::Result<_> {
+            with_decoder!(&loaded.model, &prompt_ids, &device, |m, p| generate(
+                m,
+                p,
+                &config,
+                &device,
+                |_| true
+            ))
+        };
+        let (new, _) = decode().unwrap();
         // transformers keeps the end-of-turn token it stops on; Cinder does not return it.
         let end = expected
             .iter()

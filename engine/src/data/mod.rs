@@ -9,6 +9,7 @@ mod corpus;
 #[cfg(not(target_family = "wasm"))]
 pub mod fetch;
 pub mod masked;
+pub mod pairs;
 
 /// The SmolLM2-135M-Instruct GGUF file that `cinder fetch smollm2` caches (and the web site
 /// serves under `data/models/`).

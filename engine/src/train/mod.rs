@@ -24,6 +24,7 @@ pub use loss::{lm_loss, masked_loss_sum};
 pub use precision::LossScaler;
 
 use crate::data::masked::{MaskedBatch, Masking, documents, masked_batch_rows};
+use crate::data::pairs::{PairBatch, PairTokens, TokenPair, pair_batch_rows};
 use crate::data::{LmBatch, lm_batch, lm_batch_rows};
 use crate::generate::GenerateConfig;
 use crate::lm::{LanguageModel, Objective, export_tensors_async};
@@ -82,6 +83,7 @@ struct Batches<'a> {
     config: &'a TrainConfig,
     tokens: &'a [u32],
     masked: Option<&'a MaskedData>,
+    pairs: Option<&'a PairData>,
     device: &'a Device,
     step: u64,
     loss_scale: f64,
@@ -133,6 +135,46 @@ impl MaskedData {
     }
 }
 
+/// What sequence-to-sequence training draws its batches from: the special ids and each split's
+/// pairs.
+struct PairData {
+    tokens: PairTokens,
+    train: Vec<TokenPair>,
+    val: Vec<TokenPair>,
+}
+
+impl PairData {
+    /// The held-out pairs, or the training pairs where none are held out.
+    fn held_out(&self) -> &[TokenPair] {
+        if self.val.is_empty() {
+            &self.train
+        } else {
+            &self.val
+        }
+    }
+}
+
+/// A pair batch as tensors: encoder ids, encoder mask, decoder ids, targets and their weights.
+fn pair_tensors(
+    batch: &PairBatch,
+    device: &Device,
+) -> (
+    Tensor<2, Int>,
+    Tensor<2, Bool>,
+    Tensor<2, Int>,
+    Tensor<2, Int>,
+    Tensor<2>,
+) {
+    let (input, target) = ([batch.batch, batch.input_len], [batch.batch, batch.target_len]);
+    (
+        Tensor::from_data(TensorData::new(batch.input.clone(), input), device),
+        Tensor::from_data(TensorData::new(batch.input_mask.clone(), input), device),
+        Tensor::from_data(TensorData::new(batch.decoder_input.clone(), target), device),
+        Tensor::from_data(TensorData::new(batch.targets.clone(), target), device),
+        Tensor::from_data(TensorData::new(batch.weights.clone(), target), device),
+    )
+}
+
 /// A masked batch as tensors: inputs, targets, chosen positions and the attention mask.
 fn masked_tensors(
     batch: &MaskedBatch,
@@ -153,8 +195,8 @@ struct StepLoss {
     tokens: u64,
 }
 
-/// Trains a [`LanguageModel`] on token streams: windows for a causal model, padded and masked
-/// lines for a masked one.
+/// Trains a [`LanguageModel`] on token streams (windows for a causal model, padded and masked
+/// lines for a masked one) or on token pairs (an encoder-decoder).
 pub struct Trainer<M: LanguageModel> {
     model: Option<M>,
     optim: Optimizer,
@@ -163,6 +205,7 @@ pub struct Trainer<M: LanguageModel> {
     train_tokens: Vec<u32>,
     val_tokens: Vec<u32>,
     masked: Option<MaskedData>,
+    pairs: Option<PairData>,
     device: Device,
     step: u64,
     tokens_seen: u64,
@@ -185,13 +228,53 @@ fn to_json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
 
 impl<M: LanguageModel> Trainer<M> {
     /// A trainer for `model` (whose parameters must live on an autodiff device), starting at
-    /// step 0.
+    /// step 0, on token streams: a causal or masked model.
     pub fn new(
         model: M,
         config: TrainConfig,
         tokenizer: Tokenizer,
         train_tokens: Vec<u32>,
         val_tokens: Vec<u32>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(
+            model,
+            config,
+            tokenizer,
+            (train_tokens, val_tokens),
+            None,
+            device,
+        )
+    }
+
+    /// A trainer for an encoder-decoder `model` on (input, target) pairs of token ids, which
+    /// the batches end with `tokens.eos`; the decoder starts from `tokens.start`.
+    pub fn with_pairs(
+        model: M,
+        config: TrainConfig,
+        tokenizer: Tokenizer,
+        tokens: PairTokens,
+        train: Vec<TokenPair>,
+        val: Vec<TokenPair>,
+        device: &Device,
+    ) -> Result<Self> {
+        let pairs = PairData { tokens, train, val };
+        Self::build(
+            model,
+            config,
+            tokenizer,
+            (Vec::new(), Vec::new()),
+            Some(pairs),
+            device,
+        )
+    }
+
+    fn build(
+        model: M,
+        config: TrainConfig,
+        tokenizer: Tokenizer,
+        (train_tokens, val_tokens): (Vec<u32>, Vec<u32>),
+        pairs: Option<PairData>,
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
@@ -222,6 +305,22 @@ impl<M: LanguageModel> Trainer<M> {
         }
         // Fail now, not at the first step, if the corpus cannot fill a batch.
         let masked = match model.objective() {
+            Objective::Seq2Seq => {
+                let data = pairs.as_ref().ok_or_else(|| {
+                    Error::Config(format!(
+                        "the '{}' family trains on (input, target) pairs",
+                        model.family()
+                    ))
+                })?;
+                pair_batch_rows(&data.train, 1, 0, config.context, data.tokens, 0, 0, 0)?;
+                None
+            }
+            _ if pairs.is_some() => {
+                return Err(Error::Config(format!(
+                    "the '{}' family does not train on (input, target) pairs",
+                    model.family()
+                )));
+            }
             Objective::Causal => {
                 lm_batch(&train_tokens, 1, config.context, 0, 0, 0)?;
                 None
@@ -244,6 +343,7 @@ impl<M: LanguageModel> Trainer<M> {
         };
         Ok(Self {
             masked,
+            pairs,
             model: Some(model),
             optim: Optimizer::new(config.optimizer),
             scaler: LossScaler::new(config.precision),
@@ -370,6 +470,7 @@ impl<M: LanguageModel> Trainer<M> {
             config: &self.config,
             tokens: &self.train_tokens,
             masked: self.masked.as_ref(),
+            pairs: self.pairs.as_ref(),
             device: &self.device,
             step: self.step,
             loss_scale: self.scaler.scale(),
@@ -472,6 +573,27 @@ impl<M: LanguageModel> Trainer<M> {
         };
         let mut total = 0.0;
         let mut pacer = Pacer::default();
+        if let Some(p) = &self.pairs {
+            for i in 0..c.eval_batches.max(1) {
+                let batch = pair_batch_rows(
+                    p.held_out(),
+                    c.batch_size,
+                    0,
+                    c.context,
+                    p.tokens,
+                    c.seed,
+                    1,
+                    i as u64,
+                )?;
+                let (input, mask, decoder, targets, weights) = pair_tensors(&batch, &device);
+                let logits = model.forward_pairs(input, mask, decoder);
+                let sum = masked_loss_sum(logits, targets, weights);
+                total += readback::scalar_async(sum, "the held-out loss").await?
+                    / batch.target_tokens as f64;
+                pacer.breathe().await;
+            }
+            return Ok(total / c.eval_batches.max(1) as f64);
+        }
         if let Some(m) = &self.masked {
             let (tokens, docs) = if m.val_docs.is_empty() {
                 (&self.train_tokens, &m.train_docs)
@@ -521,6 +643,9 @@ impl<M: LanguageModel> Trainer<M> {
         if let Some(m) = &self.masked {
             return self.fill_in_async(&model, m, seed, &device).await;
         }
+        if let Some(p) = &self.pairs {
+            return self.answer_async(&model, p, seed, &device).await;
+        }
         let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
         if prompt.is_empty() {
             // Documents are separated by newlines in the corpora, so a fresh line is the natural
@@ -540,6 +665,31 @@ impl<M: LanguageModel> Trainer<M> {
         let mut all = prompt;
         all.extend(new);
         self.tokenizer.decode(&all)
+    }
+
+    /// An encoder-decoder's sample: a held-out pair's input, the model's answer, and the
+    /// pair's target in brackets.
+    async fn answer_async(
+        &self,
+        model: &M,
+        p: &PairData,
+        seed: u64,
+        device: &Device,
+    ) -> Result<String> {
+        let pairs = p.held_out();
+        let (input, target) = &pairs[rng::below(seed, 300, 0, pairs.len() as u64) as usize];
+        let sampling = SamplingConfig {
+            seed,
+            ..SamplingConfig::default()
+        };
+        let config = GenerateConfig::new(self.config.sample_tokens, sampling, Some(p.tokens.eos));
+        let answer = model.continue_prompt(input, &config, device).await?;
+        Ok(format!(
+            "{} → {}  [{}]",
+            self.tokenizer.decode(input)?,
+            self.tokenizer.decode(&answer)?,
+            self.tokenizer.decode(target)?
+        ))
     }
 
     /// A masked model's sample: a held-out document with tokens masked as in training (mask
@@ -626,8 +776,12 @@ impl Batches<'_> {
         let dtype = c.precision.dtype();
         let low = dtype.map(|d| precision::cast_params(model, d));
         let work = low.as_ref().unwrap_or(model);
-        if let Some(m) = self.masked {
-            let (grads, loss) = self.masked_gradients(work, m).await?;
+        let weighted = match (self.masked, self.pairs) {
+            (Some(m), _) => Some(self.masked_gradients(work, m).await?),
+            (_, Some(p)) => Some(self.pair_gradients(work, p).await?),
+            _ => None,
+        };
+        if let Some((grads, loss)) = weighted {
             if dtype.is_none() && self.loss_scale == 1.0 {
                 return Ok((grads, loss));
             }
@@ -678,14 +832,8 @@ impl Batches<'_> {
         Ok((precision::unscale(model, grads, self.loss_scale), loss))
     }
 
-    /// [`gradients`](Self::gradients) of a masked-LM step: each micro-batch's summed loss over
-    /// its chosen positions is divided by the number chosen in the whole step, so the
-    /// accumulated gradient is exactly that of one batch of all the rows.
-    async fn masked_gradients<M: LanguageModel>(
-        &self,
-        work: &M,
-        m: &MaskedData,
-    ) -> Result<(GradientsParams, StepLoss)> {
+    /// Refuses block-by-block recomputation, which only causal models have.
+    fn check_no_blockwise(&self) -> Result<()> {
         let c = self.config;
         if c.recompute.blockwise() {
             return Err(Error::Config(format!(
@@ -694,6 +842,19 @@ impl Batches<'_> {
                 c.recompute
             )));
         }
+        Ok(())
+    }
+
+    /// [`gradients`](Self::gradients) of a masked-LM step: each micro-batch's summed loss over
+    /// its chosen positions is divided by the number chosen in the whole step, so the
+    /// accumulated gradient is exactly that of one batch of all the rows.
+    async fn masked_gradients<M: LanguageModel>(
+        &self,
+        work: &M,
+        m: &MaskedData,
+    ) -> Result<(GradientsParams, StepLoss)> {
+        self.check_no_blockwise()?;
+        let c = self.config;
         let micro = (0..c.accumulate)
             .map(|j| {
                 masked_batch_rows(
@@ -710,21 +871,72 @@ impl Batches<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let chosen: f32 = micro.iter().flat_map(|b| &b.chosen).sum();
-        let factor = self.loss_scale / f64::from(chosen);
+        let real: usize = micro.iter().map(|b| b.real_tokens).sum();
+        self.weighted_gradients(work, micro.len(), chosen, real, |model, i| {
+            let (inputs, targets, weights, mask) = masked_tensors(&micro[i], self.device);
+            (model.forward_padded(inputs, mask), targets, weights)
+        })
+        .await
+    }
+
+    /// [`gradients`](Self::gradients) of a sequence-to-sequence step: each micro-batch's summed
+    /// loss over its real target tokens is divided by the number of target tokens in the whole
+    /// step, so accumulation is exact.
+    async fn pair_gradients<M: LanguageModel>(
+        &self,
+        work: &M,
+        p: &PairData,
+    ) -> Result<(GradientsParams, StepLoss)> {
+        self.check_no_blockwise()?;
+        let c = self.config;
+        let micro = (0..c.accumulate)
+            .map(|j| {
+                pair_batch_rows(
+                    &p.train,
+                    c.batch_size,
+                    j * c.batch_size,
+                    c.context,
+                    p.tokens,
+                    c.seed,
+                    0,
+                    self.step,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let targets = micro.iter().map(|b| b.target_tokens).sum::<usize>() as f32;
+        let real: usize = micro.iter().map(|b| b.real_tokens).sum();
+        self.weighted_gradients(work, micro.len(), targets, real, |model, i| {
+            let (input, mask, decoder, targets, weights) = pair_tensors(&micro[i], self.device);
+            (model.forward_pairs(input, mask, decoder), targets, weights)
+        })
+        .await
+    }
+
+    /// Accumulated gradients of `micro` micro-batches scored on some positions: `forward(model,
+    /// i)` gives micro-batch `i`'s logits, the ids to predict and their 0/1 weights; each
+    /// micro-batch's weighted loss sum is divided by `weight_total`, the step's whole weight.
+    /// `real_tokens` is what the step read.
+    async fn weighted_gradients<M: LanguageModel>(
+        &self,
+        work: &M,
+        micro: usize,
+        weight_total: f32,
+        real_tokens: usize,
+        forward: impl Fn(&M, usize) -> (Tensor<3>, Tensor<2, Int>, Tensor<2>),
+    ) -> Result<(GradientsParams, StepLoss)> {
+        let factor = self.loss_scale / f64::from(weight_total);
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut loss = StepLoss {
             loss: 0.0,
-            tokens: 0,
+            tokens: real_tokens as u64,
         };
-        for batch in &micro {
-            let (inputs, targets, weights, mask) = masked_tensors(batch, self.device);
-            let logits = precision::to_f32(work.forward_padded(inputs, mask));
-            let sum = masked_loss_sum(logits, targets, weights);
+        for i in 0..micro {
+            let (logits, targets, weights) = forward(work, i);
+            let sum = masked_loss_sum(precision::to_f32(logits), targets, weights);
             let scaled = precision::scaled(&sum, factor);
             accumulator.accumulate(work, GradientsParams::from_grads(scaled.backward(), work));
             loss.loss +=
-                readback::scalar_async(sum.detach(), "the loss").await? / f64::from(chosen);
-            loss.tokens += batch.real_tokens as u64;
+                readback::scalar_async(sum.detach(), "the loss").await? / f64::from(weight_total);
         }
         Ok((accumulator.grads(), loss))
     }

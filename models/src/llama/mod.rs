@@ -148,7 +148,7 @@ mod tests {
     use cinder_engine::quant::WeightDtype;
 
     use super::*;
-    use cinder_engine::lm::CausalLm;
+    use cinder_engine::lm::Decoder;
 
     fn ids(v: &[i64], device: &Device) -> Tensor<2, Int> {
         Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), device)

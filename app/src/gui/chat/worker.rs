@@ -10,7 +10,7 @@ use cinder_engine::device::{Selected, memory_usage};
 use cinder_engine::generate::{GenerateConfig, StopReason, generate_text_async};
 use cinder_engine::quant::DtypeChoice;
 use cinder_models::auto::{LoadedModel, load_bytes};
-use cinder_models::with_model;
+use cinder_models::with_decoder;
 
 use super::{ChatSettings, ModelInfo};
 use crate::generate::{load_dtype, speed_line};
@@ -188,10 +188,10 @@ async fn answer(
         sampling: settings.sampling,
         stop_tokens: loaded.stop_tokens.clone(),
     };
-    let out = with_model!(&loaded.model, |m| generate_text_async(
+    let out = with_decoder!(&loaded.model, &prompt, device, |m, p| generate_text_async(
         m,
         &loaded.tokenizer,
-        &prompt,
+        p,
         &config,
         &stop_strings,
         device,
