@@ -119,10 +119,12 @@ fn respond(
             stop_tokens,
         };
         let t0 = Instant::now();
-        let best = with_decoder!(&loaded.model, prompt, device, |m, p| beam_search(m, p, &config, device))?
-            .into_iter()
-            .next()
-            .context("beam search finished no sequence")?;
+        let best = with_decoder!(&loaded.model, prompt, device, |m, p| beam_search(
+            m, p, &config, device
+        ))?
+        .into_iter()
+        .next()
+        .context("beam search finished no sequence")?;
         let text = loaded.tokenizer.decode(&best.tokens)?;
         let _ = write!(stdout, "{text}");
         let elapsed = t0.elapsed();
@@ -144,7 +146,7 @@ fn respond(
         stop_tokens,
     };
     let stops: Vec<String> = args.stop.iter().chain(extra_stops).cloned().collect();
-    let out = with_decoder!(&loaded.model, prompt, device, |m, p| generate_text(
+    let mut out = with_decoder!(&loaded.model, prompt, device, |m, p| generate_text(
         m,
         &loaded.tokenizer,
         p,
@@ -157,6 +159,8 @@ fn respond(
             true
         }
     ))?;
+    // An encoder-decoder's decoder starts from one token; the prompt is what the encoder read.
+    out.stats.prompt_tokens = prompt.len();
     Ok(out)
 }
 
@@ -218,7 +222,10 @@ pub fn run(args: GenerateArgs, cache_dir: &Path) -> Result<()> {
     let (loaded, device) = open(&args.model, cache_dir)?;
     let (prompt, stops) = prompt_ids(&loaded, &args)?;
     if !args.chat {
-        eprint!("{}", args.prompt);
+        // A decoder-only model continues the prompt; an encoder-decoder answers it.
+        let encoder_decoder = matches!(loaded.model, cinder_models::auto::AnyModel::T5(_));
+        let arrow = if encoder_decoder { " → " } else { "" };
+        eprint!("{}{arrow}", args.prompt);
     }
     let out = respond(&loaded, &device, &prompt, &stops, &args.decode)?;
     println!();

@@ -208,9 +208,13 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    let masked = trainer.objective() == cinder_engine::lm::Objective::Masked;
+    use cinder_engine::lm::Objective;
+    let objective = trainer.objective();
+    let masked = objective == Objective::Masked;
     if masked {
         println!("\nFilling in masked held-out lines with the trained model:");
+    } else if objective == Objective::Seq2Seq {
+        println!("\nAnswering held-out inputs with the trained model (the reference in brackets):");
     } else {
         println!("\nGenerating from the trained model:");
     }

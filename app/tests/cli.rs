@@ -127,6 +127,9 @@ fn bad_arguments_get_clear_errors() {
         ("gpt2-ml", "--n-kv-head", "2"),
         ("gpt2", "--objective", "mlm"),
         ("bert", "--objective", "causal"),
+        ("gpt2", "--objective", "seq2seq"),
+        ("t5", "--objective", "mlm"),
+        ("t5", "--n-kv-head", "2"),
     ] {
         let out = cinder(
             &["train", "--family", family, flag, value, "--device", "cpu"],
@@ -423,4 +426,117 @@ fn train_a_bert_as_a_masked_lm_then_fill_masks_and_embed_with_its_run() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("cosine similarity"));
+}
+
+#[test]
+fn train_a_t5_on_jsonl_pairs_then_answer_with_greedy_and_beam_decoding() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let pairs = work.path().join("pairs.jsonl");
+    let lines: String = (0..200)
+        .map(|i| {
+            let pair = serde_json::json!({
+                "input": format!("count {} up", i % 13),
+                "target": format!("{} then {}", i % 13, i % 13 + 1),
+            });
+            format!("{pair}\n")
+        })
+        .collect();
+    std::fs::write(&pairs, lines).expect("write pairs");
+    let run = work.path().join("run");
+    let run_path = run.to_str().expect("a UTF-8 path");
+    #[rustfmt::skip]
+    let out = cinder(
+        &[
+            "train", "--family", "t5", "--corpus", pairs.to_str().expect("a UTF-8 path"),
+            "--n-layer", "1", "--n-embd", "32", "--n-head", "4", "--context", "16",
+            "--batch-size", "8", "--steps", "12", "--sample-every", "6", "--eval-every", "6",
+            "--device", "cpu", "--out", run_path,
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("model t5: 1 + 1 layers, 4 heads of 8, width 32")
+            && err.contains("pairs: 190 for training, 10 held out"),
+        "{err}"
+    );
+    // The samples answer held-out inputs, the reference in brackets.
+    assert!(
+        err.contains("count ") && err.contains(" → ") && err.contains('['),
+        "{err}"
+    );
+    assert!(stdout.contains("Answering held-out inputs"), "{stdout}");
+    for decoding in [&["--temperature", "0"][..], &["--beams", "3"][..]] {
+        let mut args = vec![
+            "generate",
+            "--model",
+            run_path,
+            "--prompt",
+            "count 4 up",
+            "--max-new-tokens",
+            "6",
+            "--device",
+            "cpu",
+        ];
+        args.extend(decoding);
+        let out = cinder(&args, work.path());
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("(t5, F32 weights)") && err.contains("count 4 up → "),
+            "{err}"
+        );
+        assert!(
+            err.contains("10 prompt tokens"),
+            "the encoder read the prompt: {err}"
+        );
+    }
+
+    // Seq2seq needs pairs: a plain text corpus is refused by name.
+    let plain = little_corpus(work.path());
+    let out = cinder(
+        &[
+            "train",
+            "--family",
+            "t5",
+            "--corpus",
+            plain.to_str().expect("a UTF-8 path"),
+            "--device",
+            "cpu",
+            "--out",
+            run_path,
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("poems.txt") && err.contains(".jsonl"), "{err}");
+    let broken = work.path().join("broken.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": 3}\n",
+    )
+    .expect("write broken pairs");
+    let out = cinder(
+        &[
+            "train",
+            "--family",
+            "t5",
+            "--corpus",
+            broken.to_str().expect("a UTF-8 path"),
+            "--device",
+            "cpu",
+            "--out",
+            run_path,
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("broken.jsonl") && err.contains("line 2"),
+        "{err}"
+    );
 }

@@ -34,6 +34,22 @@ fn corpus(dir: &Path) -> PathBuf {
     path
 }
 
+/// The lines of [`corpus`] as JSONL (input, target) pairs: a sentence and its number.
+fn pairs(dir: &Path) -> PathBuf {
+    let path = dir.join("pairs.jsonl");
+    let text: String = (0..400)
+        .map(|i| {
+            let pair = serde_json::json!({
+                "input": format!("the quick brown fox {i} jumps"),
+                "target": format!("{}", i * 7 % 13),
+            });
+            format!("{pair}\n")
+        })
+        .collect();
+    std::fs::write(&path, text).expect("write pairs");
+    path
+}
+
 /// Settings for a run that takes a fraction of a second per step on the CPU.
 fn tiny_run(dir: &Path, steps: u64) -> Settings {
     let mut s = Settings::default();
@@ -82,9 +98,15 @@ fn the_family_picker_trains_each_family_with_its_own_fields() {
         ("llama", "Key/value heads"),
         ("gpt2-ml", "Dropout"),
         ("bert", "Dropout"),
+        ("t5", "Dropout"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut h = harness(tiny_run(dir.path(), 6), dir.path());
+        let mut settings = tiny_run(dir.path(), 6);
+        if family == "t5" {
+            // An encoder-decoder trains on pairs.
+            settings.train.settings.model.corpus = CorpusSource::File(pairs(dir.path()));
+        }
+        let mut h = harness(settings, dir.path());
         // The family picker shows the current family; open it and pick another.
         h.get_by_role_and_label(Role::ComboBox, "Family").click();
         h.step();

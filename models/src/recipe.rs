@@ -1,11 +1,12 @@
-//! What `cinder train` trains, and how: a GPT-2, LLaMA, GPT2_ML or BERT of a size preset on a corpus with a
-//! tokenizer trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
+//! What `cinder train` trains, and how: a GPT-2, LLaMA, GPT2_ML, BERT or T5 of a size preset on a
+//! corpus (or its pairs) with a tokenizer trained on it. [`TrainSettings`] is the whole description (the `run.json` of a run, the
 //! desktop and browser form's state); [`prepare`] turns it into a [`Trainer`] ready to step
 //! inside a [`Run`], starting fresh, from a Hugging Face folder, or from the run's latest
 //! checkpoint.
 
 use std::path::PathBuf;
 
+use cinder_engine::data::pairs::{PairTokens, TextPair, TokenPair, couplets, parse_jsonl};
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected};
 use cinder_engine::lm::LanguageModel;
@@ -19,6 +20,7 @@ use crate::bert::{Bert, BertConfig};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt2_ml::{Gpt2Ml, Gpt2MlConfig};
 use crate::llama::{Llama, LlamaConfig};
+use crate::t5::{T5, T5Config};
 
 /// The model families `cinder train` trains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -43,6 +45,11 @@ pub enum Family {
     #[value(name = "bert")]
     #[serde(rename = "bert")]
     Bert,
+    /// T5: an encoder-decoder trained on (input, target) pairs (relative position biases, RMS
+    /// norms, ReLU feed-forward, head tied to the embedding).
+    #[value(name = "t5")]
+    #[serde(rename = "t5")]
+    T5,
 }
 
 /// What `cinder train` teaches the model.
@@ -61,6 +68,11 @@ pub enum ObjectiveKind {
     #[value(name = "mlm")]
     #[serde(rename = "mlm")]
     Mlm,
+    /// The target of each (input, target) pair from its input (T5): a JSONL corpus of
+    /// {"input", "target"} objects, or the Tang poems' couplets (first line -> second).
+    #[value(name = "seq2seq")]
+    #[serde(rename = "seq2seq")]
+    Seq2Seq,
 }
 
 impl std::fmt::Display for ObjectiveKind {
@@ -72,13 +84,14 @@ impl std::fmt::Display for ObjectiveKind {
 impl Family {
     /// Whether the family has dropout layers (`--dropout` applies).
     pub fn has_dropout(self) -> bool {
-        matches!(self, Self::Gpt2 | Self::Gpt2Ml | Self::Bert)
+        matches!(self, Self::Gpt2 | Self::Gpt2Ml | Self::Bert | Self::T5)
     }
 
     /// The objective the family trains with.
     pub fn objective(self) -> ObjectiveKind {
         match self {
             Self::Bert => ObjectiveKind::Mlm,
+            Self::T5 => ObjectiveKind::Seq2Seq,
             _ => ObjectiveKind::Causal,
         }
     }
@@ -143,7 +156,8 @@ pub struct ModelRecipe {
     /// Model family.
     #[arg(long, value_enum, default_value_t)]
     pub family: Family,
-    /// Training objective: auto (the family's own), causal (decoders) or mlm (masked LM, BERT).
+    /// Training objective: auto (the family's own), causal (decoders), mlm (masked LM, BERT) or
+    /// seq2seq (pairs, T5).
     #[arg(long, value_enum, default_value_t)]
     pub objective: ObjectiveKind,
     /// Model size preset (blocks, heads and width; the same for both families).
@@ -161,7 +175,7 @@ pub struct ModelRecipe {
     /// Key/value heads of grouped-query attention (LLaMA; default: as many as the heads).
     #[arg(long)]
     pub n_kv_head: Option<usize>,
-    /// Dropout on embeddings, attention and residual branches (GPT-2, GPT2_ML, BERT).
+    /// Dropout on embeddings, attention and residual branches (GPT-2, GPT2_ML, BERT, T5).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// Start from this model folder (or run) of a family Cinder trains instead of random weights;
@@ -246,6 +260,30 @@ impl ModelRecipe {
     }
 }
 
+impl ModelRecipe {
+    /// The T5 of the same size: the preset's blocks (in the encoder and in the decoder), heads
+    /// and width with the overrides, heads of width / heads, a ReLU feed-forward layer 4 times
+    /// the width, 32 position buckets up to distance 128, the head tied to the embedding, the
+    /// recipe's dropout, and the given padding (also the decoder's start) and end tokens.
+    pub fn t5_config(&self, vocab: usize, context: usize, pad: usize, eos: usize) -> T5Config {
+        let shape = self.model_config(vocab, context);
+        let c = shape.n_embd;
+        T5Config::new(
+            vocab,
+            c,
+            c / shape.n_head.max(1),
+            4 * c,
+            shape.n_layer,
+            shape.n_head,
+        )
+        .with_dropout_rate(self.dropout)
+        .with_n_positions(context)
+        .with_pad_token_id(pad)
+        .with_decoder_start_token_id(pad)
+        .with_eos_token_id(eos)
+    }
+}
+
 /// The layout version of `run.json`.
 pub const RUN_FORMAT: u32 = 2;
 
@@ -286,9 +324,12 @@ impl TrainSettings {
             )));
         }
         if m.objective != ObjectiveKind::Auto && m.objective != m.family.objective() {
-            let hint = match m.objective {
-                ObjectiveKind::Mlm => "add --family bert (the masked-LM family)",
-                _ => "BERT trains as a masked language model",
+            let hint = match (m.objective, m.family) {
+                (ObjectiveKind::Mlm, _) => "add --family bert (the masked-LM family)",
+                (ObjectiveKind::Seq2Seq, _) => "add --family t5 (the encoder-decoder family)",
+                (_, Family::Bert) => "BERT trains as a masked language model",
+                (_, Family::T5) => "T5 trains on (input, target) pairs",
+                _ => "the decoder families train on next-token prediction",
             };
             return Err(Error::Config(format!(
                 "--objective {} does not apply to --family {}: {hint}",
@@ -365,6 +406,8 @@ pub enum AnyTrainer {
     Gpt2Ml(Trainer<Gpt2Ml>),
     /// A BERT's (masked LM).
     Bert(Trainer<Bert>),
+    /// A T5's (pairs).
+    T5(Trainer<T5>),
 }
 
 /// Runs `$body` with `$t` bound to the trainer inside `$any`, whatever its family.
@@ -375,6 +418,7 @@ macro_rules! with_trainer {
             AnyTrainer::Llama($t) => $body,
             AnyTrainer::Gpt2Ml($t) => $body,
             AnyTrainer::Bert($t) => $body,
+            AnyTrainer::T5($t) => $body,
         }
     };
 }
@@ -455,9 +499,12 @@ pub fn family_of(files: &Checkpoint) -> Result<Family> {
         Some("llama") => Ok(Family::Llama),
         Some(crate::gpt2_ml::MODEL_TYPE) => Ok(Family::Gpt2Ml),
         Some("bert") => Ok(Family::Bert),
+        Some(crate::t5::MODEL_TYPE) => Ok(Family::T5),
         Some(other) => Err(Error::format(
             path,
-            format!("model_type '{other}' cannot be trained (gpt2, llama, gpt2-ml and bert can)"),
+            format!(
+                "model_type '{other}' cannot be trained (gpt2, llama, gpt2-ml, bert and t5 can)"
+            ),
         )),
     }
 }
@@ -520,13 +567,36 @@ pub fn prepare(
     }
     let recipe = &settings.model;
     let masked = recipe.family.objective() == ObjectiveKind::Mlm;
+    let pairs = (recipe.family.objective() == ObjectiveKind::Seq2Seq)
+        .then(|| text_pairs(&recipe.corpus, &corpus))
+        .transpose()?;
+    if let Some((train, val)) = &pairs {
+        say(format!(
+            "pairs: {} for training, {} held out",
+            train.len(),
+            val.len()
+        ));
+    }
     let mut tokenizer = match start {
         Some(files) => checkpoint_tokenizer(files)?,
         None => {
             let t0 = web_time::Instant::now();
-            let mut tok = Tokenizer::train(recipe.tokenizer, &corpus.train)?;
+            let mut tok = match &pairs {
+                // The tokenizer learns the pairs' texts, not a JSONL file's syntax.
+                Some((train, _)) => {
+                    let text: String = train
+                        .iter()
+                        .map(|p| format!("{}\n{}\n", p.input, p.target))
+                        .collect();
+                    Tokenizer::train(recipe.tokenizer, &text)?
+                }
+                None => Tokenizer::train(recipe.tokenizer, &corpus.train)?,
+            };
             if masked {
                 tok.add_special_tokens(&MLM_TOKENS);
+            }
+            if pairs.is_some() {
+                tok.add_special_tokens(&SEQ2SEQ_TOKENS);
             }
             say(format!(
                 "tokenizer {}: {} entries ({:.1}s)",
@@ -540,6 +610,9 @@ pub fn prepare(
     if masked && start.is_some() {
         // A pretrained BERT's tokenizer has them; one from a Cinder run too.
         tokenizer.add_special_tokens(&MLM_TOKENS);
+    }
+    if pairs.is_some() && start.is_some() {
+        tokenizer.add_special_tokens(&SEQ2SEQ_TOKENS);
     }
     let (vocab, context) = (tokenizer.vocab_size(), settings.train.context);
     let eos = tokenizer.eos_id().map(|i| i as usize);
@@ -649,37 +722,96 @@ pub fn prepare(
             ));
             Model::Bert(model)
         }
+        Family::T5 => {
+            let model = match start {
+                Some(files) => T5::from_files(files, &device)?,
+                None => {
+                    device.seed(settings.train.seed);
+                    let id = |t: &str| tokenizer.token_to_id(t).unwrap_or(0) as usize;
+                    let config = recipe.t5_config(vocab, context, id("<pad>"), id("</s>"));
+                    config.check()?;
+                    config.init(&device)?
+                }
+            };
+            let c = model.config();
+            say(format!(
+                "model t5: {} + {} layers, {} heads of {}, width {}, feed-forward {} ({}), \
+                 vocabulary {}, {:.2}M parameters; sequence to sequence",
+                c.num_layers,
+                c.decoder_layers(),
+                c.num_heads,
+                c.d_kv,
+                c.d_model,
+                c.d_ff,
+                c.feed_forward_proj,
+                c.vocab_size,
+                cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6
+            ));
+            Model::T5(model)
+        }
     };
 
-    let t0 = web_time::Instant::now();
-    let train_tokens = tokenizer.encode_corpus(&corpus.train)?;
-    let val_tokens = tokenizer.encode_corpus(&corpus.val)?;
-    say(format!(
-        "encoded {} training and {} held-out tokens ({:.1}s)",
-        train_tokens.len(),
-        val_tokens.len(),
-        t0.elapsed().as_secs_f64()
-    ));
-
     let config = settings.train.clone();
+    let t0 = web_time::Instant::now();
+    let data = match &pairs {
+        Some((train, val)) => {
+            let encode = |pairs: &[TextPair]| -> Result<Vec<TokenPair>> {
+                pairs
+                    .iter()
+                    .map(|p| Ok((tokenizer.encode(&p.input)?, tokenizer.encode(&p.target)?)))
+                    .collect()
+            };
+            let (train, val) = (encode(train)?, encode(val)?);
+            let tokens: usize = train.iter().map(|(a, b)| a.len() + b.len()).sum();
+            say(format!(
+                "encoded {} training pairs ({tokens} tokens) and {} held out ({:.1}s)",
+                train.len(),
+                val.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+            Data::Pairs(train, val)
+        }
+        None => {
+            let train = tokenizer.encode_corpus(&corpus.train)?;
+            let val = tokenizer.encode_corpus(&corpus.val)?;
+            say(format!(
+                "encoded {} training and {} held-out tokens ({:.1}s)",
+                train.len(),
+                val.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+            Data::Stream(train, val)
+        }
+    };
+
     // One arm runs, so each moves the data into its trainer.
     macro_rules! trainer {
-        ($family:ident, $m:expr) => {
-            AnyTrainer::$family(Trainer::new(
-                $m,
-                config,
-                tokenizer,
-                train_tokens,
-                val_tokens,
-                &device,
-            )?)
+        ($family:ident, $m:expr, $train:expr, $val:expr) => {
+            AnyTrainer::$family(Trainer::new($m, config, tokenizer, $train, $val, &device)?)
         };
     }
-    let mut trainer = match model {
-        Model::Gpt2(m) => trainer!(Gpt2, m),
-        Model::Llama(m) => trainer!(Llama, m),
-        Model::Gpt2Ml(m) => trainer!(Gpt2Ml, m),
-        Model::Bert(m) => trainer!(Bert, m),
+    let mut trainer = match (model, data) {
+        (Model::Gpt2(m), Data::Stream(t, v)) => trainer!(Gpt2, m, t, v),
+        (Model::Llama(m), Data::Stream(t, v)) => trainer!(Llama, m, t, v),
+        (Model::Gpt2Ml(m), Data::Stream(t, v)) => trainer!(Gpt2Ml, m, t, v),
+        (Model::Bert(m), Data::Stream(t, v)) => trainer!(Bert, m, t, v),
+        (Model::T5(m), Data::Pairs(train, val)) => {
+            let c = m.config();
+            let special = PairTokens {
+                pad: c.pad_token_id as u32,
+                eos: c.eos_token_id as u32,
+                start: c.decoder_start_token_id as u32,
+            };
+            AnyTrainer::T5(Trainer::with_pairs(
+                m, config, tokenizer, special, train, val, &device,
+            )?)
+        }
+        _ => {
+            return Err(Error::Internal(format!(
+                "the {} family was given data of another objective",
+                recipe.family
+            )));
+        }
     };
     for note in trainer.notes() {
         say(format!("note: {note}"));
@@ -704,10 +836,44 @@ enum Model {
     Llama(Llama),
     Gpt2Ml(Gpt2Ml),
     Bert(Bert),
+    T5(T5),
+}
+
+/// A model's training data: a token stream per split, or token pairs per split.
+enum Data {
+    Stream(Vec<u32>, Vec<u32>),
+    Pairs(Vec<TokenPair>, Vec<TokenPair>),
 }
 
 /// The special tokens masked-LM training adds to a tokenizer that lacks them.
 const MLM_TOKENS: [&str; 2] = ["[PAD]", "[MASK]"];
+
+/// The special tokens sequence-to-sequence training adds to a tokenizer that lacks them:
+/// padding (also the decoder's start) and the end of each input and target, as T5's.
+const SEQ2SEQ_TOKENS: [&str; 2] = ["<pad>", "</s>"];
+
+/// The (input, target) pairs of a corpus, training and held out: a `.jsonl` file's objects, or
+/// the couplets of the Tang poems.
+fn text_pairs(source: &CorpusSource, corpus: &Corpus) -> Result<(Vec<TextPair>, Vec<TextPair>)> {
+    match source {
+        CorpusSource::Tang => Ok((couplets(&corpus.train), couplets(&corpus.val))),
+        CorpusSource::File(path)
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("jsonl")) =>
+        {
+            Ok((
+                parse_jsonl(path, &corpus.train)?,
+                parse_jsonl(path, &corpus.val)?,
+            ))
+        }
+        other => Err(Error::Config(format!(
+            "--objective seq2seq trains on (input, target) pairs, which --corpus {other} does \
+             not have: give --corpus tang (its couplets, first line -> second) or a .jsonl file \
+             of {{\"input\": ..., \"target\": ...}} objects"
+        ))),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -32,12 +32,12 @@ use burn::nn::{
 };
 use burn::tensor::activation::{relu, silu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::generate::GenerateConfig;
 use cinder_engine::lm::{Decoder, LanguageModel, Objective};
 use cinder_engine::run::Checkpoint;
 use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters, transpose_2d};
-use cinder_engine::Error;
 
 use crate::blocks::{KvCache, LayerCache, causal_mask, extend_cache, gelu_exact, gelu_tanh};
 
@@ -228,7 +228,10 @@ impl T5Config {
             ));
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
-            return bad(format!("dropout_rate {} is not in [0, 1)", self.dropout_rate));
+            return bad(format!(
+                "dropout_rate {} is not in [0, 1)",
+                self.dropout_rate
+            ));
         }
         for (name, id) in [
             ("pad_token_id", self.pad_token_id),
@@ -251,10 +254,7 @@ impl T5Config {
             crate::hf_config_json(self, MODEL_TYPE, "T5ForConditionalGeneration", true)?;
         if let Some(map) = value.as_object_mut() {
             map.insert("is_encoder_decoder".into(), true.into());
-            map.insert(
-                "num_decoder_layers".into(),
-                self.decoder_layers().into(),
-            );
+            map.insert("num_decoder_layers".into(), self.decoder_layers().into());
         }
         Ok(value)
     }
@@ -557,7 +557,9 @@ impl Stack {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [t, k]), device);
         let bias = self.relative_attention_bias.forward(ids); // [T, K, H]
         let h = bias.dims()[2];
-        bias.permute([2, 0, 1]).unsqueeze::<4>().expand([b, h, t, k])
+        bias.permute([2, 0, 1])
+            .unsqueeze::<4>()
+            .expand([b, h, t, k])
     }
 }
 

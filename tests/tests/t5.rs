@@ -148,7 +148,11 @@ fn greedy_and_beam_decoding_equal_transformers() {
             let (decoding, start) = model.condition(&ids, &device).unwrap();
             let config = GenerateConfig::new(12, SamplingConfig::greedy(), Some(eos));
             let (new, _) = generate(&decoding, &start, &config, &device, |_| true).unwrap();
-            assert_eq!(new, expected(&greedy["output"]), "{name}: greedy of {prompt:?}");
+            assert_eq!(
+                new,
+                expected(&greedy["output"]),
+                "{name}: greedy of {prompt:?}"
+            );
 
             let config = BeamConfig {
                 width: 3,

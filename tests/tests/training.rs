@@ -30,6 +30,19 @@ fn corpus(lines: u64) -> String {
         .collect()
 }
 
+/// The sentences of [`corpus`] as JSONL (input, target) pairs, each target the sentence's words
+/// in reverse order.
+fn pairs_corpus(lines: u64) -> String {
+    corpus(lines)
+        .lines()
+        .map(|line| {
+            let reversed: Vec<&str> = line.split(' ').rev().collect();
+            let pair = serde_json::json!({"input": line, "target": reversed.join(" ")});
+            format!("{pair}\n")
+        })
+        .collect()
+}
+
 fn setup(steps: u64, device: &Device) -> (Gpt2, Tokenizer, Vec<u32>, TrainConfig) {
     let text = corpus(400);
     let tok = Tokenizer::train_char(&text).unwrap();
@@ -259,6 +272,39 @@ fn bert_trains_as_a_masked_lm_resumes_exactly_accumulates_exactly_in_bf16_and_sa
     assert_eq!(config["architectures"][0], "BertForMaskedLM");
 }
 
+#[test]
+fn t5_trains_on_pairs_resumes_exactly_accumulates_exactly_in_bf16_and_saves_a_hf_folder() {
+    let settings = |init: &std::path::Path| {
+        let mut s = family_settings(Family::T5, 8, init);
+        s.model.corpus = "pairs.jsonl".parse().unwrap();
+        s
+    };
+    let write_init = |s: &TrainSettings, tok: &Tokenizer, dir: &std::path::Path| {
+        let mut tok = tok.clone();
+        tok.add_special_tokens(&["<pad>", "</s>"]);
+        let id = |t: &str| tok.token_to_id(t).unwrap() as usize;
+        let config = s
+            .model
+            .t5_config(tok.vocab_size(), s.train.context, id("<pad>"), id("</s>"));
+        assert_eq!(
+            (
+                config.num_layers,
+                config.decoder_layers(),
+                config.d_kv,
+                config.d_ff
+            ),
+            (2, 2, 8, 128),
+            "the T5 of a 2 x 32 recipe"
+        );
+        let cpu = Device::flex().autodiff();
+        cpu.seed(5);
+        save_model(&config.init(&cpu).unwrap(), &tok, dir).unwrap();
+    };
+    let config = trains_resumes_recomputes_and_saves(settings, write_init);
+    assert_eq!(config["model_type"], "t5");
+    assert_eq!(config["architectures"][0], "T5ForConditionalGeneration");
+}
+
 /// Trains the settings `settings(init)` make for 8 steps, `write_init(settings, tokenizer,
 /// init)` having written the starting weights into `init`: the loss falls, a run stopped after
 /// 4 steps and resumed from its checkpoint repeats the losses, recomputing blocks changes
@@ -270,15 +316,20 @@ fn trains_resumes_recomputes_and_saves(
 ) -> serde_json::Value {
     let n: usize = 4;
     let selected = select(DeviceChoice::Cpu).unwrap();
-    let text = corpus(400);
+    let init = tempfile::tempdir().unwrap();
+    let settings = settings(init.path());
+    let causal = settings.model.family.objective() == ObjectiveKind::Causal;
+    let text = if settings.model.family.objective() == ObjectiveKind::Seq2Seq {
+        pairs_corpus(400)
+    } else {
+        corpus(400)
+    };
     let data = || Corpus {
         train: text.clone(),
         val: text.clone(),
     };
     // The starting weights, written once: Burn's random source is process-wide, so two
     // initialisations could differ while other tests run in parallel.
-    let init = tempfile::tempdir().unwrap();
-    let settings = settings(init.path());
     assert_eq!(settings.train.steps, 2 * n as u64);
     let family = settings.model.family;
     let tok = Tokenizer::train_char(&text).unwrap();
@@ -292,7 +343,8 @@ fn trains_resumes_recomputes_and_saves(
     let expected = losses(&mut straight, &mut run, None);
     let positions = (settings.train.batch_size * settings.train.context) as f64;
     // The last two steps against the first two: a masked-LM loss is a mean over the few
-    // dozen tokens chosen in a batch, noisier than a causal one over every position.
+    // dozen tokens chosen in a batch, noisier than a causal one over every position (and a
+    // pair's over its target alone).
     let ends = (
         expected[0] + expected[1],
         expected[2 * n - 2] + expected[2 * n - 1],
@@ -314,9 +366,10 @@ fn trains_resumes_recomputes_and_saves(
     got.extend(losses(&mut second, &mut run, None));
     // Recomputing each block in the backward pass changes what is kept, not what is computed.
     // (An encoder has no block-wise form: there, half the batch accumulated twice is the same
-    // update, since each micro-batch's loss is divided by the whole step's chosen tokens.)
+    // update, since each micro-batch's loss is divided by the whole step's chosen or target
+    // tokens.)
     let mut blocks = settings.clone();
-    if family.objective() == ObjectiveKind::Mlm {
+    if !causal {
         blocks.train.batch_size /= 2;
         blocks.train.accumulate = 2;
     } else {

@@ -52,8 +52,8 @@ pub fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<TextPair>> {
 }
 
 /// The couplets of Tang poems (one poem per line): each sentence ending in `。`, `？` or `！`
-/// whose two halves are split by one `，` gives (first half, second half), both without
-/// punctuation.
+/// whose two halves are split by one `，` and have as many characters gives (first half, second
+/// half), both without punctuation.
 pub fn couplets(poems: &str) -> Vec<TextPair> {
     let mut pairs = Vec::new();
     for poem in poems.lines() {
@@ -62,7 +62,7 @@ pub fn couplets(poems: &str) -> Vec<TextPair> {
             let mut halves = body.split('，');
             if let (Some(a), Some(b), None) = (halves.next(), halves.next(), halves.next())
                 && !a.is_empty()
-                && !b.is_empty()
+                && a.chars().count() == b.chars().count()
                 && !a.contains(['；', '：', '、'])
                 && !b.contains(['；', '：', '、'])
             {
@@ -130,7 +130,9 @@ pub fn pair_batch_rows(
     step: u64,
 ) -> Result<PairBatch> {
     if pairs.is_empty() {
-        return Err(Error::Data("there is no (input, target) pair to train on".into()));
+        return Err(Error::Data(
+            "there is no (input, target) pair to train on".into(),
+        ));
     }
     if context < 2 {
         return Err(Error::Config(format!(
@@ -180,7 +182,8 @@ mod tests {
 
     #[test]
     fn couplets_are_the_halves_of_each_sentence() {
-        let poems = "秦川雄帝宅，函谷壯皇居。綺殿千尋起，離宮百雉餘。\n問君何能爾？心遠地自偏，一二三。\n";
+        let poems =
+            "秦川雄帝宅，函谷壯皇居。綺殿千尋起，離宮百雉餘。\n問君何能爾？心遠地自偏，一二三。\n";
         let pairs = couplets(poems);
         let texts: Vec<(&str, &str)> = pairs
             .iter()
@@ -189,7 +192,7 @@ mod tests {
         assert_eq!(
             texts,
             vec![("秦川雄帝宅", "函谷壯皇居"), ("綺殿千尋起", "離宮百雉餘")],
-            "a sentence without exactly one comma is not a couplet"
+            "a sentence without exactly one comma, or of unequal halves, is not a couplet"
         );
     }
 
@@ -198,16 +201,25 @@ mod tests {
         let path = Path::new("pairs.jsonl");
         let ok = parse_jsonl(path, "{\"input\": \"a\", \"target\": \"b\", \"id\": 3}\n\n").unwrap();
         assert_eq!(ok.len(), 1);
-        let err = parse_jsonl(path, "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": 1}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("pairs.jsonl") && err.contains("line 2"), "{err}");
+        let err = parse_jsonl(
+            path,
+            "{\"input\": \"a\", \"target\": \"b\"}\n{\"input\": 1}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pairs.jsonl") && err.contains("line 2"),
+            "{err}"
+        );
         assert!(parse_jsonl(path, "\n").is_err());
     }
 
     #[test]
     fn batches_end_with_eos_shift_the_target_and_pad() {
-        let pairs = vec![(vec![5, 6, 7], vec![8, 9]), (vec![5], vec![8, 9, 10, 11, 12])];
+        let pairs = vec![
+            (vec![5, 6, 7], vec![8, 9]),
+            (vec![5], vec![8, 9, 10, 11, 12]),
+        ];
         let t = PairTokens {
             pad: 0,
             eos: 1,

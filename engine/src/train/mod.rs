@@ -165,7 +165,10 @@ fn pair_tensors(
     Tensor<2, Int>,
     Tensor<2>,
 ) {
-    let (input, target) = ([batch.batch, batch.input_len], [batch.batch, batch.target_len]);
+    let (input, target) = (
+        [batch.batch, batch.input_len],
+        [batch.batch, batch.target_len],
+    );
     (
         Tensor::from_data(TensorData::new(batch.input.clone(), input), device),
         Tensor::from_data(TensorData::new(batch.input_mask.clone(), input), device),
