@@ -266,6 +266,19 @@ pub fn gpt2_ml_tiny_roundings(t: usize, ulps: usize) -> usize {
     (64 + ulps) + 2 * (32 + 8 + 2 * t + 32 + 64 + 64 + 32 + 96 + 4 * ulps) + 32
 }
 
+/// Terms summed along the forward pass of the T5 fixtures (`t5-tiny`, `t5-v1_1-tiny`) over `t`
+/// encoder and `t` decoder positions, each a rounding relative to the magnitudes (see
+/// [`difference_bound`]): per encoder layer (3 at most) the RMS norm (32), q, k, v (32), scores
+/// (8), softmax and values (t each), o (32), the RMS norm (32), wi (32) and wo (48), with `ulps`
+/// for exp, the activation and the two reciprocal square roots, then the final norm; per decoder
+/// layer (2) the same with cross-attention (q, k, v, scores, softmax and values, o, and a norm)
+/// as well; then the final norm and the head (32).
+pub fn t5_tiny_roundings(t: usize, ulps: usize) -> usize {
+    let encoder = 3 * (32 + 32 + 8 + 2 * t + 32 + 32 + 32 + 48 + 4 * ulps) + (32 + ulps);
+    let decoder = 2 * (3 * 32 + 32 + 8 + 4 * t + 32 + 32 + 8 + 32 + 32 + 48 + 6 * ulps);
+    encoder + decoder + (32 + ulps) + 32
+}
+
 /// Ulps of error in exp, tanh, sine, cosine and the reciprocal square root on the CPU.
 pub const CPU_ULPS: usize = 4;
 

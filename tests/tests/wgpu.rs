@@ -1,14 +1,15 @@
 //! The GPU path: the same GPT-2 and LLaMA forward, backward, optimizer step and greedy generation,
-//! BERT's masked-LM logits and step, and GPT2_ML's step, on wgpu
+//! BERT's masked-LM logits and step, GPT2_ML's step, and T5's step on pairs and its decoding, on wgpu
 //! (Mesa's lavapipe software Vulkan renderer in CI) agree with the CPU backend.
 //!
 //! Bounds: two f32 evaluations summing in different orders, with the Vulkan precision of exp
 //! and friends (see [`cinder_tests::difference_bound`]).
 
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
+use cinder_engine::data::pairs::{PairTokens, TokenPair};
 use cinder_engine::device::{DeviceChoice, select};
 use cinder_engine::generate::{GenerateConfig, generate};
-use cinder_engine::lm::{CausalLm, LanguageModel};
+use cinder_engine::lm::{CausalLm, LanguageModel, Objective};
 use cinder_engine::optim::{OptimizerConfig, SgdConfig};
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::tokenizer::Tokenizer;
@@ -126,16 +127,40 @@ fn training_steps_match_the_cpu<M: LanguageModel>(
         checkpoint_every: 0,
         ..TrainConfig::default()
     };
+    // An encoder-decoder learns the next 6 tokens from the 6 before them.
+    let pairs: Vec<TokenPair> = tokens
+        .chunks_exact(12)
+        .map(|c| (c[..6].to_vec(), c[6..].to_vec()))
+        .collect();
     let trainer = |model: M, device: &Device| {
-        Trainer::new(
-            model,
-            config.clone(),
-            tok.clone(),
-            tokens.clone(),
-            tokens.clone(),
-            device,
-        )
-        .unwrap()
+        if model.objective() == Objective::Seq2Seq {
+            let special = PairTokens {
+                pad: 0,
+                eos: 1,
+                start: 0,
+            };
+            let (train, val) = (pairs.clone(), pairs.clone());
+            Trainer::with_pairs(
+                model,
+                config.clone(),
+                tok.clone(),
+                special,
+                train,
+                val,
+                device,
+            )
+            .unwrap()
+        } else {
+            Trainer::new(
+                model,
+                config.clone(),
+                tok.clone(),
+                tokens.clone(),
+                tokens.clone(),
+                device,
+            )
+            .unwrap()
+        }
     };
     // Forward and backward through the network (the backward's sums mirror the forward's),
     // then each weight's gradient sums over the batch's positions.
@@ -313,6 +338,62 @@ fn quantized_llama_on_wgpu_stays_close_to_f32() {
         diff < bound * scale,
         "8-bit weights on wgpu: logits off by {diff} (largest {scale})"
     );
+}
+
+/// T5 v1.1's layout (gated GELU, untied head): relative position biases, RMS norms and
+/// cross-attention through the backward pass.
+#[test]
+fn t5_training_step_on_pairs_matches_the_cpu() {
+    use cinder_models::t5::T5;
+    let dir = cinder_tests::fixtures().join("t5-v1_1-tiny");
+    training_steps_match_the_cpu(
+        |folder, device| T5::from_pretrained(folder, device).unwrap(),
+        &dir,
+        cinder_tests::t5_tiny_roundings,
+    );
+}
+
+/// The decoder over an encoded prompt, with cross-attention keys and values cached: the greedy
+/// answer on the device is the CPU's wherever the CPU's choice is clear of rounding.
+#[test]
+fn t5_greedy_answer_matches_the_cpu() {
+    use cinder_engine::lm::Decoder;
+    use cinder_models::t5::T5;
+    let dir = cinder_tests::fixtures().join("t5-tiny");
+    let reference = cinder_tests::read_json(&dir.join("reference.json"));
+    let prompt = cinder_tests::json_ids(&reference["greedy"][0]["ids"]);
+    let answer = |device: &Device| {
+        let model = T5::from_pretrained(&dir, device).unwrap();
+        let (decoding, start) = model.condition(&prompt, device).unwrap();
+        assert_eq!(decoding.max_len(), model.config().n_positions);
+        let config = GenerateConfig::new(8, SamplingConfig::greedy(), None);
+        let (new, _) = generate(&decoding, &start, &config, device, |_| true).unwrap();
+        // The full pass's logits at the same positions, for the margins.
+        let mut decoder_input = start.clone();
+        decoder_input.extend(&new[..new.len() - 1]);
+        let ids = |v: &[u32]| {
+            let data: Vec<i64> = v.iter().map(|&i| i64::from(i)).collect();
+            Tensor::<2, Int>::from_data(TensorData::new(data, [1, v.len()]), device)
+        };
+        let logits = model
+            .forward_with(ids(&prompt), None, ids(&decoder_input))
+            .into_data();
+        (new, logits)
+    };
+    let (cpu, cpu_logits) = answer(&Device::flex());
+    let (gpu, gpu_logits) = answer(&wgpu());
+    let roundings = cinder_tests::t5_tiny_roundings(prompt.len(), VULKAN_ULPS);
+    cinder_tests::assert_close(
+        &gpu_logits,
+        &cpu_logits,
+        roundings,
+        "wgpu T5 logits against the CPU",
+    );
+    let values: Vec<f32> = cpu_logits.iter::<f32>().collect();
+    let bound = difference_bound(roundings, max_abs(&values));
+    let clear = cinder_tests::clear_greedy_steps(&cpu_logits, 0, bound);
+    assert_eq!(gpu[..clear], cpu[..clear], "greedy answers");
+    assert!(clear >= 4, "only {clear} clear steps");
 }
 
 #[test]
