@@ -1,12 +1,14 @@
 """Check that Hugging Face transformers loads the checkpoints Cinder writes, and agrees with
-Cinder on them. For each family with a transformers class (GPT-2, LLaMA, BERT) it trains a small
+Cinder on them. For each family with a transformers class (GPT-2, LLaMA, BERT, T5) it trains a small
 run with the `cinder` binary, loads the run's latest checkpoint with transformers (the model
 class from `config.json`, the tokenizer from `tokenizer.json`), and compares:
 
 - GPT-2 and LLaMA: the greedy continuation of a prompt, `cinder generate --temperature 0`
   against `model.generate(do_sample=False)`, as text;
 - BERT: the five likeliest tokens for a [MASK], `cinder fill-mask --json` against the argsort
-  of transformers' masked-LM logits, and their probabilities.
+  of transformers' masked-LM logits, and their probabilities;
+- T5 (trained on JSONL pairs, each line's words reversed): the greedy answer to an input,
+  `cinder generate --temperature 0` against `model.generate(do_sample=False)`, as text.
 
 It prints one line per family and exits non-zero on any disagreement.
 
@@ -21,7 +23,12 @@ import sys
 import tempfile
 
 import torch
-from transformers import AutoModelForCausalLM, BertForMaskedLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    BertForMaskedLM,
+    PreTrainedTokenizerFast,
+    T5ForConditionalGeneration,
+)
 
 CORPUS = "".join(
     f"the {a} {v} the {o} at dawn, and line {i} ends here.\n"
@@ -41,10 +48,10 @@ def cinder(binary, *args):
     return out.stdout
 
 
-def train(binary, work, family, extra=()):
+def train(binary, work, family, extra=(), corpus="corpus.txt"):
     run = os.path.join(work, family)
     cinder(
-        binary, "train", "--family", family, "--corpus", os.path.join(work, "corpus.txt"),
+        binary, "train", "--family", family, "--corpus", os.path.join(work, corpus),
         "--n-layer", "2", "--n-embd", "32", "--n-head", "4", "--context", "32",
         "--batch-size", "16", "--steps", "300", "--lr", "1e-2", "--sample-every", "0", "--eval-every", "0",
         "--device", "cpu", "--out", run, *extra,
@@ -101,6 +108,29 @@ def check_bert(binary, work):
     return same
 
 
+def check_t5(binary, work):
+    with open(os.path.join(work, "pairs.jsonl"), "w") as f:
+        for line in CORPUS.splitlines():
+            f.write(json.dumps({"input": line, "target": " ".join(line.split()[::-1])}) + "\n")
+    run, ckpt = train(binary, work, "t5", corpus="pairs.jsonl")
+    model = T5ForConditionalGeneration.from_pretrained(ckpt).eval()
+    tok = tokenizer(ckpt)
+    prompt = "the fox chases the moon at dawn, and line 7 ends here."
+    ids = torch.tensor([tok.encode(prompt) + [model.config.eos_token_id]])
+    with torch.no_grad():
+        out = model.generate(ids, do_sample=False, max_new_tokens=24)
+    theirs = tok.decode(out[0, 1:], skip_special_tokens=True)
+    ours = cinder(
+        binary, "generate", "--model", run, "--prompt", prompt, "--temperature", "0",
+        "--max-new-tokens", "24", "--device", "cpu",
+    ).rstrip("\n")
+    same = ours == theirs
+    print(f"t5: transformers loaded {type(model).__name__} from {ckpt}; greedy answer "
+          f"{'equal' if same else 'DIFFERENT'}: {theirs!r}"
+          + ("" if same else f" vs cinder {ours!r}"))
+    return same
+
+
 def main():
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as work:
@@ -110,6 +140,7 @@ def main():
             check_causal(binary, work, "gpt2"),
             check_causal(binary, work, "llama", ("--n-kv-head", "2")),
             check_bert(binary, work),
+            check_t5(binary, work),
         ]
     sys.exit(0 if all(results) else 1)
 
