@@ -19,6 +19,9 @@ use crate::llama::Llama;
 use crate::t5::T5;
 
 /// A model of one of the supported families.
+// One is loaded per process and never copied around or stored in bulk, so its variants' sizes
+// differing costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyModel {
     /// OpenAI GPT-2 layout.

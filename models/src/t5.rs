@@ -323,6 +323,9 @@ impl T5Config {
                 .collect(),
             final_norm: norm(),
             dropout: dropout(),
+            bidirectional: true,
+            num_buckets: self.relative_attention_num_buckets,
+            max_distance: self.relative_attention_max_distance,
         };
         let decoder = Stack {
             relative_attention_bias: bias_table(),
@@ -338,6 +341,9 @@ impl T5Config {
                 .collect(),
             final_norm: norm(),
             dropout: dropout(),
+            bidirectional: false,
+            num_buckets: self.relative_attention_num_buckets,
+            max_distance: self.relative_attention_max_distance,
         };
         let normal = Initializer::Normal { mean: 0.0, std: f };
         Ok(T5 {
@@ -525,31 +531,33 @@ pub struct Stack {
     blocks: Vec<Block>,
     final_norm: RmsNorm,
     dropout: Dropout,
+    /// Whether keys after the query have buckets of their own (the encoder).
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
 }
 
 impl Stack {
-    /// The position bias for queries at `first_query..first_query + t` over keys `0..k`.
+    /// The position bias of `b` rows for the queries at positions `queries` over keys `0..k`.
     ///
     /// # Shapes
-    /// - output: `[B, H, T, K]`
+    /// - output: `[B, H, T, K]` (T = the number of queries)
     fn position_bias(
         &self,
-        config: &T5Config,
-        bidirectional: bool,
-        first_query: usize,
-        t: usize,
+        queries: std::ops::Range<usize>,
         k: usize,
         b: usize,
         device: &Device,
     ) -> Tensor<4> {
-        let ids: Vec<i64> = (first_query..first_query + t)
+        let t = queries.len();
+        let ids: Vec<i64> = queries
             .flat_map(|q| {
                 (0..k).map(move |key| {
                     relative_position_bucket(
                         key as i64 - q as i64,
-                        bidirectional,
-                        config.relative_attention_num_buckets,
-                        config.relative_attention_max_distance,
+                        self.bidirectional,
+                        self.num_buckets,
+                        self.max_distance,
                     )
                 })
             })
@@ -611,7 +619,7 @@ impl T5 {
         let device = input.device();
         let stack = &self.encoder;
         let h = self.config.num_heads;
-        let bias = stack.position_bias(&self.config, true, 0, s, s, b, &device);
+        let bias = stack.position_bias(0..s, s, b, &device);
         let masked = mask.map(|m| padding_mask(m, h, s));
         let mut x = stack.dropout.forward(self.shared.forward(input));
         for block in &stack.blocks {
@@ -651,7 +659,7 @@ impl T5 {
         let k = past + t;
         let h = self.config.num_heads;
         let stack = &self.decoder;
-        let bias = stack.position_bias(&self.config, false, past, t, k, b, &device);
+        let bias = stack.position_bias(past..k, k, b, &device);
         let causal = (t > 1).then(|| {
             causal_mask(t, k, &device)
                 .unsqueeze::<4>()
