@@ -264,7 +264,9 @@ impl ModelRecipe {
     /// The T5 of the same size: the preset's blocks (in the encoder and in the decoder), heads
     /// and width with the overrides, heads of width / heads, a ReLU feed-forward layer 4 times
     /// the width, 32 position buckets up to distance 128, the head tied to the embedding, the
-    /// recipe's dropout, and the given padding (also the decoder's start) and end tokens.
+    /// recipe's dropout, and the given padding (also the decoder's start) and end tokens. Its
+    /// positions are relative, so `context` (what it trains on) does not limit what it decodes:
+    /// that stays T5's 512.
     pub fn t5_config(&self, vocab: usize, context: usize, pad: usize, eos: usize) -> T5Config {
         let shape = self.model_config(vocab, context);
         let c = shape.n_embd;
@@ -277,7 +279,7 @@ impl ModelRecipe {
             shape.n_head,
         )
         .with_dropout_rate(self.dropout)
-        .with_n_positions(context)
+        .with_n_positions(context.max(512))
         .with_pad_token_id(pad)
         .with_decoder_start_token_id(pad)
         .with_eos_token_id(eos)

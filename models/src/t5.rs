@@ -595,12 +595,11 @@ pub struct T5 {
 }
 
 /// Decoding state of a T5 decoder: its self-attention cache, and the encoder's keys and values
-/// for each layer's cross-attention (with the encoder's padding, where there is some).
+/// for each layer's cross-attention (one prompt, so no padding), following the beams.
 #[derive(Debug)]
 pub struct T5Cache {
     self_attn: KvCache,
     cross: Vec<(Tensor<4>, Tensor<4>)>,
-    encoder_mask: Option<Tensor<2, Bool>>,
 }
 
 impl T5 {
@@ -792,7 +791,6 @@ impl Decoder for T5Decoding<'_> {
         T5Cache {
             self_attn: KvCache::default(),
             cross: self.cross.clone(),
-            encoder_mask: None,
         }
     }
 
@@ -808,19 +806,11 @@ impl Decoder for T5Decoding<'_> {
             *k = k.clone().select(0, idx.clone());
             *v = v.clone().select(0, idx.clone());
         }
-        if let Some(mask) = cache.encoder_mask.take() {
-            cache.encoder_mask = Some(mask.select(0, idx));
-        }
     }
 
     fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut T5Cache) -> Tensor<3> {
-        let T5Cache {
-            self_attn,
-            cross,
-            encoder_mask,
-        } = cache;
-        self.model
-            .decode(tokens, cross, encoder_mask.as_ref(), Some(self_attn))
+        let T5Cache { self_attn, cross } = cache;
+        self.model.decode(tokens, cross, None, Some(self_attn))
     }
 }
 
@@ -850,7 +840,11 @@ impl LanguageModel for T5 {
             self.config.decoder_start_token_id as i64,
             &tokens.device(),
         );
-        let shifted = Tensor::cat(vec![start, tokens.clone().narrow(1, 0, t - 1)], 1);
+        let shifted = if t > 1 {
+            Tensor::cat(vec![start, tokens.clone().narrow(1, 0, t - 1)], 1)
+        } else {
+            start
+        };
         self.forward_with(tokens, None, shifted)
     }
 

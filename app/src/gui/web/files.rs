@@ -22,7 +22,8 @@ pub(super) fn accept_files(page: &Shared, files: NamedFiles) {
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
         match extension.as_deref() {
-            Some("txt" | "text" | "md") => match Corpus::from_text(&path, bytes) {
+            // A .jsonl file holds (input, target) pairs for an encoder-decoder.
+            Some("txt" | "text" | "md" | "jsonl") => match Corpus::from_text(&path, bytes) {
                 Ok(corpus) => {
                     log(&format!(
                         "corpus {name}: {} characters for training, {} held out",
@@ -37,8 +38,8 @@ pub(super) fn accept_files(page: &Shared, files: NamedFiles) {
             },
             Some("gguf" | "json" | "safetensors" | "jinja") => model.push((name, bytes)),
             _ => page.borrow_mut().problem(format!(
-                "{name}: not a text file to train on (.txt, .text, .md) nor a model (.gguf, or \
-                 a folder's config.json, tokenizer.json, model.safetensors)"
+                "{name}: not a text file to train on (.txt, .text, .md, or .jsonl pairs) nor a \
+                 model (.gguf, or a folder's config.json, tokenizer.json, model.safetensors)"
             )),
         }
     }
