@@ -41,6 +41,9 @@ pub enum Command {
     Embed(EmbedArgs),
     /// The likeliest tokens for each [MASK] in a text, from a BERT with a masked-LM head.
     FillMask(FillMaskArgs),
+    /// Couplets from a trained poetry VAE: sampled from random noise, or a walk through its
+    /// latent space between two couplets.
+    Poem(PoemArgs),
     /// Fetch pretrained weights into the cache.
     Fetch(FetchArgs),
     /// Measure speed.
@@ -304,6 +307,40 @@ pub struct FillMaskArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub top_k: u64,
     /// Print one JSON array: per text, per mask, the predictions as {"token", "id", "score"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+}
+
+/// `cinder poem`
+#[derive(Args, Debug)]
+pub struct PoemArgs {
+    /// A poetry VAE run folder or checkpoint (`cinder train --family poetry-vae`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Couplets to print (with --interpolate: steps of the walk, both ends included).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub count: u64,
+    /// Seed of the random latent vectors (and of the characters, above temperature 0).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// 0 writes each position's likeliest character (the default, as the original); above 0
+    /// samples from the softened distribution.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Walk the latent space in a straight line between two couplets of the corpus (the
+    /// posterior means of --from and --to, or of two couplets of the Tang poems drawn by --seed).
+    #[arg(long)]
+    pub interpolate: bool,
+    /// With --interpolate: the first couplet, e.g. "床前明月光，疑是地上霜。".
+    #[arg(long, requires = "interpolate")]
+    pub from: Option<String>,
+    /// With --interpolate: the last couplet.
+    #[arg(long, requires = "interpolate")]
+    pub to: Option<String>,
+    /// Print one JSON array of the couplets.
     #[arg(long)]
     pub json: bool,
     /// Where to compute.

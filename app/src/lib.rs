@@ -8,4 +8,6 @@ pub mod cli;
 pub mod encode;
 pub mod generate;
 pub mod gui;
+#[cfg(not(target_family = "wasm"))]
+pub mod poem;
 pub mod train;

@@ -48,6 +48,7 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Chat(chat) => generate::chat(chat, &args.cache_dir),
         cli::Command::Embed(embed) => encode::embed(embed, &args.cache_dir),
         cli::Command::FillMask(fill) => encode::fill_mask(fill),
+        cli::Command::Poem(poem) => cinder::poem::run(poem, &args.cache_dir),
         cli::Command::Fetch(fetch) => fetch_model(fetch.what, &args.cache_dir, fetch.force),
         cli::Command::Gui(gui) => cinder::gui::run(gui, &args.cache_dir),
         cli::Command::Bench(bench) => match bench.command {

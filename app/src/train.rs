@@ -155,8 +155,12 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         steps_this_run += 1;
         let tps = smoothed_tps.map_or(r.tokens_per_sec, |s| 0.9 * s + 0.1 * r.tokens_per_sec);
         smoothed_tps = Some(tps);
+        let parts = match (r.reconstruction, r.kl, r.kl_weight) {
+            (Some(recon), Some(kl), Some(w)) => format!(" (recon {recon:.2} KL {kl:.2} x{w:.2})"),
+            _ => String::new(),
+        };
         let msg = format!(
-            "loss {:.4} lr {:.2e} |g| {:.2} {:.0} tok/s",
+            "loss {:.4}{parts} lr {:.2e} |g| {:.2} {:.0} tok/s",
             r.loss, r.lr, r.grad_norm, tps
         );
         bar.set_position(r.step);
@@ -171,7 +175,13 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         if !interactive && (r.step % log_every == 0 || r.step == 1) {
             say(format!("step {}/{total} {msg}", r.step));
         }
-        if let Some(eval) = r.eval_loss {
+        if let (Some(eval), Some(recon), Some(kl)) = (r.eval_loss, r.eval_reconstruction, r.eval_kl)
+        {
+            say(format!(
+                "step {}: held-out loss {eval:.3} (reconstruction {recon:.3}, KL {kl:.3})",
+                r.step
+            ));
+        } else if let Some(eval) = r.eval_loss {
             say(format!(
                 "step {}: held-out loss {eval:.4} (perplexity {:.1})",
                 r.step,
@@ -215,6 +225,8 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         println!("\nFilling in masked held-out lines with the trained model:");
     } else if objective == Objective::Seq2Seq {
         println!("\nAnswering held-out inputs with the trained model (the reference in brackets):");
+    } else if objective == Objective::Variational {
+        println!("\nCouplets from random noise:");
     } else {
         println!("\nGenerating from the trained model:");
     }
@@ -222,7 +234,13 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         let text = trainer.sample(settings.train.seed.wrapping_add(1000 + i))?;
         println!("{}", text.trim());
     }
-    if masked {
+    if objective == Objective::Variational {
+        println!(
+            "\nTry: cinder poem --model {0} --count 20\n     cinder poem --model {0} \
+             --interpolate --count 8",
+            run_dir.display()
+        );
+    } else if masked {
         println!(
             "\nTry: cinder fill-mask --model {0} \"... [MASK] ...\"\n     cinder embed --model {0} \
              \"first text\" \"second text\"",

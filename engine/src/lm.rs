@@ -24,6 +24,11 @@ pub enum Objective {
     /// The target of an (input, target) pair from the encoded input, the decoder reading the
     /// target shifted right (teacher forcing); the loss on every real target token.
     Seq2Seq,
+    /// Fixed-length rows reconstructed through a sampled latent vector (a variational
+    /// autoencoder): the reconstruction's cross-entropy summed over positions plus the KL
+    /// divergence of the posterior from the prior, whose weight rises from 0 to 1 over the
+    /// first steps (KL annealing).
+    Variational,
 }
 
 /// A language model the trainer can train: logits over the vocabulary at every position, a
@@ -79,6 +84,20 @@ pub trait LanguageModel: Module + Sized {
     ) -> Tensor<3> {
         let _ = (input, input_mask);
         self.forward(decoder_input)
+    }
+
+    /// A variational autoencoder's reconstruction logits through a sampled latent vector and
+    /// each row's KL divergence from the prior; other models give their logits and no
+    /// divergence. The trainer asks for this only of models whose objective is
+    /// [`Objective::Variational`].
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]`
+    /// - output: `[B, T, V]` and `[B]`
+    fn forward_variational(&self, tokens: Tensor<2, Int>) -> (Tensor<3>, Tensor<1>) {
+        let [b, _] = tokens.dims();
+        let device = tokens.device();
+        (self.forward(tokens), Tensor::zeros([b], &device))
     }
 
     /// Continues `prompt` as `config` asks (the trainer's samples; an encoder-decoder reads the

@@ -28,6 +28,13 @@ pub fn below(seed: u64, stream: u64, counter: u64, n: u64) -> u64 {
     ((hash3(seed, stream, counter) as u128 * n as u128) >> 64) as u64
 }
 
+/// A standard normal float for (seed, stream, counter) (Box-Muller on two uniforms).
+pub fn normal(seed: u64, stream: u64, counter: u64) -> f64 {
+    let u1 = 1.0 - uniform(seed, stream, 2 * counter); // (0, 1]: the logarithm stays finite
+    let u2 = uniform(seed, stream, 2 * counter + 1);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +45,17 @@ mod tests {
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
+    }
+
+    #[test]
+    fn normal_has_mean_zero_and_variance_one() {
+        let xs: Vec<f64> = (0..20_000).map(|i| normal(7, 2, i)).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod gpt2;
 pub mod gpt2_ml;
 pub mod llama;
+pub mod poetry_vae;
 pub mod projection;
 pub mod recipe;
 pub mod t5;

@@ -20,6 +20,7 @@ use crate::bert::{Bert, BertConfig};
 use crate::gpt2::{Gpt2, Gpt2Config};
 use crate::gpt2_ml::{Gpt2Ml, Gpt2MlConfig};
 use crate::llama::{Llama, LlamaConfig};
+use crate::poetry_vae::{PoetryVae, PoetryVaeConfig};
 use crate::t5::{T5, T5Config};
 
 /// The model families `cinder train` trains.
@@ -50,6 +51,12 @@ pub enum Family {
     #[value(name = "t5")]
     #[serde(rename = "t5")]
     T5,
+    /// The poem machine: a variational autoencoder of gated convolutions that writes a couplet
+    /// of two five-character lines from random noise (hidden and latent width 64 unless
+    /// --n-embd says otherwise, --n-layer encoder convolutions; the size presets do not apply).
+    #[value(name = "poetry-vae")]
+    #[serde(rename = "poetry-vae")]
+    PoetryVae,
 }
 
 /// What `cinder train` teaches the model.
@@ -73,6 +80,11 @@ pub enum ObjectiveKind {
     #[value(name = "seq2seq")]
     #[serde(rename = "seq2seq")]
     Seq2Seq,
+    /// Couplets of two five-character lines reconstructed through a sampled latent vector, with
+    /// the KL term annealed in (the poetry VAE).
+    #[value(name = "vae")]
+    #[serde(rename = "vae")]
+    Vae,
 }
 
 impl std::fmt::Display for ObjectiveKind {
@@ -92,6 +104,7 @@ impl Family {
         match self {
             Self::Bert => ObjectiveKind::Mlm,
             Self::T5 => ObjectiveKind::Seq2Seq,
+            Self::PoetryVae => ObjectiveKind::Vae,
             _ => ObjectiveKind::Causal,
         }
     }
@@ -329,6 +342,8 @@ impl TrainSettings {
             let hint = match (m.objective, m.family) {
                 (ObjectiveKind::Mlm, _) => "add --family bert (the masked-LM family)",
                 (ObjectiveKind::Seq2Seq, _) => "add --family t5 (the encoder-decoder family)",
+                (ObjectiveKind::Vae, _) => "add --family poetry-vae",
+                (_, Family::PoetryVae) => "the poetry VAE trains as a variational autoencoder",
                 (_, Family::Bert) => "BERT trains as a masked language model",
                 (_, Family::T5) => "T5 trains on (input, target) pairs",
                 _ => "the decoder families train on next-token prediction",
@@ -410,6 +425,8 @@ pub enum AnyTrainer {
     Bert(Trainer<Bert>),
     /// A T5's (pairs).
     T5(Trainer<T5>),
+    /// A poetry VAE's (couplets).
+    PoetryVae(Trainer<PoetryVae>),
 }
 
 /// Runs `$body` with `$t` bound to the trainer inside `$any`, whatever its family.
@@ -421,6 +438,7 @@ macro_rules! with_trainer {
             AnyTrainer::Gpt2Ml($t) => $body,
             AnyTrainer::Bert($t) => $body,
             AnyTrainer::T5($t) => $body,
+            AnyTrainer::PoetryVae($t) => $body,
         }
     };
 }
@@ -502,10 +520,12 @@ pub fn family_of(files: &Checkpoint) -> Result<Family> {
         Some(crate::gpt2_ml::MODEL_TYPE) => Ok(Family::Gpt2Ml),
         Some("bert") => Ok(Family::Bert),
         Some(crate::t5::MODEL_TYPE) => Ok(Family::T5),
+        Some(crate::poetry_vae::MODEL_TYPE) => Ok(Family::PoetryVae),
         Some(other) => Err(Error::format(
             path,
             format!(
-                "model_type '{other}' cannot be trained (gpt2, llama, gpt2-ml, bert and t5 can)"
+                "model_type '{other}' cannot be trained (gpt2, llama, gpt2-ml, bert, t5 and \
+                 poetry-vae can)"
             ),
         )),
     }
@@ -569,9 +589,19 @@ pub fn prepare(
     }
     let recipe = &settings.model;
     let masked = recipe.family.objective() == ObjectiveKind::Mlm;
-    let pairs = (recipe.family.objective() == ObjectiveKind::Seq2Seq)
-        .then(|| text_pairs(&recipe.corpus, &corpus))
-        .transpose()?;
+    let pairs = match recipe.family.objective() {
+        ObjectiveKind::Seq2Seq => Some(text_pairs(&recipe.corpus, &corpus)?),
+        ObjectiveKind::Vae => Some(five_character_couplets(&recipe.corpus, &corpus)?),
+        _ => None,
+    };
+    let rows = recipe.family.objective() == ObjectiveKind::Vae;
+    if rows && recipe.tokenizer != TokenizerKind::Char {
+        return Err(Error::Config(format!(
+            "--tokenizer {}: the poetry VAE writes one character per position (use --tokenizer \
+             char)",
+            recipe.tokenizer
+        )));
+    }
     if let Some((train, val)) = &pairs {
         say(format!(
             "pairs: {} for training, {} held out",
@@ -597,7 +627,7 @@ pub fn prepare(
             if masked {
                 tok.add_special_tokens(&MLM_TOKENS);
             }
-            if pairs.is_some() {
+            if pairs.is_some() && !rows {
                 tok.add_special_tokens(&SEQ2SEQ_TOKENS);
             }
             say(format!(
@@ -613,7 +643,7 @@ pub fn prepare(
         // A pretrained BERT's tokenizer has them; one from a Cinder run too.
         tokenizer.add_special_tokens(&MLM_TOKENS);
     }
-    if pairs.is_some() && start.is_some() {
+    if pairs.is_some() && !rows && start.is_some() {
         tokenizer.add_special_tokens(&SEQ2SEQ_TOKENS);
     }
     let (vocab, context) = (tokenizer.vocab_size(), settings.train.context);
@@ -751,11 +781,57 @@ pub fn prepare(
             ));
             Model::T5(model)
         }
+        Family::PoetryVae => {
+            let model = match start {
+                Some(files) => PoetryVae::from_files(files, &device)?,
+                None => {
+                    device.seed(settings.train.seed);
+                    let mut config = PoetryVaeConfig::new(vocab);
+                    if let Some(width) = recipe.n_embd {
+                        config.hidden_dim = width;
+                        config.latent_dim = width;
+                    }
+                    config.encoder_layers = recipe.n_layer.unwrap_or(config.encoder_layers);
+                    config.check()?;
+                    config.init(&device)
+                }
+            };
+            let c = model.config();
+            say(format!(
+                "model poetry-vae: {} + {} gated convolutions of width {}, latent {}, {} \
+                 characters, vocabulary {}, {:.2}M parameters; KL annealed over {} steps",
+                c.encoder_layers,
+                c.decoder_layers,
+                c.hidden_dim,
+                c.latent_dim,
+                c.length,
+                c.vocab_size,
+                cinder_engine::burn::module::Module::num_params(&model) as f64 / 1e6,
+                settings.train.kl_warmup.unwrap_or(settings.train.steps / 5)
+            ));
+            Model::PoetryVae(model)
+        }
     };
 
     let config = settings.train.clone();
     let t0 = web_time::Instant::now();
     let data = match &pairs {
+        Some((train, val)) if rows => {
+            let encode = |pairs: &[TextPair]| -> Result<Vec<Vec<u32>>> {
+                pairs
+                    .iter()
+                    .map(|p| tokenizer.encode(&format!("{}{}", p.input, p.target)))
+                    .collect()
+            };
+            let (train, val) = (encode(train)?, encode(val)?);
+            say(format!(
+                "encoded {} training and {} held-out couplets ({:.1}s)",
+                train.len(),
+                val.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+            Data::Rows(train, val)
+        }
         Some((train, val)) => {
             let encode = |pairs: &[TextPair]| -> Result<Vec<TokenPair>> {
                 pairs
@@ -797,6 +873,9 @@ pub fn prepare(
         (Model::Llama(m), Data::Stream(t, v)) => trainer!(Llama, m, t, v),
         (Model::Gpt2Ml(m), Data::Stream(t, v)) => trainer!(Gpt2Ml, m, t, v),
         (Model::Bert(m), Data::Stream(t, v)) => trainer!(Bert, m, t, v),
+        (Model::PoetryVae(m), Data::Rows(train, val)) => AnyTrainer::PoetryVae(Trainer::with_rows(
+            m, config, tokenizer, train, val, &device,
+        )?),
         (Model::T5(m), Data::Pairs(train, val)) => {
             let c = m.config();
             let special = PairTokens {
@@ -839,12 +918,14 @@ enum Model {
     Gpt2Ml(Gpt2Ml),
     Bert(Bert),
     T5(T5),
+    PoetryVae(PoetryVae),
 }
 
 /// A model's training data: a token stream per split, or token pairs per split.
 enum Data {
     Stream(Vec<u32>, Vec<u32>),
     Pairs(Vec<TokenPair>, Vec<TokenPair>),
+    Rows(Vec<Vec<u32>>, Vec<Vec<u32>>),
 }
 
 /// The special tokens masked-LM training adds to a tokenizer that lacks them.
@@ -853,6 +934,28 @@ const MLM_TOKENS: [&str; 2] = ["[PAD]", "[MASK]"];
 /// The special tokens sequence-to-sequence training adds to a tokenizer that lacks them:
 /// padding (also the decoder's start) and the end of each input and target, as T5's.
 const SEQ2SEQ_TOKENS: [&str; 2] = ["<pad>", "</s>"];
+
+/// The couplets of two five-character lines in a corpus of poems (one per line), training and
+/// held out, as (first line, second line).
+fn five_character_couplets(
+    source: &CorpusSource,
+    corpus: &Corpus,
+) -> Result<(Vec<TextPair>, Vec<TextPair>)> {
+    let five = |text: &str| -> Vec<TextPair> {
+        couplets(text)
+            .into_iter()
+            .filter(|p| p.input.chars().count() == 5)
+            .collect()
+    };
+    let (train, val) = (five(&corpus.train), five(&corpus.val));
+    if train.is_empty() {
+        return Err(Error::Config(format!(
+            "--corpus {source} has no couplet of two five-character lines (such as \
+             \"床前明月光，疑是地上霜。\") for the poetry VAE"
+        )));
+    }
+    Ok((train, val))
+}
 
 /// The (input, target) pairs of a corpus, training and held out: a `.jsonl` file's objects, or
 /// the couplets of the Tang poems.

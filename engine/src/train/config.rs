@@ -140,6 +140,23 @@ pub struct TrainConfig {
     /// Seed for initialisation, batches, dropout and samples.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Steps over which a variational autoencoder's KL weight rises from 0 to 1 (KL annealing;
+    /// default: a fifth of the steps).
+    #[arg(long)]
+    pub kl_warmup: Option<u64>,
+}
+
+impl TrainConfig {
+    /// The KL term's weight at `step` (counted from 0): rising linearly to 1 over
+    /// [`kl_warmup`](Self::kl_warmup) steps.
+    pub fn kl_weight(&self, step: u64) -> f64 {
+        let warmup = self.kl_warmup.unwrap_or(self.steps / 5);
+        if warmup == 0 {
+            1.0
+        } else {
+            ((step + 1) as f64 / warmup as f64).min(1.0)
+        }
+    }
 }
 
 impl Default for TrainConfig {

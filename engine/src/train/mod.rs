@@ -66,6 +66,21 @@ pub struct StepReport {
     /// Resident bytes of the whole process, where the system reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_memory: Option<u64>,
+    /// A variational autoencoder's reconstruction loss (summed over positions, mean over rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconstruction: Option<f64>,
+    /// A variational autoencoder's KL divergence from the prior (mean over rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// The KL term's weight this step (KL annealing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_weight: Option<f64>,
+    /// Held-out reconstruction loss, when an evaluation fell due (variational autoencoders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_reconstruction: Option<f64>,
+    /// Held-out KL divergence, when an evaluation fell due (variational autoencoders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_kl: Option<f64>,
     /// The f16 loss scale used by this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
@@ -84,6 +99,7 @@ struct Batches<'a> {
     tokens: &'a [u32],
     masked: Option<&'a MaskedData>,
     pairs: Option<&'a PairData>,
+    rows: Option<&'a RowData>,
     device: &'a Device,
     step: u64,
     loss_scale: f64,
@@ -154,6 +170,64 @@ impl PairData {
     }
 }
 
+/// What a variational autoencoder trains on: rows of one length, each split's.
+struct RowData {
+    train: Vec<Vec<u32>>,
+    val: Vec<Vec<u32>>,
+}
+
+impl RowData {
+    /// The held-out rows, or the training rows where none are held out.
+    fn held_out(&self) -> &[Vec<u32>] {
+        if self.val.is_empty() {
+            &self.train
+        } else {
+            &self.val
+        }
+    }
+
+    /// Rows per batch: as many as hold `batch_size x context` tokens (at least one).
+    fn per_batch(&self, config: &TrainConfig) -> usize {
+        let len = self.train.first().map_or(1, Vec::len).max(1);
+        (config.batch_size * config.context / len).max(1)
+    }
+
+    /// Rows `first..first + n` of the batch drawn from `rows` for (seed, stream, step), as a
+    /// `[n, L]` tensor.
+    fn batch(
+        rows: &[Vec<u32>],
+        n: usize,
+        first: usize,
+        (seed, stream, step): (u64, u64, u64),
+        device: &Device,
+    ) -> Tensor<2, Int> {
+        let len = rows[0].len();
+        let mut ids = Vec::with_capacity(n * len);
+        for row in first..first + n {
+            let counter = step.wrapping_mul(1 << 20).wrapping_add(row as u64);
+            let pick = rng::below(seed, 400 + stream, counter, rows.len() as u64) as usize;
+            ids.extend(rows[pick].iter().map(|&t| i64::from(t)));
+        }
+        Tensor::from_data(TensorData::new(ids, [n, len]), device)
+    }
+}
+
+/// A variational autoencoder's loss parts for a batch: the reconstruction's cross-entropy summed
+/// over positions and averaged over rows, and the mean KL divergence.
+///
+/// # Shapes
+/// - tokens: `[B, L]`; output: `[1]` each
+fn variational_losses<M: LanguageModel>(
+    model: &M,
+    tokens: Tensor<2, Int>,
+) -> (Tensor<1>, Tensor<1>) {
+    let [b, l] = tokens.dims();
+    let (logits, kl) = model.forward_variational(tokens.clone());
+    let ones = Tensor::<2>::ones([b, l], &tokens.device());
+    let recon = masked_loss_sum(precision::to_f32(logits), tokens, ones).div_scalar(b as f64);
+    (recon, kl.mean())
+}
+
 /// A pair batch as tensors: encoder ids, encoder mask, decoder ids, targets and their weights.
 fn pair_tensors(
     batch: &PairBatch,
@@ -192,10 +266,12 @@ fn masked_tensors(
     )
 }
 
-/// The loss of one optimizer step and the real tokens it saw.
+/// The loss of one optimizer step and the real tokens it saw (and a variational autoencoder's
+/// reconstruction and KL parts).
 struct StepLoss {
     loss: f64,
     tokens: u64,
+    parts: Option<(f64, f64)>,
 }
 
 /// Trains a [`LanguageModel`] on token streams (windows for a causal model, padded and masked
@@ -209,6 +285,7 @@ pub struct Trainer<M: LanguageModel> {
     val_tokens: Vec<u32>,
     masked: Option<MaskedData>,
     pairs: Option<PairData>,
+    rows: Option<RowData>,
     device: Device,
     step: u64,
     tokens_seen: u64,
@@ -245,7 +322,39 @@ impl<M: LanguageModel> Trainer<M> {
             config,
             tokenizer,
             (train_tokens, val_tokens),
-            None,
+            (None, None),
+            device,
+        )
+    }
+
+    /// A trainer for a variational autoencoder `model` on rows of token ids, all as long as the
+    /// model's context; a batch holds `batch_size x context` tokens' worth of rows.
+    pub fn with_rows(
+        model: M,
+        config: TrainConfig,
+        tokenizer: Tokenizer,
+        train: Vec<Vec<u32>>,
+        val: Vec<Vec<u32>>,
+        device: &Device,
+    ) -> Result<Self> {
+        let len = model.context_length();
+        if train.is_empty() {
+            return Err(Error::Data("there is no row to train on".into()));
+        }
+        if let Some(bad) = train.iter().chain(&val).find(|r| r.len() != len) {
+            return Err(Error::Data(format!(
+                "a row has {} tokens; the '{}' model reads rows of {len}",
+                bad.len(),
+                model.family()
+            )));
+        }
+        let rows = RowData { train, val };
+        Self::build(
+            model,
+            config,
+            tokenizer,
+            (Vec::new(), Vec::new()),
+            (None, Some(rows)),
             device,
         )
     }
@@ -267,7 +376,7 @@ impl<M: LanguageModel> Trainer<M> {
             config,
             tokenizer,
             (Vec::new(), Vec::new()),
-            Some(pairs),
+            (Some(pairs), None),
             device,
         )
     }
@@ -277,7 +386,7 @@ impl<M: LanguageModel> Trainer<M> {
         config: TrainConfig,
         tokenizer: Tokenizer,
         (train_tokens, val_tokens): (Vec<u32>, Vec<u32>),
-        pairs: Option<PairData>,
+        (pairs, rows): (Option<PairData>, Option<RowData>),
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
@@ -292,7 +401,9 @@ impl<M: LanguageModel> Trainer<M> {
             ));
             config.precision = Precision::F32;
         }
-        if config.context > model.context_length() {
+        // A row model's context is its row length; its batches count tokens, not windows.
+        let variational = model.objective() == Objective::Variational;
+        if !variational && config.context > model.context_length() {
             return Err(Error::Config(format!(
                 "context {} exceeds the model's maximum of {}",
                 config.context,
@@ -308,6 +419,22 @@ impl<M: LanguageModel> Trainer<M> {
         }
         // Fail now, not at the first step, if the corpus cannot fill a batch.
         let masked = match model.objective() {
+            Objective::Variational => {
+                if rows.is_none() {
+                    return Err(Error::Config(format!(
+                        "the '{}' family trains on rows of {} tokens",
+                        model.family(),
+                        model.context_length()
+                    )));
+                }
+                None
+            }
+            _ if rows.is_some() => {
+                return Err(Error::Config(format!(
+                    "the '{}' family does not train on fixed-length rows",
+                    model.family()
+                )));
+            }
             Objective::Seq2Seq => {
                 let data = pairs.as_ref().ok_or_else(|| {
                     Error::Config(format!(
@@ -347,6 +474,7 @@ impl<M: LanguageModel> Trainer<M> {
         Ok(Self {
             masked,
             pairs,
+            rows,
             model: Some(model),
             optim: Optimizer::new(config.optimizer),
             scaler: LossScaler::new(config.precision),
@@ -474,6 +602,7 @@ impl<M: LanguageModel> Trainer<M> {
             tokens: &self.train_tokens,
             masked: self.masked.as_ref(),
             pairs: self.pairs.as_ref(),
+            rows: self.rows.as_ref(),
             device: &self.device,
             step: self.step,
             loss_scale: self.scaler.scale(),
@@ -530,10 +659,11 @@ impl<M: LanguageModel> Trainer<M> {
         let due =
             |every: u64, step: u64, last: bool| every > 0 && (step.is_multiple_of(every) || last);
         let last = self.finished();
-        let eval_loss = if due(self.config.eval_every, self.step, last) {
-            Some(self.evaluate_async().await?)
+        let (eval_loss, eval_parts) = if due(self.config.eval_every, self.step, last) {
+            let (loss, parts) = self.evaluate_parts_async().await?;
+            (Some(loss), parts)
         } else {
-            None
+            (None, None)
         };
         let sample = if due(self.config.sample_every, self.step, last) {
             Some(self.sample_async(self.config.seed ^ self.step).await?)
@@ -553,6 +683,14 @@ impl<M: LanguageModel> Trainer<M> {
             memory_in_use: pool.map(|(used, _)| used),
             memory_reserved: pool.map(|(_, reserved)| reserved),
             process_memory: crate::device::process_memory().map(|(rss, _)| rss),
+            reconstruction: loss.parts.map(|p| p.0),
+            kl: loss.parts.map(|p| p.1),
+            kl_weight: self
+                .rows
+                .is_some()
+                .then(|| self.config.kl_weight(self.step - 1)),
+            eval_reconstruction: eval_parts.map(|p| p.0),
+            eval_kl: eval_parts.map(|p| p.1),
             loss_scale,
             skipped,
             checkpoint: None,
@@ -566,8 +704,37 @@ impl<M: LanguageModel> Trainer<M> {
 
     /// [`evaluate`](Self::evaluate), awaiting each readback.
     pub async fn evaluate_async(&self) -> Result<f64> {
+        Ok(self.evaluate_parts_async().await?.0)
+    }
+
+    /// The held-out loss, and a variational autoencoder's held-out reconstruction and KL (whose
+    /// sum is its loss: the negative evidence lower bound).
+    async fn evaluate_parts_async(&self) -> Result<(f64, Option<(f64, f64)>)> {
         let model = self.model().valid();
         let device = self.device.clone().without_autodiff();
+        let c = &self.config;
+        if let Some(r) = &self.rows {
+            let rows = r.held_out();
+            let n = r.per_batch(c).min(rows.len().max(1));
+            let (mut recon, mut kl) = (0.0, 0.0);
+            let batches = c.eval_batches.max(1);
+            for i in 0..batches {
+                // The posterior's noise is fixed per held-out batch too.
+                device.seed(rng::hash3(c.seed, 8, i as u64));
+                let x = RowData::batch(rows, n, 0, (c.seed, 1, i as u64), &device);
+                let (rc, k) = variational_losses(&model, x);
+                recon += readback::scalar_async(rc, "the held-out loss").await?;
+                kl += readback::scalar_async(k, "the held-out KL").await?;
+            }
+            let (recon, kl) = (recon / batches as f64, kl / batches as f64);
+            return Ok((recon + kl, Some((recon, kl))));
+        }
+        Ok((self.evaluate_plain_async(&model, &device).await?, None))
+    }
+
+    /// The held-out loss of a model trained on token streams or pairs.
+    async fn evaluate_plain_async(&self, model: &M, device: &Device) -> Result<f64> {
+        let device = device.clone();
         let c = &self.config;
         let tokens = if self.val_tokens.len() >= c.context + 2 {
             &self.val_tokens
@@ -648,6 +815,25 @@ impl<M: LanguageModel> Trainer<M> {
         }
         if let Some(p) = &self.pairs {
             return self.answer_async(&model, p, seed, &device).await;
+        }
+        if self.rows.is_some() {
+            // A row from the prior, shown as two lines.
+            let config = GenerateConfig::new(
+                0,
+                SamplingConfig {
+                    seed,
+                    ..SamplingConfig::default()
+                },
+                None,
+            );
+            let ids = model.continue_prompt(&[], &config, &device).await?;
+            let chars: Vec<char> = self.tokenizer.decode(&ids)?.chars().collect();
+            let (first, second) = chars.split_at(chars.len() / 2);
+            return Ok(format!(
+                "{}，{}。",
+                first.iter().collect::<String>(),
+                second.iter().collect::<String>()
+            ));
         }
         let mut prompt = self.tokenizer.encode(&self.config.sample_prompt)?;
         if prompt.is_empty() {
@@ -779,9 +965,10 @@ impl Batches<'_> {
         let dtype = c.precision.dtype();
         let low = dtype.map(|d| precision::cast_params(model, d));
         let work = low.as_ref().unwrap_or(model);
-        let weighted = match (self.masked, self.pairs) {
-            (Some(m), _) => Some(self.masked_gradients(work, m).await?),
-            (_, Some(p)) => Some(self.pair_gradients(work, p).await?),
+        let weighted = match (self.masked, self.pairs, self.rows) {
+            (Some(m), _, _) => Some(self.masked_gradients(work, m).await?),
+            (_, Some(p), _) => Some(self.pair_gradients(work, p).await?),
+            (_, _, Some(r)) => Some(self.row_gradients(work, r).await?),
             _ => None,
         };
         if let Some((grads, loss)) = weighted {
@@ -828,6 +1015,7 @@ impl Batches<'_> {
         let loss = StepLoss {
             loss: loss_sum / k as f64,
             tokens: (c.batch_size * c.context * k) as u64,
+            parts: None,
         };
         if dtype.is_none() && self.loss_scale == 1.0 {
             return Ok((grads, loss));
@@ -915,6 +1103,40 @@ impl Batches<'_> {
         .await
     }
 
+    /// [`gradients`](Self::gradients) of a variational autoencoder's step: each micro-batch's
+    /// reconstruction plus the annealed KL term, divided by the number of micro-batches (all of
+    /// one size, so accumulation is exact).
+    async fn row_gradients<M: LanguageModel>(
+        &self,
+        work: &M,
+        r: &RowData,
+    ) -> Result<(GradientsParams, StepLoss)> {
+        self.check_no_blockwise()?;
+        let c = self.config;
+        let (n, k) = (r.per_batch(c), c.accumulate);
+        let beta = c.kl_weight(self.step);
+        let factor = self.loss_scale / k as f64;
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let (mut total, mut recon_sum, mut kl_sum) = (0.0, 0.0, 0.0);
+        for micro in 0..k {
+            let x = RowData::batch(&r.train, n, micro * n, (c.seed, 0, self.step), self.device);
+            let (recon, kl) = variational_losses(work, x);
+            let loss = recon.clone() + kl.clone().mul_scalar(beta);
+            let scaled = precision::scaled(&loss, factor);
+            accumulator.accumulate(work, GradientsParams::from_grads(scaled.backward(), work));
+            total += readback::scalar_async(loss.detach(), "the loss").await?;
+            recon_sum += readback::scalar_async(recon.detach(), "the reconstruction").await?;
+            kl_sum += readback::scalar_async(kl.detach(), "the KL divergence").await?;
+        }
+        let len = r.train[0].len();
+        let loss = StepLoss {
+            loss: total / k as f64,
+            tokens: (n * len * k) as u64,
+            parts: Some((recon_sum / k as f64, kl_sum / k as f64)),
+        };
+        Ok((accumulator.grads(), loss))
+    }
+
     /// Accumulated gradients of `micro` micro-batches scored on some positions: `forward(model,
     /// i)` gives micro-batch `i`'s logits, the ids to predict and their 0/1 weights; each
     /// micro-batch's weighted loss sum is divided by `weight_total`, the step's whole weight.
@@ -932,6 +1154,7 @@ impl Batches<'_> {
         let mut loss = StepLoss {
             loss: 0.0,
             tokens: real_tokens as u64,
+            parts: None,
         };
         for i in 0..micro {
             let (logits, targets, weights) = forward(work, i);
