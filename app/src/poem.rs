@@ -15,9 +15,20 @@ use cinder_models::poetry_vae::PoetryVae;
 
 use crate::cli::PoemArgs;
 
-/// A couplet's characters (both lines, no punctuation) as text: `AAAAA，BBBBB。`.
+/// A couplet's characters (both lines, no punctuation) as text: `AAAAA，BBBBB。`, a position
+/// whose token is not one character (a special token) shown as `□`.
 pub fn couplet_text(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
-    let chars: Vec<char> = tokenizer.decode(ids)?.chars().collect();
+    let chars = ids
+        .iter()
+        .map(|&id| {
+            let text = tokenizer.decode(&[id])?;
+            let mut it = text.chars();
+            Ok(match (it.next(), it.next()) {
+                (Some(c), None) if !c.is_whitespace() => c,
+                _ => '□',
+            })
+        })
+        .collect::<Result<Vec<char>>>()?;
     let (first, second) = chars.split_at(chars.len() / 2);
     Ok(format!(
         "{}，{}。",

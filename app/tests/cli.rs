@@ -540,3 +540,105 @@ fn train_a_t5_on_jsonl_pairs_then_answer_with_greedy_and_beam_decoding() {
         "{err}"
     );
 }
+
+#[test]
+fn train_a_poetry_vae_then_sample_and_interpolate_couplets() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let poems = work.path().join("poems.txt");
+    let chars: Vec<char> = "春風花月夜江水白雲山青草落日明秋聲入古城".chars().collect();
+    let couplets: String = (0..200)
+        .map(|i: usize| {
+            let line = |s: usize| -> String {
+                (0..5)
+                    .map(|k| chars[s * 10 + (i * 3 + k * 7 + s) % 10])
+                    .collect()
+            };
+            format!("{}，{}。\n", line(0), line(1))
+        })
+        .collect();
+    std::fs::write(&poems, couplets).expect("write poems");
+    let run = work.path().join("run");
+    let run_path = run.to_str().expect("a UTF-8 path");
+    #[rustfmt::skip]
+    let out = cinder(
+        &[
+            "train", "--family", "poetry-vae", "--corpus", poems.to_str().expect("a UTF-8 path"),
+            "--n-embd", "32", "--steps", "12", "--lr", "1e-2", "--sample-every", "6",
+            "--eval-every", "6", "--device", "cpu", "--out", run_path,
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("model poetry-vae: 2 + 1 gated convolutions of width 32, latent 32"),
+        "{err}"
+    );
+    assert!(
+        err.contains("reconstruction") && err.contains("KL"),
+        "{err}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).expect("read metrics");
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().last().expect("a line")).expect("a metrics line");
+    assert!(last["kl"].as_f64().expect("a KL") > 0.0, "{last}");
+    assert!(last["eval_reconstruction"].as_f64().is_some(), "{last}");
+
+    let out = cinder(
+        &[
+            "poem", "--model", run_path, "--count", "6", "--json", "--device", "cpu",
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    assert_eq!(lines.len(), 6);
+    for line in &lines {
+        let c: Vec<char> = line.chars().collect();
+        assert_eq!((c.len(), c[5], c[11]), (12, '，', '。'), "{line}");
+    }
+    #[rustfmt::skip]
+    let out = cinder(
+        &["poem", "--model", run_path, "--interpolate", "--from", "春風花月夜，青草落日明。",
+          "--to", "江水白雲山，秋聲入古城。", "--count", "4", "--device", "cpu"],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 4);
+    // Bad input: a couplet of the wrong length, a model of another family.
+    let out = cinder(
+        &[
+            "poem",
+            "--model",
+            run_path,
+            "--interpolate",
+            "--from",
+            "春風",
+            "--to",
+            "江水",
+            "--device",
+            "cpu",
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--from") && err.contains("10 characters"),
+        "{err}"
+    );
+    let gpt2 = fixture();
+    let out = cinder(
+        &[
+            "poem",
+            "--model",
+            gpt2.to_str().expect("a UTF-8 path"),
+            "--device",
+            "cpu",
+        ],
+        work.path(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a poetry VAE"), "{err}");
+}

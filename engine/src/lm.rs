@@ -27,7 +27,8 @@ pub enum Objective {
     /// Fixed-length rows reconstructed through a sampled latent vector (a variational
     /// autoencoder): the reconstruction's cross-entropy summed over positions plus the KL
     /// divergence of the posterior from the prior, whose weight rises from 0 to 1 over the
-    /// first steps (KL annealing).
+    /// first steps (KL annealing) and which is not pushed below a floor in each latent
+    /// dimension (free bits).
     Variational,
 }
 
@@ -87,17 +88,17 @@ pub trait LanguageModel: Module + Sized {
     }
 
     /// A variational autoencoder's reconstruction logits through a sampled latent vector and
-    /// each row's KL divergence from the prior; other models give their logits and no
-    /// divergence. The trainer asks for this only of models whose objective is
-    /// [`Objective::Variational`].
+    /// each row's KL divergence from the prior in each latent dimension; other models give
+    /// their logits and no divergence. The trainer asks for this only of models whose objective
+    /// is [`Objective::Variational`].
     ///
     /// # Shapes
     /// - tokens: `[B, T]`
-    /// - output: `[B, T, V]` and `[B]`
-    fn forward_variational(&self, tokens: Tensor<2, Int>) -> (Tensor<3>, Tensor<1>) {
+    /// - output: `[B, T, V]` and `[B, Z]`
+    fn forward_variational(&self, tokens: Tensor<2, Int>) -> (Tensor<3>, Tensor<2>) {
         let [b, _] = tokens.dims();
         let device = tokens.device();
-        (self.forward(tokens), Tensor::zeros([b], &device))
+        (self.forward(tokens), Tensor::zeros([b, 1], &device))
     }
 
     /// Continues `prompt` as `config` asks (the trainer's samples; an encoder-decoder reads the

@@ -616,9 +616,11 @@ pub fn prepare(
             let mut tok = match &pairs {
                 // The tokenizer learns the pairs' texts, not a JSONL file's syntax.
                 Some((train, _)) => {
+                    // A VAE's vocabulary is the couplets' characters alone.
+                    let sep = if rows { "" } else { "\n" };
                     let text: String = train
                         .iter()
-                        .map(|p| format!("{}\n{}\n", p.input, p.target))
+                        .map(|p| format!("{}{sep}{}{sep}", p.input, p.target))
                         .collect();
                     Tokenizer::train(recipe.tokenizer, &text)?
                 }

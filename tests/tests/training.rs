@@ -43,6 +43,21 @@ fn pairs_corpus(lines: u64) -> String {
         .collect()
 }
 
+/// Couplets of two five-character lines from a small grammar of 20 characters, one per line.
+fn couplet_corpus(lines: u64) -> String {
+    let chars: Vec<char> = "春風花月夜江水白雲山青草落日明秋聲入古城".chars().collect();
+    (0..lines)
+        .map(|i| {
+            let line = |s: u64| -> String {
+                (0..5)
+                    .map(|k| chars[rng::below(9, s * 5 + k, i, 10) as usize + (s as usize) * 10])
+                    .collect()
+            };
+            format!("{}，{}。\n", line(0), line(1))
+        })
+        .collect()
+}
+
 fn setup(steps: u64, device: &Device) -> (Gpt2, Tokenizer, Vec<u32>, TrainConfig) {
     let text = corpus(400);
     let tok = Tokenizer::train_char(&text).unwrap();
@@ -305,6 +320,29 @@ fn t5_trains_on_pairs_resumes_exactly_accumulates_exactly_in_bf16_and_saves_a_hf
     assert_eq!(config["architectures"][0], "T5ForConditionalGeneration");
 }
 
+#[test]
+fn poetry_vae_trains_on_couplets_resumes_exactly_accumulates_exactly_in_bf16_and_saves_its_folder()
+{
+    let settings = |init: &std::path::Path| {
+        let mut s = family_settings(Family::PoetryVae, 8, init);
+        // 8 x 40 tokens: 32 couplets a step, 16 per micro-batch when accumulated.
+        s.train.context = 40;
+        s.train.lr = 1e-2;
+        s
+    };
+    let write_init = |_: &TrainSettings, tok: &Tokenizer, dir: &std::path::Path| {
+        let config = cinder_models::poetry_vae::PoetryVaeConfig::new(tok.vocab_size())
+            .with_hidden_dim(32)
+            .with_latent_dim(16);
+        let cpu = Device::flex().autodiff();
+        cpu.seed(5);
+        save_model(&config.init(&cpu), tok, dir).unwrap();
+    };
+    let config = trains_resumes_recomputes_and_saves(settings, write_init);
+    assert_eq!(config["model_type"], "poetry-vae");
+    assert_eq!(config["length"], 10);
+}
+
 /// Trains the settings `settings(init)` make for 8 steps, `write_init(settings, tokenizer,
 /// init)` having written the starting weights into `init`: the loss falls, a run stopped after
 /// 4 steps and resumed from its checkpoint repeats the losses, recomputing blocks changes
@@ -319,10 +357,10 @@ fn trains_resumes_recomputes_and_saves(
     let init = tempfile::tempdir().unwrap();
     let settings = settings(init.path());
     let causal = settings.model.family.objective() == ObjectiveKind::Causal;
-    let text = if settings.model.family.objective() == ObjectiveKind::Seq2Seq {
-        pairs_corpus(400)
-    } else {
-        corpus(400)
+    let text = match settings.model.family.objective() {
+        ObjectiveKind::Seq2Seq => pairs_corpus(400),
+        ObjectiveKind::Vae => couplet_corpus(400),
+        _ => corpus(400),
     };
     let data = || Corpus {
         train: text.clone(),
@@ -425,6 +463,10 @@ fn trains_resumes_recomputes_and_saves(
     if family.objective() == ObjectiveKind::Mlm {
         let bert = cinder_models::bert::Bert::from_pretrained(&ckpt, &Device::flex()).unwrap();
         assert!(bert.has_mlm_head());
+    } else if family.objective() == ObjectiveKind::Vae {
+        let vae =
+            cinder_models::poetry_vae::PoetryVae::from_pretrained(&ckpt, &Device::flex()).unwrap();
+        assert_eq!(vae.config().latent_dim, 16);
     } else {
         let loaded = cinder_models::auto::load(&ckpt, &Device::flex(), None).unwrap();
         assert_eq!(loaded.family(), family.to_string());

@@ -144,6 +144,11 @@ pub struct TrainConfig {
     /// default: a fifth of the steps).
     #[arg(long)]
     pub kl_warmup: Option<u64>,
+    /// Free bits: nats of KL divergence per latent dimension (averaged over the batch) that a
+    /// variational autoencoder's loss does not charge for, so its latent keeps carrying
+    /// information instead of collapsing to the prior.
+    #[arg(long, default_value_t = 0.25)]
+    pub free_bits: f64,
 }
 
 impl TrainConfig {
@@ -180,6 +185,9 @@ impl TrainConfig {
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return fail("learning rate must be a positive number");
+        }
+        if !(self.free_bits.is_finite() && self.free_bits >= 0.0) {
+            return fail("--free-bits must be a number of nats, 0 or more");
         }
         Ok(())
     }

@@ -213,19 +213,24 @@ impl RowData {
 }
 
 /// A variational autoencoder's loss parts for a batch: the reconstruction's cross-entropy summed
-/// over positions and averaged over rows, and the mean KL divergence.
+/// over positions and averaged over rows, the KL divergence (summed over latent dimensions,
+/// averaged over rows), and the KL term charged with `free_bits` nats per dimension free (each
+/// dimension's batch mean raised to at least that).
 ///
 /// # Shapes
 /// - tokens: `[B, L]`; output: `[1]` each
 fn variational_losses<M: LanguageModel>(
     model: &M,
     tokens: Tensor<2, Int>,
-) -> (Tensor<1>, Tensor<1>) {
+    free_bits: f64,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let [b, l] = tokens.dims();
     let (logits, kl) = model.forward_variational(tokens.clone());
     let ones = Tensor::<2>::ones([b, l], &tokens.device());
     let recon = masked_loss_sum(precision::to_f32(logits), tokens, ones).div_scalar(b as f64);
-    (recon, kl.mean())
+    let per_dim = precision::to_f32(kl).mean_dim(0); // [1, Z]
+    let charged = per_dim.clone().clamp_min(free_bits).sum().reshape([1]);
+    (recon, per_dim.sum().reshape([1]), charged)
 }
 
 /// A pair batch as tensors: encoder ids, encoder mask, decoder ids, targets and their weights.
@@ -722,7 +727,7 @@ impl<M: LanguageModel> Trainer<M> {
                 // The posterior's noise is fixed per held-out batch too.
                 device.seed(rng::hash3(c.seed, 8, i as u64));
                 let x = RowData::batch(rows, n, 0, (c.seed, 1, i as u64), &device);
-                let (rc, k) = variational_losses(&model, x);
+                let (rc, k, _) = variational_losses(&model, x, 0.0);
                 recon += readback::scalar_async(rc, "the held-out loss").await?;
                 kl += readback::scalar_async(k, "the held-out KL").await?;
             }
@@ -1104,8 +1109,9 @@ impl Batches<'_> {
     }
 
     /// [`gradients`](Self::gradients) of a variational autoencoder's step: each micro-batch's
-    /// reconstruction plus the annealed KL term, divided by the number of micro-batches (all of
-    /// one size, so accumulation is exact).
+    /// reconstruction plus the annealed KL term (free bits spared), divided by the number of
+    /// micro-batches (all of one size, so accumulation is exact). The reported loss is that
+    /// objective; the parts are the plain reconstruction and KL divergence.
     async fn row_gradients<M: LanguageModel>(
         &self,
         work: &M,
@@ -1120,8 +1126,8 @@ impl Batches<'_> {
         let (mut total, mut recon_sum, mut kl_sum) = (0.0, 0.0, 0.0);
         for micro in 0..k {
             let x = RowData::batch(&r.train, n, micro * n, (c.seed, 0, self.step), self.device);
-            let (recon, kl) = variational_losses(work, x);
-            let loss = recon.clone() + kl.clone().mul_scalar(beta);
+            let (recon, kl, charged) = variational_losses(work, x, c.free_bits);
+            let loss = recon.clone() + charged.mul_scalar(beta);
             let scaled = precision::scaled(&loss, factor);
             accumulator.accumulate(work, GradientsParams::from_grads(scaled.backward(), work));
             total += readback::scalar_async(loss.detach(), "the loss").await?;

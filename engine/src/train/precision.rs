@@ -107,7 +107,7 @@ pub(super) fn scaled(loss: &Tensor<1>, factor: f64) -> Tensor<1> {
 ///
 /// # Shapes
 /// - logits: `[B, T, V]` in any float type -> `[B, T, V]` in f32
-pub(super) fn to_f32(logits: Tensor<3>) -> Tensor<3> {
+pub(super) fn to_f32<const D: usize>(logits: Tensor<D>) -> Tensor<D> {
     if logits.dtype() == DType::F32 {
         logits
     } else {
