@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod bench_memory;
+#[cfg(not(target_family = "wasm"))]
+pub mod bench_poem;
 pub mod cli;
 #[cfg(not(target_family = "wasm"))]
 pub mod encode;

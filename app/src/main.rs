@@ -12,9 +12,13 @@ fn main() {
     let mut args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let cli::Command::Train(train) = &mut args.command {
         // A resumed run keeps its own step count unless --steps is given.
-        train.steps_given = matches
-            .subcommand_matches("train")
-            .is_some_and(|m| m.value_source("steps") == Some(ValueSource::CommandLine));
+        let given = |flag: &str| {
+            matches
+                .subcommand_matches("train")
+                .is_some_and(|m| m.value_source(flag) == Some(ValueSource::CommandLine))
+        };
+        train.steps_given = given("steps");
+        train.lr_given = given("lr");
     }
     if let Err(err) = run(args) {
         eprintln!("error: {err:#}");
@@ -55,6 +59,7 @@ fn run(args: cli::Cli) -> Result<()> {
             cli::BenchCommand::Train(b) => bench::train(b),
             cli::BenchCommand::Decode(b) => bench::decode(b, &args.cache_dir),
             cli::BenchCommand::Memory(b) => cinder::bench_memory::run(b, &args.cache_dir),
+            cli::BenchCommand::Poem(b) => cinder::bench_poem::run(b, &args.cache_dir),
             cli::BenchCommand::MemoryProbe(b) => cinder::bench_memory::probe(b),
         },
     }

@@ -50,6 +50,24 @@ fn pairs(dir: &Path) -> PathBuf {
     path
 }
 
+/// Couplets of two five-character lines from 20 characters, one per line.
+fn couplets(dir: &Path) -> PathBuf {
+    let path = dir.join("couplets.txt");
+    let chars: Vec<char> = "春風花月夜江水白雲山青草落日明秋聲入古城".chars().collect();
+    let text: String = (0..400)
+        .map(|i: usize| {
+            let line = |s: usize| -> String {
+                (0..5)
+                    .map(|k| chars[s * 10 + (i * 3 + k * 7 + s) % 10])
+                    .collect()
+            };
+            format!("{}，{}。\n", line(0), line(1))
+        })
+        .collect();
+    std::fs::write(&path, text).expect("write couplets");
+    path
+}
+
 /// Settings for a run that takes a fraction of a second per step on the CPU.
 fn tiny_run(dir: &Path, steps: u64) -> Settings {
     let mut s = Settings::default();
@@ -99,12 +117,17 @@ fn the_family_picker_trains_each_family_with_its_own_fields() {
         ("gpt2-ml", "Dropout"),
         ("bert", "Dropout"),
         ("t5", "Dropout"),
+        ("poetry-vae", "Free bits (nats)"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut settings = tiny_run(dir.path(), 6);
         if family == "t5" {
             // An encoder-decoder trains on pairs.
             settings.train.settings.model.corpus = CorpusSource::File(pairs(dir.path()));
+        }
+        if family == "poetry-vae" {
+            // The poem machine trains on couplets of two five-character lines.
+            settings.train.settings.model.corpus = CorpusSource::File(couplets(dir.path()));
         }
         let mut h = harness(settings, dir.path());
         // The family picker shows the current family; open it and pick another.

@@ -116,6 +116,17 @@ impl TrainView {
             .collect();
         let raw: Vec<[f64; 2]> = steps(&|r| Some(scale(r.loss)));
         let eval: Vec<[f64; 2]> = steps(&|r| r.eval_loss.map(scale));
+        // A variational autoencoder's parts: reconstruction and KL, trained and held out.
+        let smoothed = |f: &dyn Fn(&StepReport) -> Option<f64>| -> Vec<[f64; 2]> {
+            smooth(&steps(f), self.form.smoothing)
+                .into_iter()
+                .map(|[x, y]| [x, scale(y)])
+                .collect()
+        };
+        let recon = smoothed(&|r| r.reconstruction);
+        let kl = smoothed(&|r| r.kl);
+        let eval_recon: Vec<[f64; 2]> = steps(&|r| r.eval_reconstruction.map(scale));
+        let eval_kl: Vec<[f64; 2]> = steps(&|r| r.eval_kl.map(scale));
         let full = ui.available_height();
         let big = (full * 0.45).max(140.0);
         let small = ((full - big) / 2.0 - 28.0).max(90.0);
@@ -136,6 +147,13 @@ impl TrainView {
             }
             p.line(Line::new("train", PlotPoints::from(train)).width(2.0));
             p.points(Points::new("held-out", PlotPoints::from(eval)).radius(3.5));
+            if !recon.is_empty() {
+                p.line(Line::new("reconstruction", PlotPoints::from(recon)).width(1.5));
+                p.line(Line::new("KL", PlotPoints::from(kl)).width(1.5));
+                let held = PlotPoints::from(eval_recon);
+                p.points(Points::new("held-out reconstruction", held).radius(3.0));
+                p.points(Points::new("held-out KL", PlotPoints::from(eval_kl)).radius(3.0));
+            }
         });
         let lr = steps(&|r| Some(r.lr));
         let tps = steps(&|r| Some(r.tokens_per_sec));
@@ -190,6 +208,9 @@ impl TrainView {
             ui.label(format!("step {}/{}", last.step, self.run.total_steps));
             ui.separator();
             ui.label(format!("loss {:.4}", last.loss));
+            if let (Some(recon), Some(kl)) = (last.reconstruction, last.kl) {
+                ui.label(format!("(reconstruction {recon:.3}, KL {kl:.3})"));
+            }
             if let Some((step, e)) = eval {
                 ui.separator();
                 ui.label(format!("held-out {e:.4} @{step}"));

@@ -113,7 +113,15 @@ impl TrainForm {
     fn model_ui(&mut self, ui: &mut egui::Ui) {
         let s = &mut self.settings;
         section(ui, "Model");
+        let family = s.model.family;
         choice::<Family>(ui, "Family", &mut s.model.family);
+        if s.model.family != family {
+            // The family's own learning rate replaces the other's default, not a chosen value.
+            let shared = cinder_engine::train::TrainConfig::default().lr;
+            if s.train.lr == family.default_lr(shared) {
+                s.train.lr = s.model.family.default_lr(shared);
+            }
+        }
         if !s.model.family.has_dropout() {
             s.model.dropout = 0.0;
         }
@@ -145,6 +153,14 @@ impl TrainForm {
             number(ui, "Context", &mut s.train.context, 2..=4096, 1.0);
             if m.family.has_dropout() {
                 number(ui, "Dropout", &mut m.dropout, 0.0..=0.9, 0.01);
+            }
+            if m.family == Family::PoetryVae {
+                let t = &mut s.train;
+                let auto = t.steps / 5;
+                let mut warmup = t.kl_warmup.unwrap_or(auto);
+                number(ui, "KL warm-up steps", &mut warmup, 0..=1_000_000, 1.0);
+                t.kl_warmup = (warmup != auto).then_some(warmup);
+                number(ui, "Free bits (nats)", &mut t.free_bits, 0.0..=10.0, 0.01);
             }
             // Only a value that differs from the preset is an override.
             m.n_layer = (layers != shape.n_layer).then_some(layers);
