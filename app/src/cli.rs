@@ -113,6 +113,8 @@ pub enum ViewChoice {
     Train,
     /// Chat with a model.
     Chat,
+    /// Couplets from a poetry VAE.
+    Poetry,
 }
 
 /// Corpora `cinder data fetch` prepares.

@@ -387,3 +387,54 @@ fn theme_and_views_switch_and_settings_round_trip() {
     let partial: Settings = serde_json::from_str(r#"{"dark": false}"#).expect("partial");
     assert_eq!(partial.train, Settings::default().train);
 }
+
+#[test]
+fn the_poetry_view_samples_and_walks_with_the_vae_the_train_view_trained() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = tiny_run(dir.path(), 6);
+    let m = &mut settings.train.settings.model;
+    m.family = cinder_models::recipe::Family::PoetryVae;
+    m.corpus = CorpusSource::File(couplets(dir.path()));
+    settings.train.settings.train.lr = 1e-2;
+    let mut h = harness(settings, dir.path());
+    h.get_by_label("Start").click();
+    h.step();
+    wait_for(&mut h, 120, "the VAE run", |app| {
+        app.train.status == RunStatus::Finished
+    });
+    // Reconstruction and KL are reported at every step.
+    assert!(h.state().train.run.reports.iter().all(|r| r.kl.is_some()));
+    h.get_by_label("Poetry").click();
+    h.step();
+    h.get_by_label("Use the run's model").click();
+    h.step();
+    let poetry = &h.state().poetry;
+    assert!(poetry.has_model(), "{:?}", poetry.error);
+    assert_eq!(poetry.couplets.len(), 8);
+    for line in &poetry.couplets {
+        let c: Vec<char> = line.chars().collect();
+        assert_eq!((c.len(), c[5], c[11]), (12, '，', '。'), "{line}");
+    }
+    let first = poetry.couplets.clone();
+    h.get_by_label("Sample").click();
+    h.step();
+    assert_ne!(h.state().poetry.couplets, first, "a new seed, new couplets");
+    // The walk between two couplets of the corpus, at both ends and midway.
+    let from = "春風花月夜，青草落日明。";
+    h.state_mut().poetry.from = from.into();
+    h.state_mut().poetry.to = "江水白雲山，秋聲入古城。".into();
+    let mut walk = Vec::new();
+    for t in [0.0, 0.5, 1.0] {
+        h.state_mut().poetry.position = t;
+        h.state_mut().poetry.walk();
+        h.step();
+        let walked = h.state().poetry.walked.clone();
+        assert!(walked.is_some(), "{:?}", h.state().poetry.error);
+        walk.push(walked);
+    }
+    h.get_by_role_and_label(Role::SpinButton, "Position");
+    assert!(
+        walk.iter()
+            .all(|w| w.as_ref().is_some_and(|w| w.chars().count() == 12))
+    );
+}

@@ -1,8 +1,9 @@
 //! `cinder gui`: the desktop app (egui/eframe on wgpu).
 //!
-//! Two views: **Train** (a training form, live curves of loss, learning rate, throughput,
-//! gradient norm and memory, and a feed of sampled text) and **Chat** (load a model and talk to
-//! it with streaming output). Training and generation run on worker threads that report through
+//! Three views: **Train** (a training form, live curves of loss, learning rate, throughput,
+//! gradient norm and memory, and a feed of sampled text), **Chat** (load a model and talk to
+//! it with streaming output) and **Poetry** (couplets from a trained poetry VAE: sampled, or
+//! along a walk between two couplets). Training and generation run on worker threads that report through
 //! channels, so the window never waits on the engine.
 //!
 //! When the engine computes on a GPU it uses the window's own wgpu device: Burn acquires the
@@ -12,6 +13,7 @@ mod chat;
 #[cfg(not(target_family = "wasm"))]
 mod desktop;
 mod plots;
+mod poetry;
 mod train;
 #[cfg(target_family = "wasm")]
 pub mod web;
@@ -27,6 +29,7 @@ use crate::cli::{GuiArgs, ViewChoice};
 pub use chat::{ChatSettings, ChatView};
 #[cfg(not(target_family = "wasm"))]
 pub use desktop::run;
+pub use poetry::PoetryView;
 pub use train::{RunStatus, TrainForm, TrainView};
 pub use widgets::bytes;
 
@@ -38,6 +41,8 @@ pub enum View {
     Train,
     /// Chat window.
     Chat,
+    /// Couplets from a poetry VAE.
+    Poetry,
 }
 
 /// What the app remembers between launches.
@@ -171,6 +176,8 @@ pub struct CinderApp {
     pub train: TrainView,
     /// The chat window.
     pub chat: ChatView,
+    /// The poetry view.
+    pub poetry: PoetryView,
     devices: Devices,
     memory: widgets::MemoryProbe,
     load_at_start: bool,
@@ -193,6 +200,7 @@ impl CinderApp {
             view: settings.view,
             train: TrainView::new(settings.train, cache_dir.to_path_buf()),
             chat: ChatView::new(settings.chat, cache_dir.to_path_buf()),
+            poetry: PoetryView::default(),
             devices,
             memory: widgets::MemoryProbe::default(),
             load_at_start: false,
@@ -249,6 +257,8 @@ impl CinderApp {
                     .on_hover_text("Ctrl+1");
                 ui.selectable_value(&mut self.view, View::Chat, "Chat")
                     .on_hover_text("Ctrl+2");
+                ui.selectable_value(&mut self.view, View::Poetry, "Poetry")
+                    .on_hover_text("Ctrl+3");
                 ui.separator();
                 let theme = if self.dark {
                     "Light theme"
@@ -272,6 +282,7 @@ impl CinderApp {
         match self.view {
             View::Train => self.train.show(ui, &self.devices),
             View::Chat => self.chat.show(ui, &self.devices),
+            View::Poetry => self.poetry.show(ui, &self.train),
         }
         if self.train.is_active() || self.chat.is_active() {
             // Worker events request repaints; this keeps the memory gauge moving between them.
@@ -289,6 +300,9 @@ impl CinderApp {
             if i.consume_shortcut(&ctrl(Key::Num2)) {
                 self.view = View::Chat;
             }
+            if i.consume_shortcut(&ctrl(Key::Num3)) {
+                self.view = View::Poetry;
+            }
         });
     }
 
@@ -304,6 +318,7 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     match args.view {
         Some(ViewChoice::Chat) => settings.view = View::Chat,
         Some(ViewChoice::Train) => settings.view = View::Train,
+        Some(ViewChoice::Poetry) => settings.view = View::Poetry,
         None => {}
     }
     let form = &mut settings.train;

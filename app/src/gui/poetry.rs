@@ -1,0 +1,316 @@
+//! The Poetry view: couplets from a trained poetry VAE. It takes the model the Train view just
+//! trained (or, natively, a run folder), writes couplets from random noise at the press of a
+//! button, and walks the latent space between two couplets along a slider. The model is tiny,
+//! so it runs on the CPU backend within the frame.
+
+use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
+use cinder_engine::readback;
+use cinder_engine::run::Checkpoint;
+use cinder_engine::tokenizer::Tokenizer;
+use cinder_models::poetry_vae::PoetryVae;
+use cinder_models::recipe::Family;
+use egui::RichText;
+
+use super::TrainView;
+
+/// A loaded model and what it was loaded from.
+struct Loaded {
+    model: PoetryVae,
+    tokenizer: Tokenizer,
+    source: String,
+    /// The latent means of the walk's two ends, for the couplets they were computed from.
+    ends: Option<(String, String, Vec<f32>, Vec<f32>)>,
+}
+
+/// The Poetry view's state.
+pub struct PoetryView {
+    loaded: Option<Loaded>,
+    /// Couplets per press of "Sample".
+    pub count: usize,
+    /// Seed of the next sample.
+    pub seed: u64,
+    /// 0: each position's likeliest character; above: sampled.
+    pub temperature: f32,
+    /// The couplets written last.
+    pub couplets: Vec<String>,
+    /// The walk's first couplet.
+    pub from: String,
+    /// The walk's last couplet.
+    pub to: String,
+    /// Where on the walk (0: `from`, 1: `to`).
+    pub position: f32,
+    /// The couplet at `position`.
+    pub walked: Option<String>,
+    /// A folder to load (natively).
+    pub path: String,
+    /// The last problem, shown in red.
+    pub error: Option<String>,
+}
+
+impl Default for PoetryView {
+    fn default() -> Self {
+        Self {
+            loaded: None,
+            count: 8,
+            seed: 0,
+            temperature: 0.0,
+            couplets: Vec::new(),
+            from: "床前明月光，疑是地上霜。".into(),
+            to: "舉頭望明月，低頭思故鄉。".into(),
+            position: 0.5,
+            walked: None,
+            path: String::new(),
+            error: None,
+        }
+    }
+}
+
+/// A couplet's ids as text, special tokens shown as `□`.
+fn couplet(tokenizer: &Tokenizer, ids: &[u32]) -> String {
+    let chars: Vec<char> = ids
+        .iter()
+        .map(|&id| {
+            let text = tokenizer.decode(&[id]).unwrap_or_default();
+            let mut it = text.chars();
+            match (it.next(), it.next()) {
+                (Some(c), None) if !c.is_whitespace() => c,
+                _ => '□',
+            }
+        })
+        .collect();
+    let (a, b) = chars.split_at(chars.len() / 2);
+    format!(
+        "{}，{}。",
+        a.iter().collect::<String>(),
+        b.iter().collect::<String>()
+    )
+}
+
+impl PoetryView {
+    /// Whether a model is loaded.
+    pub fn has_model(&self) -> bool {
+        self.loaded.is_some()
+    }
+
+    /// Loads the poetry VAE in `files` (`source` names it).
+    pub fn load_files(&mut self, files: &Checkpoint, source: String) {
+        let device = Device::flex();
+        let loaded = (|| -> cinder_engine::Result<Loaded> {
+            let model = PoetryVae::from_files(files, &device)?;
+            let tokenizer = Tokenizer::from_json(files.text("tokenizer.json")?).map_err(|e| {
+                cinder_engine::Error::format(files.path("tokenizer.json"), e.to_string())
+            })?;
+            Ok(Loaded {
+                model,
+                tokenizer,
+                source,
+                ends: None,
+            })
+        })();
+        match loaded {
+            Ok(l) => {
+                self.loaded = Some(l);
+                self.error = None;
+                self.couplets.clear();
+                self.walked = None;
+                self.sample();
+                self.walk();
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+
+    /// Writes `count` couplets from the prior with the current seed.
+    pub fn sample(&mut self) {
+        let Some(l) = &self.loaded else { return };
+        let device = Device::flex();
+        let z = l.model.prior_samples(self.count, self.seed, &device);
+        match readback::resolve(
+            "characters",
+            l.model.characters(z, self.temperature, self.seed),
+        ) {
+            Ok(rows) => self.couplets = rows.iter().map(|r| couplet(&l.tokenizer, r)).collect(),
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+
+    /// The couplet at the slider's position between `from` and `to`.
+    pub fn walk(&mut self) {
+        let Some(l) = &mut self.loaded else { return };
+        let device = Device::flex();
+        let len = l.model.config().length;
+        let stale = l
+            .ends
+            .as_ref()
+            .is_none_or(|(a, b, _, _)| a != &self.from || b != &self.to);
+        if stale {
+            let ids = |text: &str| -> Result<Vec<u32>, String> {
+                let chars: String = text
+                    .chars()
+                    .filter(|c| !"，。？！、 ".contains(*c))
+                    .collect();
+                let ids = l.tokenizer.encode(&chars).map_err(|e| e.to_string())?;
+                if ids.len() != len {
+                    return Err(format!(
+                        "{text:?}: a couplet of {len} characters in the model's vocabulary is \
+                         needed"
+                    ));
+                }
+                Ok(ids)
+            };
+            let both = ids(&self.from).and_then(|a| ids(&self.to).map(|b| (a, b)));
+            let (a, b) = match both {
+                Ok(ab) => ab,
+                Err(e) => {
+                    self.error = Some(e);
+                    self.walked = None;
+                    return;
+                }
+            };
+            let data: Vec<i64> = a.iter().chain(&b).map(|&i| i64::from(i)).collect();
+            let tokens = Tensor::<2, Int>::from_data(TensorData::new(data, [2, len]), &device);
+            let (means, _) = l.model.encode(tokens);
+            match readback::f32_values(means, "latent means") {
+                Ok(m) => {
+                    let half = m.len() / 2;
+                    l.ends = Some((
+                        self.from.clone(),
+                        self.to.clone(),
+                        m[..half].to_vec(),
+                        m[half..].to_vec(),
+                    ));
+                    self.error = None;
+                }
+                Err(e) => {
+                    self.error = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+        let Some((_, _, a, b)) = &l.ends else { return };
+        let t = self.position;
+        let z: Vec<f32> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (1.0 - t) * x + t * y)
+            .collect();
+        let zd = z.len();
+        let z = Tensor::<2>::from_data(TensorData::new(z, [1, zd]), &device);
+        match readback::resolve("characters", l.model.characters(z, 0.0, 0)) {
+            Ok(rows) => self.walked = rows.first().map(|r| couplet(&l.tokenizer, r)),
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+
+    /// Draws the view; `train` offers the model it trained.
+    pub fn show(&mut self, ui: &mut egui::Ui, train: &TrainView) {
+        egui::CentralPanel::default().show(ui, |ui| {
+            ui.heading("Poetry");
+            ui.label(
+                "Couplets of two five-character lines from a poetry VAE: train one in the Train \
+                 view with the poetry-vae family, then use it here.",
+            );
+            ui.horizontal(|ui| {
+                let trained = train
+                    .run
+                    .settings
+                    .as_ref()
+                    .is_some_and(|s| s.model.family == Family::PoetryVae)
+                    && (train.downloadable.is_some() || train.run.checkpoint.is_some());
+                let button = ui.add_enabled(trained, egui::Button::new("Use the run's model"));
+                if button.clicked() {
+                    match Self::trained_files(train) {
+                        Ok((files, source)) => self.load_files(&files, source),
+                        Err(e) => self.error = Some(e),
+                    }
+                }
+                #[cfg(not(target_family = "wasm"))]
+                {
+                    ui.separator();
+                    let l = ui.label("Run folder");
+                    ui.text_edit_singleline(&mut self.path).labelled_by(l.id);
+                    if ui.button("Load").clicked() {
+                        self.load_path();
+                    }
+                }
+            });
+            if let Some(e) = &self.error {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            let Some(source) = self.loaded.as_ref().map(|l| l.source.clone()) else {
+                return;
+            };
+            ui.weak(format!("model: {source}"));
+            ui.separator();
+            ui.horizontal(|ui| {
+                if ui.button("Sample").clicked() {
+                    self.seed = self.seed.wrapping_add(1);
+                    self.sample();
+                }
+                let l = ui.label("Couplets");
+                ui.add(egui::DragValue::new(&mut self.count).range(1..=64))
+                    .labelled_by(l.id);
+                let l = ui.label("Temperature");
+                ui.add(egui::Slider::new(&mut self.temperature, 0.0..=2.0))
+                    .labelled_by(l.id);
+                ui.weak(format!("seed {}", self.seed));
+            });
+            for line in &self.couplets {
+                ui.label(RichText::new(line).size(20.0));
+            }
+            ui.separator();
+            ui.label(RichText::new("Walk between two couplets").strong());
+            let mut changed = false;
+            ui.horizontal(|ui| {
+                let l = ui.label("From");
+                changed |= ui
+                    .text_edit_singleline(&mut self.from)
+                    .labelled_by(l.id)
+                    .changed();
+                let l = ui.label("To");
+                changed |= ui
+                    .text_edit_singleline(&mut self.to)
+                    .labelled_by(l.id)
+                    .changed();
+            });
+            let l = ui.label("Position");
+            changed |= ui
+                .add(egui::Slider::new(&mut self.position, 0.0..=1.0))
+                .labelled_by(l.id)
+                .changed();
+            if changed {
+                self.walk();
+            }
+            if let Some(line) = &self.walked {
+                ui.label(RichText::new(line).size(24.0));
+            }
+        });
+    }
+
+    /// The files of the model the Train view trained, and a name for them: the run's latest
+    /// checkpoint (natively a folder, in the browser the files kept in memory).
+    fn trained_files(train: &TrainView) -> Result<(Checkpoint, String), String> {
+        if let Some(files) = &train.downloadable {
+            return Ok(((**files).clone(), "the run just trained".into()));
+        }
+        #[cfg(not(target_family = "wasm"))]
+        if let Some(path) = &train.run.checkpoint {
+            return Checkpoint::read_model_folder(path)
+                .map(|c| (c, path.display().to_string()))
+                .map_err(|e| e.to_string());
+        }
+        Err("the run has no checkpoint yet".into())
+    }
+
+    /// Loads the run or model folder in `path`.
+    #[cfg(not(target_family = "wasm"))]
+    fn load_path(&mut self) {
+        let path = std::path::PathBuf::from(self.path.trim());
+        let files = cinder_engine::run::resolve_model_dir(&path)
+            .and_then(|dir| Checkpoint::read_model_folder(&dir));
+        match files {
+            Ok(files) => self.load_files(&files, path.display().to_string()),
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+}
