@@ -282,7 +282,7 @@ impl CinderApp {
         match self.view {
             View::Train => self.train.show(ui, &self.devices),
             View::Chat => self.chat.show(ui, &self.devices),
-            View::Poetry => self.poetry.show(ui, &self.train),
+            View::Poetry => self.poetry.show(ui, &mut self.train, &self.devices),
         }
         if self.train.is_active() || self.chat.is_active() {
             // Worker events request repaints; this keeps the memory gauge moving between them.

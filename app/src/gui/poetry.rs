@@ -11,7 +11,7 @@ use cinder_models::poetry_vae::PoetryVae;
 use cinder_models::recipe::Family;
 use egui::RichText;
 
-use super::TrainView;
+use super::{Devices, RunStatus, TrainView};
 
 /// A loaded model and what it was loaded from.
 struct Loaded {
@@ -202,14 +202,16 @@ impl PoetryView {
         }
     }
 
-    /// Draws the view; `train` offers the model it trained.
-    pub fn show(&mut self, ui: &mut egui::Ui, train: &TrainView) {
+    /// Draws the view; `train` runs its training (on `devices`) and offers the model it
+    /// trained.
+    pub fn show(&mut self, ui: &mut egui::Ui, train: &mut TrainView, devices: &Devices) {
         egui::CentralPanel::default().show(ui, |ui| {
             ui.heading("Poetry");
             ui.label(
-                "Couplets of two five-character lines from a poetry VAE: train one in the Train \
-                 view with the poetry-vae family, then use it here.",
+                "Couplets of two five-character lines from a poetry VAE. Train one here (the \
+                 Train view's settings with the poetry-vae family) or load a run.",
             );
+            self.training_ui(ui, train, devices);
             ui.horizontal(|ui| {
                 let trained = train
                     .run
@@ -285,6 +287,78 @@ impl PoetryView {
                 ui.label(RichText::new(line).size(24.0));
             }
         });
+    }
+
+    /// Starts a poetry VAE run with the Train view's settings, and shows a VAE run's curves
+    /// (total, reconstruction, KL) and newest couplets while it trains.
+    fn training_ui(&mut self, ui: &mut egui::Ui, train: &mut TrainView, devices: &Devices) {
+        let vae_run = train
+            .run
+            .settings
+            .as_ref()
+            .is_some_and(|s| s.model.family == Family::PoetryVae);
+        ui.horizontal(|ui| {
+            let idle = !train.is_active();
+            if ui
+                .add_enabled(idle, egui::Button::new("Train a poetry VAE"))
+                .clicked()
+            {
+                let s = &mut train.form.settings;
+                let shared = cinder_engine::train::TrainConfig::default().lr;
+                if s.train.lr == s.model.family.default_lr(shared) {
+                    s.train.lr = Family::PoetryVae.default_lr(shared);
+                }
+                s.model.family = Family::PoetryVae;
+                train.start(devices, ui.ctx(), None);
+            }
+            if vae_run {
+                let status = match &train.status {
+                    RunStatus::Running | RunStatus::Preparing => "training".to_string(),
+                    RunStatus::Failed(e) => format!("failed: {e}"),
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                ui.label(format!(
+                    "{status}: step {}/{}",
+                    train.run.reports.last().map_or(0, |r| r.step),
+                    train.run.total_steps
+                ));
+            }
+        });
+        if let Some(e) = &train.error {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+        }
+        if !vae_run || train.run.reports.is_empty() {
+            return;
+        }
+        let series = |f: &dyn Fn(&cinder_engine::train::StepReport) -> Option<f64>| {
+            train
+                .run
+                .reports
+                .iter()
+                .filter_map(|r| f(r).map(|v| [r.step as f64, v]))
+                .collect::<Vec<[f64; 2]>>()
+        };
+        let lines = vec![
+            ("total", series(&|r| Some(r.loss))),
+            ("reconstruction", series(&|r| r.reconstruction)),
+            ("KL", series(&|r| r.kl)),
+        ];
+        egui_plot::Plot::new("poetry-loss")
+            .height(160.0)
+            .legend(egui_plot::Legend::default())
+            .x_axis_label("step")
+            .show(ui, |p| {
+                for (name, points) in lines {
+                    p.line(egui_plot::Line::new(
+                        name,
+                        egui_plot::PlotPoints::from(points),
+                    ));
+                }
+            });
+        for (step, text) in train.run.samples.iter().rev().take(4) {
+            ui.label(RichText::new(format!("step {step}: {text}")).size(16.0));
+        }
+        ui.separator();
     }
 
     /// The files of the model the Train view trained, and a name for them: the run's latest
