@@ -20,7 +20,7 @@ use cinder_models::recipe::{AnyTrainer, Family, TrainSettings, prepare};
 use web_time::Instant;
 
 use crate::cli::BenchPoemArgs;
-use crate::poem::couplet_text;
+use cinder_models::poetry_vae::couplet_text;
 
 /// Whether `text` is a couplet of two five-character lines: five CJK characters, `，`, five
 /// more, `。`.
@@ -102,10 +102,10 @@ pub fn run(args: BenchPoemArgs, cache_dir: &Path) -> Result<()> {
     let device = selected.device.clone();
     let z = model.prior_samples(samples, args.seed, &device);
     let rows = readback::resolve("characters", model.characters(z, 0.0, args.seed))?;
-    let texts = rows
+    let texts: Vec<String> = rows
         .iter()
         .map(|r| couplet_text(vae_trainer.tokenizer(), r))
-        .collect::<Result<Vec<_>>>()?;
+        .collect();
     let vae_figures = measure(
         "poetry VAE",
         Module::num_params(vae_trainer.model()),

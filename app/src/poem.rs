@@ -11,57 +11,9 @@ use cinder_engine::device::select;
 use cinder_engine::readback;
 use cinder_engine::run::{Checkpoint, resolve_model_dir};
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_models::poetry_vae::PoetryVae;
+use cinder_models::poetry_vae::{PoetryVae, couplet_text};
 
 use crate::cli::PoemArgs;
-
-/// A couplet's characters (both lines, no punctuation) as text: `AAAAA，BBBBB。`, a position
-/// whose token is not one character (a special token) shown as `□`.
-pub fn couplet_text(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
-    let chars = ids
-        .iter()
-        .map(|&id| {
-            let text = tokenizer.decode(&[id])?;
-            let mut it = text.chars();
-            Ok(match (it.next(), it.next()) {
-                (Some(c), None) if !c.is_whitespace() => c,
-                _ => '□',
-            })
-        })
-        .collect::<Result<Vec<char>>>()?;
-    let (first, second) = chars.split_at(chars.len() / 2);
-    Ok(format!(
-        "{}，{}。",
-        first.iter().collect::<String>(),
-        second.iter().collect::<String>()
-    ))
-}
-
-/// The ids of a couplet `text` (punctuation dropped), which must be as long as the model's rows
-/// and in its vocabulary; `flag` names it in errors.
-fn couplet_ids(
-    model: &PoetryVae,
-    tokenizer: &Tokenizer,
-    text: &str,
-    flag: &str,
-) -> Result<Vec<u32>> {
-    let chars: String = text
-        .chars()
-        .filter(|c| !"，。？！；：、,.?!;: ".contains(*c))
-        .collect();
-    let len = model.config().length;
-    if chars.chars().count() != len {
-        bail!(
-            "{flag} {text:?}: a couplet of {len} characters (two lines of {}) is needed",
-            len / 2
-        );
-    }
-    let ids = tokenizer.encode(&chars)?;
-    if ids.len() != len {
-        bail!("{flag} {text:?}: some characters are not in the model's vocabulary");
-    }
-    Ok(ids)
-}
 
 /// Opens a poetry VAE run, checkpoint or folder.
 fn open(path: &Path, device: &Device) -> Result<(PoetryVae, Tokenizer)> {
@@ -99,8 +51,12 @@ pub fn run(args: PoemArgs, cache_dir: &Path) -> Result<()> {
         };
         eprintln!("walking from {from} to {to}");
         let ends = [
-            couplet_ids(&model, &tokenizer, &from, "--from")?,
-            couplet_ids(&model, &tokenizer, &to, "--to")?,
+            model
+                .couplet_ids(&tokenizer, &from)
+                .map_err(|e| anyhow::anyhow!("--from {e}"))?,
+            model
+                .couplet_ids(&tokenizer, &to)
+                .map_err(|e| anyhow::anyhow!("--to {e}"))?,
         ];
         let len = model.config().length;
         let ids: Vec<i64> = ends.iter().flatten().map(|&i| i64::from(i)).collect();
@@ -124,10 +80,7 @@ pub fn run(args: PoemArgs, cache_dir: &Path) -> Result<()> {
         "characters",
         model.characters(z, args.temperature, args.seed),
     )?;
-    let lines = rows
-        .iter()
-        .map(|r| couplet_text(&tokenizer, r))
-        .collect::<Result<Vec<_>>>()?;
+    let lines: Vec<String> = rows.iter().map(|r| couplet_text(&tokenizer, r)).collect();
     if args.json {
         println!("{}", serde_json::to_string(&lines)?);
     } else {

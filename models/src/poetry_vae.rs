@@ -277,6 +277,58 @@ impl PoetryVae {
     }
 }
 
+/// A couplet's ids (both lines, no punctuation) as text, `AAAAA，BBBBB。`, a position whose
+/// token is not one character (a special token) shown as `□`.
+pub fn couplet_text(tokenizer: &cinder_engine::tokenizer::Tokenizer, ids: &[u32]) -> String {
+    let chars: Vec<char> = ids
+        .iter()
+        .map(|&id| {
+            let text = tokenizer.decode(&[id]).unwrap_or_default();
+            let mut it = text.chars();
+            match (it.next(), it.next()) {
+                (Some(c), None) if !c.is_whitespace() => c,
+                _ => '□',
+            }
+        })
+        .collect();
+    let (first, second) = chars.split_at(chars.len() / 2);
+    format!(
+        "{}，{}。",
+        first.iter().collect::<String>(),
+        second.iter().collect::<String>()
+    )
+}
+
+impl PoetryVae {
+    /// The ids of the couplet `text` (its punctuation dropped), which must have as many
+    /// characters as the model's rows, all in its vocabulary. The error says what is wrong
+    /// after `text`.
+    pub fn couplet_ids(
+        &self,
+        tokenizer: &cinder_engine::tokenizer::Tokenizer,
+        text: &str,
+    ) -> Result<Vec<u32>, String> {
+        let chars: String = text
+            .chars()
+            .filter(|c| !"，。？！；：、,.?!;: ".contains(*c))
+            .collect();
+        let len = self.config.length;
+        if chars.chars().count() != len {
+            return Err(format!(
+                "{text:?}: a couplet of {len} characters (two lines of {}) is needed",
+                len / 2
+            ));
+        }
+        let ids = tokenizer.encode(&chars).map_err(|e| e.to_string())?;
+        if ids.len() != len {
+            return Err(format!(
+                "{text:?}: some characters are not in the model's vocabulary"
+            ));
+        }
+        Ok(ids)
+    }
+}
+
 impl LanguageModel for PoetryVae {
     fn family(&self) -> &'static str {
         MODEL_TYPE

@@ -7,7 +7,7 @@ use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::readback;
 use cinder_engine::run::Checkpoint;
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_models::poetry_vae::PoetryVae;
+use cinder_models::poetry_vae::{PoetryVae, couplet_text as couplet};
 use cinder_models::recipe::Family;
 use egui::RichText;
 
@@ -63,27 +63,6 @@ impl Default for PoetryView {
             error: None,
         }
     }
-}
-
-/// A couplet's ids as text, special tokens shown as `□`.
-fn couplet(tokenizer: &Tokenizer, ids: &[u32]) -> String {
-    let chars: Vec<char> = ids
-        .iter()
-        .map(|&id| {
-            let text = tokenizer.decode(&[id]).unwrap_or_default();
-            let mut it = text.chars();
-            match (it.next(), it.next()) {
-                (Some(c), None) if !c.is_whitespace() => c,
-                _ => '□',
-            }
-        })
-        .collect();
-    let (a, b) = chars.split_at(chars.len() / 2);
-    format!(
-        "{}，{}。",
-        a.iter().collect::<String>(),
-        b.iter().collect::<String>()
-    )
 }
 
 impl PoetryView {
@@ -144,20 +123,7 @@ impl PoetryView {
             .as_ref()
             .is_none_or(|(a, b, _, _)| a != &self.from || b != &self.to);
         if stale {
-            let ids = |text: &str| -> Result<Vec<u32>, String> {
-                let chars: String = text
-                    .chars()
-                    .filter(|c| !"，。？！、 ".contains(*c))
-                    .collect();
-                let ids = l.tokenizer.encode(&chars).map_err(|e| e.to_string())?;
-                if ids.len() != len {
-                    return Err(format!(
-                        "{text:?}: a couplet of {len} characters in the model's vocabulary is \
-                         needed"
-                    ));
-                }
-                Ok(ids)
-            };
+            let ids = |text: &str| l.model.couplet_ids(&l.tokenizer, text);
             let both = ids(&self.from).and_then(|a| ids(&self.to).map(|b| (a, b)));
             let (a, b) = match both {
                 Ok(ab) => ab,
