@@ -6,7 +6,7 @@
 //
 // SITE_DIR is the built site (scripts/web.sh build), OUT_DIR receives screenshots, and
 // NATIVE_CINDER, when given, is the native `cinder` binary whose CPU losses and greedy chat
-// answer the page must reproduce. CINDER_WEB_ONLY=webgpu|cpu|chat runs one session only.
+// answer the page must reproduce. CINDER_WEB_ONLY=webgpu|cpu|chat|poetry runs one session only.
 // Exits non-zero on the first failed check.
 
 import { createServer } from "node:http";
@@ -322,7 +322,7 @@ await mkdir(outDir, { recursive: true });
 const server = await serve(path.resolve(siteDir));
 const base = `http://127.0.0.1:${server.address().port}`;
 const query = `fresh&steps=${STEPS}&sample-every=10${process.env.CINDER_WEB_QUERY ?? ""}`;
-const only = process.env.CINDER_WEB_ONLY; // "webgpu", "cpu" or "chat": one of the sessions
+const only = process.env.CINDER_WEB_ONLY; // "webgpu", "cpu", "chat" or "poetry": one session
 let failed = false;
 try {
   // 1, 2 and 4 on WebGPU: WebGPU offered: the page opens on it, loads the corpus, trains 20
@@ -467,6 +467,37 @@ try {
       check("chat: SmolLM2 says Paris is the capital of France", /Paris/.test(paris.text), `${paris.text} (${paris.speed})`);
       await s.page.screenshot({ path: path.join(outDir, "chat-cpu.png") });
       check("chat: no console errors", s.errors.length === 0, s.errors.join(" | "));
+    } finally {
+      await s.browser.close();
+    }
+  }
+  // 6: the Poetry view on the CPU backend: Ctrl+Enter trains a poetry VAE on the Tang couplets
+  // with its live curves; when the run ends the view takes the model and writes couplets.
+  if (!only || only === "poetry") {
+    const s = await session(base, {
+      webgpu: false,
+      query: "fresh&view=poetry&family=poetry-vae&steps=12&sample-every=6&eval-every=6",
+    });
+    try {
+      await s.waitFor("the backend line", /^backend:/, 120_000);
+      await s.waitFor("the Tang poems", /^corpus tang:/, 120_000);
+      const from = s.lines.length;
+      await s.page.mouse.click(640, 400);
+      await s.page.keyboard.press("Control+Enter");
+      await s.waitFor("the VAE run to start", /^train status: (Preparing|Running)/, 60_000, from);
+      const end = await s.waitFor("the VAE run to end", /^train status: (Finished|Stopped|Failed)/, TRAIN_TIMEOUT_MS, from);
+      check("poetry: the VAE run finished", end.includes("Finished"), end);
+      const model = s.lines.slice(from).find((l) => l.includes("model poetry-vae:"));
+      check("poetry: the run trains the poetry VAE", Boolean(model), model);
+      const written = await s.waitFor("couplets", /^poetry: \d+ couplets:/, 60_000, from);
+      const couplets = written.replace(/^poetry: \d+ couplets: /, "").split(" ");
+      check(
+        "poetry: the view writes 8 couplets of two five-character lines",
+        couplets.length === 8 && couplets.every((c) => /^[^，。]{5}，[^，。]{5}。$/.test(c)),
+        couplets.join(" "),
+      );
+      await s.page.screenshot({ path: path.join(outDir, "poetry-cpu.png") });
+      check("poetry: no console errors", s.errors.length === 0, s.errors.join(" | "));
     } finally {
       await s.browser.close();
     }

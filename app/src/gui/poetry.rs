@@ -45,6 +45,8 @@ pub struct PoetryView {
     pub path: String,
     /// The last problem, shown in red.
     pub error: Option<String>,
+    /// Whether the model of the Train view's finished run was taken already.
+    took_finished_run: bool,
 }
 
 impl Default for PoetryView {
@@ -61,6 +63,7 @@ impl Default for PoetryView {
             walked: None,
             path: String::new(),
             error: None,
+            took_finished_run: false,
         }
     }
 }
@@ -263,12 +266,23 @@ impl PoetryView {
             .settings
             .as_ref()
             .is_some_and(|s| s.model.family == Family::PoetryVae);
+        // The model a VAE run just finished with is taken at once (once per run).
+        if vae_run && train.status == RunStatus::Finished && !self.took_finished_run {
+            self.took_finished_run = true;
+            match Self::trained_files(train) {
+                Ok((files, source)) => self.load_files(&files, source),
+                Err(e) => self.error = Some(e),
+            }
+        }
         ui.horizontal(|ui| {
             let idle = !train.is_active();
-            if ui
+            let shortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::Enter);
+            let pressed = idle && ui.input_mut(|i| i.consume_shortcut(&shortcut));
+            let button = ui
                 .add_enabled(idle, egui::Button::new("Train a poetry VAE"))
-                .clicked()
-            {
+                .on_hover_text("Ctrl+Enter");
+            if button.clicked() || pressed {
+                self.took_finished_run = false;
                 let s = &mut train.form.settings;
                 let shared = cinder_engine::train::TrainConfig::default().lr;
                 if s.train.lr == s.model.family.default_lr(shared) {

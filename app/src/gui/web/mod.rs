@@ -186,6 +186,7 @@ struct WebApp {
     logged_lines: usize,
     logged_status: String,
     logged_chat: ChatLog,
+    logged_couplets: String,
     font_requested: bool,
 }
 
@@ -269,6 +270,16 @@ impl WebApp {
         }
         self.logged_lines = run.log.len();
         self.log_chat();
+        let couplets = self.app.poetry.couplets.join(" ");
+        if couplets != self.logged_couplets {
+            if !couplets.is_empty() {
+                log(&format!(
+                    "poetry: {} couplets: {couplets}",
+                    self.app.poetry.couplets.len()
+                ));
+            }
+            self.logged_couplets = couplets;
+        }
         let status = format!("{:?}", self.app.train.status);
         if status != self.logged_status {
             log(&format!("train status: {status}"));
@@ -416,6 +427,7 @@ pub async fn start(canvas_id: String) -> Result<(), JsValue> {
                     logged_lines: 0,
                     logged_status: String::new(),
                     logged_chat: ChatLog::default(),
+                    logged_couplets: String::new(),
                     font_requested: false,
                 }))
             }),
