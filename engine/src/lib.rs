@@ -1,8 +1,9 @@
 //! Cinder's engine: device choice, tokenizers and data, the training loop, optimizers and
 //! schedules, sampling and generation, checkpoints and weight formats.
 //!
-//! The engine never names a model family. Families implement [`lm::CausalLm`] and
-//! [`weights::Pretrained`]; the trainer and the decoder work with any of them.
+//! The engine never names a model family. Families implement [`lm::LanguageModel`] (training,
+//! export) and, to generate, provide an [`lm::Decoder`] (a decoder-only model is one itself,
+//! [`lm::CausalLm`]); the trainer and the decoding loops work with any of them.
 
 pub mod atomic;
 pub mod chat;

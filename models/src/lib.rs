@@ -1,5 +1,7 @@
-//! Transformer families for Cinder. Each family implements the engine's
-//! [`CausalLm`](cinder_engine::lm::CausalLm) and reads and writes its upstream checkpoint layout.
+//! Model families for Cinder. Each implements the engine's
+//! [`LanguageModel`](cinder_engine::lm::LanguageModel) (the decoder-only ones also
+//! [`Decoder`](cinder_engine::lm::Decoder); T5 hands out a decoder over its encoded prompt) and
+//! reads and writes its upstream checkpoint layout.
 
 pub mod auto;
 pub mod bert;

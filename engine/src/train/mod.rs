@@ -280,7 +280,8 @@ struct StepLoss {
 }
 
 /// Trains a [`LanguageModel`] on token streams (windows for a causal model, padded and masked
-/// lines for a masked one) or on token pairs (an encoder-decoder).
+/// lines for a masked one), on token pairs (an encoder-decoder) or on fixed-length rows (a
+/// variational autoencoder).
 pub struct Trainer<M: LanguageModel> {
     model: Option<M>,
     optim: Optimizer,
