@@ -367,6 +367,13 @@ pub fn beam_search<M: Decoder>(
         let (top, idx) = total.topk_with_indices(n, 0);
         let top = readback::f32_values(top, "beam scores")?;
         let idx = readback::int_values(idx, "beam tokens")?;
+        if top.iter().any(|s| s.is_nan()) {
+            return Err(Error::Request(format!(
+                "the model's logits are not finite (NaN or infinity) at new token {}: its \
+                 weights or activations are corrupt or overflowed",
+                step + 1
+            )));
+        }
         let mut next: Vec<(usize, u32, f32)> = Vec::with_capacity(width);
         for (&score, &flat) in top.iter().zip(&idx) {
             let (parent, token) = (flat as usize / v, (flat as usize % v) as u32);

@@ -192,30 +192,75 @@ pub async fn sample_next_async(
     config: &SamplingConfig,
     counter: u64,
 ) -> Result<u32> {
-    let logits = apply_repetition_penalty(logits, history, config.repetition_penalty);
-    if config.temperature <= 0.0 {
-        return read_id_async(logits.argmax(0)).await;
-    }
-    // Sorting the vocabulary is a host operation in Burn's GPU backends, one that reads back
-    // synchronously (which WebGPU in a browser cannot do): a GPU's logits come to the CPU
-    // backend first, by awaiting.
-    let logits = if logits.device() == burn::tensor::Device::flex() {
-        logits
-    } else {
-        let data = crate::readback::f32_data_async(logits, "the logits").await?;
-        Tensor::from_data(data, &burn::tensor::Device::flex())
-    };
     let [v] = logits.dims();
-    let device = logits.device();
-    let (kept, order) = filter(logits, config);
-    let position = (kept + gumbel(config.seed, counter, v, &device)).argmax(0);
-    read_id_async(order.select(0, position)).await
+    // Whether any logit is NaN or infinite, folded into the id read back (the id plus the
+    // vocabulary size when so): one readback per token, as without the check.
+    let flag = |logits: &Tensor<1>| {
+        logits
+            .clone()
+            .is_finite()
+            .bool_not()
+            .any()
+            .int()
+            .mul_scalar(v as i64)
+    };
+    let logits = apply_repetition_penalty(logits, history, config.repetition_penalty);
+    let id = if config.temperature <= 0.0 {
+        let bad = flag(&logits);
+        read_id_async(logits.argmax(0) + bad).await?
+    } else {
+        // Sorting the vocabulary is a host operation in Burn's GPU backends, one that reads back
+        // synchronously (which WebGPU in a browser cannot do): a GPU's logits come to the CPU
+        // backend first, by awaiting.
+        let logits = if logits.device() == burn::tensor::Device::flex() {
+            logits
+        } else {
+            let data = crate::readback::f32_data_async(logits, "the logits").await?;
+            Tensor::from_data(data, &burn::tensor::Device::flex())
+        };
+        let device = logits.device();
+        let bad = flag(&logits);
+        let (kept, order) = filter(logits, config);
+        let position = (kept + gumbel(config.seed, counter, v, &device)).argmax(0);
+        read_id_async(order.select(0, position) + bad).await?
+    };
+    if id as usize >= v {
+        return Err(Error::Request(format!(
+            "the model's logits are not finite (NaN or infinity) at new token {}: its weights \
+             or activations are corrupt or overflowed",
+            counter + 1
+        )));
+    }
+    Ok(id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::Device;
+
+    #[test]
+    fn non_finite_logits_are_an_error_not_a_token() {
+        let device = Device::flex();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let logits = Tensor::<1>::from_data(TensorData::new(vec![0.5, bad, 1.0], [3]), &device);
+            for config in [SamplingConfig::greedy(), cfg(1.0, 0, 1.0, 0.0)] {
+                let err = crate::readback::resolve(
+                    "a token id",
+                    sample_next_async(logits.clone(), &[], &config, 0),
+                )
+                .expect_err("a token from non-finite logits")
+                .to_string();
+                assert!(err.contains("not finite"), "{err}");
+            }
+        }
+        let fine = Tensor::<1>::from_data(TensorData::new(vec![0.5, 2.0, 1.0], [3]), &device);
+        let id = crate::readback::resolve(
+            "a token id",
+            sample_next_async(fine, &[], &SamplingConfig::greedy(), 0),
+        );
+        assert_eq!(id.unwrap(), 1);
+    }
 
     fn cfg(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingConfig {
         SamplingConfig {

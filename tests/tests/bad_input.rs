@@ -125,3 +125,47 @@ fn unknown_device_is_reported() {
         "{err}"
     );
 }
+
+/// Weights full of NaN (every family, every decoding path) make generation fail with a message
+/// instead of producing nothing and succeeding.
+#[test]
+fn nan_weights_stop_generation_with_an_error() {
+    use cinder_engine::generate::{BeamConfig, GenerateConfig, beam_search, generate};
+    use cinder_engine::sampling::SamplingConfig;
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(dir.path());
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = read_safetensors(&weights).unwrap();
+    let key = "transformer.h.0.mlp.c_fc.weight".to_string();
+    let data = tensors.remove(&key).expect("the fixture has the tensor");
+    let shape = data.shape().to_vec();
+    let nan = vec![f32::NAN; data.num_elements()];
+    tensors.insert(
+        key,
+        cinder_engine::burn::tensor::TensorData::new(nan, shape),
+    );
+    write_safetensors(&weights, &tensors).unwrap();
+    let device = Device::flex();
+    let model = Gpt2::from_pretrained(dir.path(), &device).unwrap();
+    for sampling in [SamplingConfig::greedy(), SamplingConfig::default()] {
+        let config = GenerateConfig::new(8, sampling, None);
+        let err = generate(&model, &[1, 2, 3], &config, &device, |_| true)
+            .expect_err("tokens from NaN weights")
+            .to_string();
+        assert!(
+            err.contains("not finite") && err.contains("new token 1"),
+            "{err}"
+        );
+    }
+    let beams = BeamConfig {
+        width: 2,
+        max_new_tokens: 4,
+        length_penalty: 1.0,
+        early_stopping: false,
+        stop_tokens: vec![],
+    };
+    let err = beam_search(&model, &[1, 2, 3], &beams, &device)
+        .expect_err("beams from NaN weights")
+        .to_string();
+    assert!(err.contains("not finite"), "{err}");
+}
