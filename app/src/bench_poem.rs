@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use cinder_engine::burn::module::Module;
-use cinder_engine::data::pairs::couplets;
+use cinder_engine::data::pairs::five_character_couplets;
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::select;
 use cinder_engine::generate::{GenerateConfig, generate};
@@ -54,9 +54,8 @@ pub fn run(args: BenchPoemArgs, cache_dir: &Path) -> Result<()> {
     let samples = args.samples as usize;
     let corpus = Corpus::load(&CorpusSource::Tang, cache_dir)?;
     let five = |text: &str| -> Vec<String> {
-        couplets(text)
+        five_character_couplets(text)
             .into_iter()
-            .filter(|p| p.input.chars().count() == 5)
             .map(|p| format!("{}，{}。", p.input, p.target))
             .collect()
     };

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use cinder_engine::burn::tensor::{Device, Int, Tensor, TensorData};
-use cinder_engine::data::pairs::couplets;
+use cinder_engine::data::pairs::five_character_couplets;
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::select;
 use cinder_engine::readback;
@@ -94,10 +94,7 @@ pub fn run(args: PoemArgs, cache_dir: &Path) -> Result<()> {
 /// Two couplets of the Tang poems' held-out split, drawn by `seed`.
 fn corpus_pair(cache_dir: &Path, seed: u64) -> Result<(String, String)> {
     let corpus = Corpus::load(&CorpusSource::Tang, cache_dir)?;
-    let all: Vec<_> = couplets(&corpus.val)
-        .into_iter()
-        .filter(|p| p.input.chars().count() == 5)
-        .collect();
+    let all = five_character_couplets(&corpus.val);
     if all.len() < 2 {
         bail!("the Tang poems' held-out split has fewer than two five-character couplets");
     }

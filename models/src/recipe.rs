@@ -6,7 +6,10 @@
 
 use std::path::PathBuf;
 
-use cinder_engine::data::pairs::{PairTokens, TextPair, TokenPair, couplets, parse_jsonl};
+use cinder_engine::data::pairs::{
+    PairTokens, TextPair, TokenPair, couplets,
+    five_character_couplets as five_character_couplets_of, parse_jsonl,
+};
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{DeviceChoice, Selected};
 use cinder_engine::lm::LanguageModel;
@@ -306,6 +309,21 @@ impl ModelRecipe {
         .with_pad_token_id(pad)
         .with_decoder_start_token_id(pad)
         .with_eos_token_id(eos)
+    }
+}
+
+impl TrainSettings {
+    /// Switches the model to `family`: its own learning rate replaces the old family's default
+    /// (a rate the user chose stays), and settings it lacks (dropout) are cleared.
+    pub fn set_family(&mut self, family: Family) {
+        let shared = TrainConfig::default().lr;
+        if self.train.lr == self.model.family.default_lr(shared) {
+            self.train.lr = family.default_lr(shared);
+        }
+        self.model.family = family;
+        if !family.has_dropout() {
+            self.model.dropout = 0.0;
+        }
     }
 }
 
@@ -953,13 +971,10 @@ fn five_character_couplets(
     source: &CorpusSource,
     corpus: &Corpus,
 ) -> Result<(Vec<TextPair>, Vec<TextPair>)> {
-    let five = |text: &str| -> Vec<TextPair> {
-        couplets(text)
-            .into_iter()
-            .filter(|p| p.input.chars().count() == 5)
-            .collect()
-    };
-    let (train, val) = (five(&corpus.train), five(&corpus.val));
+    let (train, val) = (
+        five_character_couplets_of(&corpus.train),
+        five_character_couplets_of(&corpus.val),
+    );
     if train.is_empty() {
         return Err(Error::Config(format!(
             "--corpus {source} has no couplet of two five-character lines (such as \

@@ -326,15 +326,7 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
         form.settings.model.corpus = corpus.clone();
     }
     if let Some(family) = args.family {
-        // The family's own learning rate replaces the other's default, not a chosen value.
-        let shared = cinder_engine::train::TrainConfig::default().lr;
-        if form.settings.train.lr == form.settings.model.family.default_lr(shared) {
-            form.settings.train.lr = family.default_lr(shared);
-        }
-        form.settings.model.family = family;
-        if !family.has_dropout() {
-            form.settings.model.dropout = 0.0;
-        }
+        form.settings.set_family(family);
     }
     if let Some(preset) = args.preset {
         form.settings.model.preset = preset;

@@ -283,12 +283,7 @@ impl PoetryView {
                 .on_hover_text("Ctrl+Enter");
             if button.clicked() || pressed {
                 self.took_finished_run = false;
-                let s = &mut train.form.settings;
-                let shared = cinder_engine::train::TrainConfig::default().lr;
-                if s.train.lr == s.model.family.default_lr(shared) {
-                    s.train.lr = Family::PoetryVae.default_lr(shared);
-                }
-                s.model.family = Family::PoetryVae;
+                train.form.settings.set_family(Family::PoetryVae);
                 train.start(devices, ui.ctx(), None);
             }
             if vae_run {

@@ -76,6 +76,14 @@ pub fn couplets(poems: &str) -> Vec<TextPair> {
     pairs
 }
 
+/// The [`couplets`] of two five-character lines (the poetry VAE's rows).
+pub fn five_character_couplets(poems: &str) -> Vec<TextPair> {
+    couplets(poems)
+        .into_iter()
+        .filter(|p| p.input.chars().count() == 5)
+        .collect()
+}
+
 /// A pair as token ids.
 pub type TokenPair = (Vec<u32>, Vec<u32>);
 

@@ -113,17 +113,10 @@ impl TrainForm {
     fn model_ui(&mut self, ui: &mut egui::Ui) {
         let s = &mut self.settings;
         section(ui, "Model");
-        let family = s.model.family;
-        choice::<Family>(ui, "Family", &mut s.model.family);
-        if s.model.family != family {
-            // The family's own learning rate replaces the other's default, not a chosen value.
-            let shared = cinder_engine::train::TrainConfig::default().lr;
-            if s.train.lr == family.default_lr(shared) {
-                s.train.lr = s.model.family.default_lr(shared);
-            }
-        }
-        if !s.model.family.has_dropout() {
-            s.model.dropout = 0.0;
+        let mut family = s.model.family;
+        choice::<Family>(ui, "Family", &mut family);
+        if family != s.model.family {
+            s.set_family(family);
         }
         if !s.model.family.has_kv_heads() {
             s.model.n_kv_head = None;
