@@ -6,12 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O failure on a named file or folder.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder involved.
         path: PathBuf,
-        /// The underlying failure.
-        source: std::io::Error,
+        /// The underlying failure. Not a `source`: the message already says it, and a chain
+        /// printed with its sources would say it twice.
+        error: std::io::Error,
     },
     /// A file whose contents are not what its format requires.
     #[error("{path}: {message}")]
@@ -44,6 +45,9 @@ pub enum Error {
     /// quantized in blocks, optimizer state for a parameter the model lacks, ...).
     #[error("{0}")]
     Shape(String),
+    /// A training step whose loss or gradients hold a NaN or an infinity.
+    #[error("numerics: {0}")]
+    NonFinite(String),
     /// Reading a tensor back from the device failed.
     #[error("reading {what} back from the device: {message}")]
     Readback {
@@ -78,10 +82,10 @@ pub enum Error {
 
 impl Error {
     /// An I/O error tied to `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

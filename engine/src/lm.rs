@@ -90,12 +90,20 @@ pub trait LanguageModel: Module + Sized {
     /// A variational autoencoder's reconstruction logits through a sampled latent vector and
     /// each row's KL divergence from the prior in each latent dimension; other models give
     /// their logits and no divergence. The trainer asks for this only of models whose objective
-    /// is [`Objective::Variational`].
+    /// is [`Objective::Variational`]. The sampling noise of row `r` is a pure function of
+    /// (`noise_seed`, `first_row + r`), so a batch split into micro-batches draws the same
+    /// noise as the whole, whatever else uses the device's random source meanwhile.
     ///
     /// # Shapes
     /// - tokens: `[B, T]`
     /// - output: `[B, T, V]` and `[B, Z]`
-    fn forward_variational(&self, tokens: Tensor<2, Int>) -> (Tensor<3>, Tensor<2>) {
+    fn forward_variational(
+        &self,
+        tokens: Tensor<2, Int>,
+        noise_seed: u64,
+        first_row: usize,
+    ) -> (Tensor<3>, Tensor<2>) {
+        let _ = (noise_seed, first_row);
         let [b, _] = tokens.dims();
         let device = tokens.device();
         (self.forward(tokens), Tensor::zeros([b, 1], &device))

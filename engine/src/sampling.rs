@@ -62,17 +62,20 @@ impl SamplingConfig {
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature {} must be >= 0", self.temperature));
+            return bad(format!(
+                "--temperature {} must be 0 (greedy) or more",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("top-p {} must be in (0, 1]", self.top_p));
+            return bad(format!("--top-p {} must be in (0, 1]", self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad(format!("min-p {} must be in [0, 1]", self.min_p));
+            return bad(format!("--min-p {} must be in [0, 1]", self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return bad(format!(
-                "repetition penalty {} must be positive",
+                "--repetition-penalty {} must be positive",
                 self.repetition_penalty
             ));
         }

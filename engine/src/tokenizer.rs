@@ -217,6 +217,10 @@ impl Tokenizer {
 
     /// Parses a `tokenizer.json` held in memory.
     pub fn from_json(json: &str) -> Result<Self> {
+        // The JSON syntax is checked first: the tokenizers crate panics (instead of returning
+        // an error) on a syntax error inside its `decoder` section.
+        serde_json::from_str::<serde::de::IgnoredAny>(json)
+            .map_err(|e| Error::Tokenizer(format!("not valid JSON: {e}")))?;
         tokenizers::Tokenizer::from_str(json)
             .map(Self::wrap)
             .map_err(tok_err)

@@ -222,7 +222,10 @@ impl ModuleMapper for Loader<'_> {
                 .push(format!("missing tensor '{}'", candidates.join("' or '")));
             return param;
         };
-        let expected = param.shape().to_vec();
+        // The shape a parameter will have, read without initialising it: a config that declares
+        // absurd sizes is refused against the tensors present before anything that large is
+        // allocated.
+        let expected = param.lazy_shape().to_vec();
         let Some(data) = self.tensors.remove(key) else {
             return param;
         };
@@ -233,14 +236,52 @@ impl ModuleMapper for Loader<'_> {
             ));
             return param;
         }
-        let (id, old, mapper) = param.consume();
-        let require_grad = old.is_require_grad();
-        let mut tensor = Tensor::<D>::from_data(data, &self.device);
-        if require_grad {
-            tensor = tensor.require_grad();
-        }
-        Param::from_mapped_value(id, tensor, mapper)
+        let id = param.id;
+        param.transform_for_load(Tensor::<D>::from_data(data, &self.device), id)
     }
+}
+
+/// Refuses a config whose sizes the weights in `tensors` cannot back, before a model of those
+/// sizes is built (building allocates by the config, not by the file): the repeated `layers`
+/// (config key and value) may not outnumber the tensors, since each layer has at least one of
+/// its own, and no width in `widths` may exceed the largest dimension of any tensor, since
+/// every width is the side of some weight. `source` names the weights.
+pub fn check_config_sizes(
+    source: &Path,
+    layers: &[(&str, usize)],
+    widths: &[(&str, usize)],
+    tensors: &NamedTensors,
+) -> Result<()> {
+    let total: usize = layers
+        .iter()
+        .map(|(_, n)| *n)
+        .fold(0, usize::saturating_add);
+    if total > tensors.len() {
+        let declared: Vec<String> = layers.iter().map(|(k, n)| format!("{k} = {n}")).collect();
+        return Err(Error::format(
+            source,
+            format!(
+                "config.json declares {} layers, but the weights hold only {} tensors",
+                declared.join(" and "),
+                tensors.len()
+            ),
+        ));
+    }
+    let widest = tensors
+        .values()
+        .flat_map(|t| t.shape().to_vec())
+        .max()
+        .unwrap_or(0);
+    if let Some((key, n)) = widths.iter().find(|(_, n)| *n > widest) {
+        return Err(Error::format(
+            source,
+            format!(
+                "config.json declares {key} = {n}, but no tensor of the weights has a dimension \
+                 above {widest}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Replaces every float parameter of `module` with the tensor named by `rename(path)` (the first

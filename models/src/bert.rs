@@ -29,7 +29,9 @@ use cinder_engine::lm::{LanguageModel, Objective};
 use cinder_engine::readback::f32_values;
 use cinder_engine::run::Checkpoint;
 use cinder_engine::tokenizer::Tokenizer;
-use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters, transpose_2d};
+use cinder_engine::weights::{
+    NamedTensors, check_config_sizes, folder_weights, load_parameters, transpose_2d,
+};
 
 use crate::blocks::{gelu_exact, gelu_tanh};
 
@@ -113,6 +115,7 @@ impl BertConfig {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
+        crate::check_positive(&[("layer_norm_eps", self.layer_norm_eps)])?;
         crate::check_shape(
             ("hidden_size", self.hidden_size),
             ("num_attention_heads", self.num_attention_heads),
@@ -415,6 +418,8 @@ impl Bert {
             }
         }
         let mlm = tensors.contains_key("cls.predictions.transform.dense.weight");
+        let layers = [("num_hidden_layers", config.num_hidden_layers)];
+        check_config_sizes(&source, &layers, &[], &tensors)?;
         let model = config.init(mlm, device);
         load_parameters(model, &mut tensors, &hf_names, &source, device)
     }

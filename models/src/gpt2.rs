@@ -19,7 +19,7 @@ use cinder_engine::Error;
 use cinder_engine::burn;
 use cinder_engine::lm::{Blockwise, LanguageModel};
 use cinder_engine::run::Checkpoint;
-use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
+use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, load_parameters};
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
@@ -110,6 +110,7 @@ impl Gpt2Config {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
+        crate::check_positive(&[("layer_norm_epsilon", self.layer_norm_epsilon)])?;
         crate::check_shape(
             ("n_embd", self.n_embd),
             ("n_head", self.n_head),
@@ -350,6 +351,12 @@ impl Gpt2 {
         source: &Path,
         device: &Device,
     ) -> EngineResult<Self> {
+        let widths = [
+            ("vocab_size", config.vocab_size),
+            ("n_positions", config.n_positions),
+            ("n_embd", config.n_embd),
+        ];
+        check_config_sizes(source, &[("n_layer", config.n_layer)], &widths, &tensors)?;
         load_parameters(config.init(device), &mut tensors, &hf_names, source, device)
     }
 }

@@ -30,7 +30,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_engine::burn;
 use cinder_engine::lm::{Blockwise, LanguageModel};
 use cinder_engine::run::Checkpoint;
-use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
+use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, load_parameters};
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
@@ -118,6 +118,7 @@ impl Gpt2MlConfig {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
+        crate::check_positive(&[("layer_norm_eps", self.layer_norm_eps)])?;
         crate::check_shape(
             ("hidden_size", self.hidden_size),
             ("num_attention_heads", self.num_attention_heads),
@@ -314,6 +315,8 @@ impl Gpt2Ml {
         let config =
             Gpt2MlConfig::from_json(&files.path("config.json"), files.text("config.json")?)?;
         let (mut tensors, source) = folder_weights(files)?;
+        let layers = [("num_hidden_layers", config.num_hidden_layers)];
+        check_config_sizes(&source, &layers, &[], &tensors)?;
         load_parameters(
             config.init(device),
             &mut tensors,

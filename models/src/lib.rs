@@ -91,6 +91,17 @@ pub(crate) fn parse_config<C: serde::de::DeserializeOwned + serde::Serialize>(
         .map_err(|e| Error::format(path, format!("not a valid {family} config: {e}")))
 }
 
+/// Checks that each of `values` (a config key and its value: a norm's epsilon, a rotary base)
+/// is a positive finite number, naming the first that is not.
+pub(crate) fn check_positive(values: &[(&str, f64)]) -> cinder_engine::Result<()> {
+    match values.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+        Some((key, v)) => Err(cinder_engine::Error::Config(format!(
+            "{key} {v} must be a positive number"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Checks that a family's config can be built: `width` divides among `heads`, no size in `sizes`
 /// is zero, every probability in `dropouts` is in [0, 1), and `activation` (the config key and
 /// its value) names a GELU. Each problem is named by its `config.json` key.

@@ -30,7 +30,7 @@ use cinder_engine::burn;
 use cinder_engine::generate::GenerateConfig;
 use cinder_engine::lm::{LanguageModel, Objective};
 use cinder_engine::run::Checkpoint;
-use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters};
+use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, load_parameters};
 use cinder_engine::{Error, readback, rng};
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -273,6 +273,11 @@ impl PoetryVae {
             PoetryVaeConfig::from_json(&files.path("config.json"), files.text("config.json")?)?;
         let (mut tensors, source) = folder_weights(files)?;
         let same = |path: &str| vec![path.to_string()];
+        let layers = [
+            ("encoder_layers", config.encoder_layers),
+            ("decoder_layers", config.decoder_layers),
+        ];
+        check_config_sizes(&source, &layers, &[], &tensors)?;
         load_parameters(config.init(device), &mut tensors, &same, &source, device)
     }
 }
@@ -352,11 +357,22 @@ impl LanguageModel for PoetryVae {
         self.decode(mean)
     }
 
-    /// Reconstruction logits through a sample of the posterior (the device's random source
-    /// draws the noise), and each couplet's KL divergence from the prior per latent dimension.
-    fn forward_variational(&self, tokens: Tensor<2, Int>) -> (Tensor<3>, Tensor<2>) {
+    /// Reconstruction logits through a sample of the posterior, and each couplet's KL
+    /// divergence from the prior per latent dimension.
+    fn forward_variational(
+        &self,
+        tokens: Tensor<2, Int>,
+        noise_seed: u64,
+        first_row: usize,
+    ) -> (Tensor<3>, Tensor<2>) {
         let (mean, log_var) = self.encode(tokens);
-        let noise = mean.random_like(burn::tensor::Distribution::Normal(0.0, 1.0));
+        let [b, z] = mean.dims();
+        let noise: Vec<f32> = (0..b * z)
+            .map(|i| rng::normal(noise_seed, 32, (first_row * z + i) as u64) as f32)
+            .collect();
+        // In the precision the step runs in (bf16 or f16 under mixed precision).
+        let noise = Tensor::<2>::from_data(TensorData::new(noise, [b, z]), &mean.device())
+            .cast(mean.dtype());
         let z = mean.clone() + log_var.clone().div_scalar(2.0).exp() * noise;
         let kl = (log_var.clone().add_scalar(1.0) - mean.powi_scalar(2) - log_var.exp())
             .mul_scalar(-0.5);
@@ -400,7 +416,7 @@ mod tests {
             .init(&device);
         let ids: Vec<i64> = (0..20).map(|i| (i * 7 % 40) as i64).collect();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 10]), &device);
-        let (logits, kl) = model.forward_variational(tokens.clone());
+        let (logits, kl) = model.forward_variational(tokens.clone(), 1, 0);
         assert_eq!(logits.dims(), [2, 10, 40]);
         let (mean, log_var) = model.encode(tokens);
         let (mean, log_var) = (

@@ -360,6 +360,37 @@ impl TrainSettings {
     pub fn check(&self) -> Result<()> {
         self.train.validate()?;
         let m = &self.model;
+        let sizes = [
+            ("--n-layer", m.n_layer),
+            ("--n-head", m.n_head),
+            ("--n-embd", m.n_embd),
+            ("--n-kv-head", m.n_kv_head),
+        ];
+        if let Some((flag, _)) = sizes.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(Error::Config(format!("{flag} must be at least 1")));
+        }
+        let shape = m.model_config(1, 1);
+        if !shape.n_embd.is_multiple_of(shape.n_head) {
+            return Err(Error::Config(format!(
+                "--n-embd {} is not a multiple of --n-head {} (each head gets an equal share \
+                 of the width)",
+                shape.n_embd, shape.n_head
+            )));
+        }
+        if let Some(kv) = m.n_kv_head
+            && !shape.n_head.is_multiple_of(kv)
+        {
+            return Err(Error::Config(format!(
+                "--n-head {} is not a multiple of --n-kv-head {kv}",
+                shape.n_head
+            )));
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return Err(Error::Config(format!(
+                "--dropout {} is not a probability in [0, 1)",
+                m.dropout
+            )));
+        }
         if !m.family.has_dropout() && m.dropout > 0.0 {
             return Err(Error::Config(format!(
                 "--dropout does not apply to --family {} (it has no dropout)",
@@ -587,16 +618,15 @@ pub fn prepare(
         selected.device.clone().autodiff()
     };
     say(format!("device: {}", selected.description));
-    let ckpt = if resume {
-        let name = run.latest()?.ok_or_else(|| {
-            Error::Config(format!(
-                "{}: the run has no checkpoint yet",
-                run.locate("").display()
-            ))
-        })?;
-        Some(run.checkpoint(&name)?)
-    } else {
-        None
+    let ckpt = match (resume, run.latest()?) {
+        (true, Some(name)) => Some(run.checkpoint(&name)?),
+        (true, None) => {
+            // Stopped before its first checkpoint: the saved settings start it again.
+            say("the run has no checkpoint yet: starting it again from step 0".into());
+            run.truncate_metrics(0)?;
+            None
+        }
+        (false, _) => None,
     };
 
     say(format!(
@@ -882,6 +912,17 @@ pub fn prepare(
         None => {
             let train = tokenizer.encode_corpus(&corpus.train)?;
             let val = tokenizer.encode_corpus(&corpus.val)?;
+            let window = settings.train.context + 1;
+            if train.len() <= window {
+                return Err(Error::Data(format!(
+                    "--corpus {}: its training split has {} tokens, too few for one sequence \
+                     of --context {} plus its next token; give a longer corpus or a smaller \
+                     --context",
+                    recipe.corpus,
+                    train.len(),
+                    settings.train.context
+                )));
+            }
             say(format!(
                 "encoded {} training and {} held-out tokens ({:.1}s)",
                 train.len(),

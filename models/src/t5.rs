@@ -37,7 +37,9 @@ use cinder_engine::burn;
 use cinder_engine::generate::GenerateConfig;
 use cinder_engine::lm::{Decoder, LanguageModel, Objective};
 use cinder_engine::run::Checkpoint;
-use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters, transpose_2d};
+use cinder_engine::weights::{
+    NamedTensors, check_config_sizes, folder_weights, load_parameters, transpose_2d,
+};
 
 use crate::blocks::{KvCache, LayerCache, causal_mask, extend_cache, gelu_exact, gelu_tanh};
 
@@ -198,6 +200,7 @@ impl T5Config {
 
     /// Checks values that would make the model impossible to build.
     pub fn check(&self) -> EngineResult<()> {
+        crate::check_positive(&[("layer_norm_epsilon", self.layer_norm_epsilon)])?;
         let bad = |m: String| Err(Error::Config(m));
         let sizes = [
             ("vocab_size", self.vocab_size),
@@ -760,6 +763,25 @@ impl T5 {
                 *data = transpose_2d(data, &source, name)?;
             }
         }
+        let layers = [
+            ("num_layers", config.num_layers),
+            (
+                "num_decoder_layers",
+                config.num_decoder_layers.unwrap_or(config.num_layers),
+            ),
+        ];
+        let widths = [
+            ("vocab_size", config.vocab_size),
+            ("d_model", config.d_model),
+            ("d_kv", config.d_kv),
+            ("d_ff", config.d_ff),
+            ("num_heads", config.num_heads),
+            (
+                "relative_attention_num_buckets",
+                config.relative_attention_num_buckets,
+            ),
+        ];
+        check_config_sizes(&source, &layers, &widths, &tensors)?;
         let model = config
             .init(device)
             .map_err(|e| Error::format(files.path("config.json"), e.to_string()))?;

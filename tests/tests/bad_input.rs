@@ -169,3 +169,96 @@ fn nan_weights_stop_generation_with_an_error() {
         .to_string();
     assert!(err.contains("not finite"), "{err}");
 }
+
+/// Every number in every family's `config.json`, replaced by a value a hostile or broken file
+/// could hold (zero, negative, fractional, absurdly large), is either refused with an error
+/// naming the file or loads a model that generates: never a panic or an allocation the weights
+/// do not justify (a 2^40 width or vocabulary used to abort the process).
+#[test]
+fn hostile_config_numbers_are_refused_or_harmless() {
+    use cinder_engine::generate::{GenerateConfig, generate};
+    use cinder_engine::sampling::SamplingConfig;
+    let device = Device::flex();
+    let values = [
+        serde_json::json!(0),
+        serde_json::json!(-1),
+        serde_json::json!(0.5),
+        serde_json::json!(1u64 << 40),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(1e300),
+    ];
+    let mut cases = 0;
+    for family in [
+        "gpt2-tiny",
+        "gpt2-ml-tiny",
+        "llama-tiny",
+        "t5-tiny",
+        "t5-v1_1-tiny",
+        "bert-tiny",
+    ] {
+        let from = cinder_tests::fixtures().join(family);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(from.join("config.json")).unwrap())
+                .unwrap();
+        let numeric: Vec<String> = config
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_number())
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert!(numeric.len() >= 5, "{family}: {numeric:?}");
+        for key in &numeric {
+            for value in &values {
+                let dir = tempfile::tempdir().unwrap();
+                for entry in std::fs::read_dir(&from).unwrap() {
+                    let entry = entry.unwrap();
+                    std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+                }
+                let mut hostile = config.clone();
+                hostile[key.as_str()] = value.clone();
+                std::fs::write(dir.path().join("config.json"), hostile.to_string()).unwrap();
+                let case = format!("{family}: {key} = {value}");
+                cases += 1;
+                if family == "bert-tiny" {
+                    match cinder_models::bert::Bert::from_pretrained(dir.path(), &device) {
+                        Ok(_) => {}
+                        Err(e) => {
+                            let message = e.to_string();
+                            assert!(
+                                message.contains("config.json") || message.contains("safetensors"),
+                                "{case}: {message}"
+                            );
+                        }
+                    }
+                    continue;
+                }
+                match cinder_models::auto::load(dir.path(), &device, None) {
+                    Ok(loaded) => {
+                        let config = GenerateConfig::new(2, SamplingConfig::greedy(), None);
+                        // A harmless value may still make decoding refuse (a context of one
+                        // position), but only with an error.
+                        let decode = || -> cinder_engine::Result<()> {
+                            cinder_models::with_decoder!(
+                                &loaded.model,
+                                &[1, 2],
+                                &device,
+                                |m, p| generate(m, p, &config, &device, |_| true)
+                            )?;
+                            Ok(())
+                        };
+                        let _ = decode();
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        assert!(
+                            message.contains("config.json") || message.contains("safetensors"),
+                            "{case}: {message}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases > 100, "{cases} cases");
+}

@@ -473,3 +473,109 @@ fn trains_resumes_recomputes_and_saves(
     }
     serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap()
 }
+
+/// A LLaMA whose embedding row for one token is NaN, and a token stream where that token shows
+/// up in about one step in three: the steps that see it have a NaN loss, the others are clean.
+fn poisoned_llama(
+    on_nonfinite: cinder_engine::train::OnNonFinite,
+) -> Trainer<cinder_models::llama::Llama> {
+    use cinder_engine::weights::{read_safetensors, write_safetensors};
+    const POISON: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let from = cinder_tests::fixtures().join("llama-tiny");
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(from.join(name), dir.path().join(name)).unwrap();
+    }
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = read_safetensors(&weights).unwrap();
+    let key = "model.embed_tokens.weight";
+    let data = tensors.remove(key).unwrap();
+    let shape = data.shape().to_vec();
+    let mut values = data.try_to_vec::<f32>().unwrap();
+    values[POISON * shape[1]..(POISON + 1) * shape[1]].fill(f32::NAN);
+    tensors.insert(key.to_string(), TensorData::new(values, shape));
+    write_safetensors(&weights, &tensors).unwrap();
+    let device = Device::flex().autodiff();
+    let model = cinder_models::llama::Llama::from_pretrained(dir.path(), &device).unwrap();
+    let tok = Tokenizer::from_json(&std::fs::read_to_string(from.join("tokenizer.json")).unwrap())
+        .unwrap();
+    let clean = |n: u64, stream: u64| -> Vec<u32> {
+        (0..n)
+            .map(|i| 1 + rng::below(3, stream, i, 50) as u32)
+            .collect()
+    };
+    let mut train = clean(2000, 0);
+    train[1400..1600].fill(POISON as u32);
+    let config = TrainConfig {
+        steps: 12,
+        batch_size: 4,
+        context: 16,
+        lr: 1e-2,
+        warmup: 2,
+        eval_every: 0,
+        sample_every: 0,
+        checkpoint_every: 0,
+        seed: 11,
+        on_nonfinite,
+        ..TrainConfig::default()
+    };
+    Trainer::new(model, config, tok, train, clean(400, 1), &device).unwrap()
+}
+
+/// A step whose loss is not finite stops the run, naming the step and the tensor, with the
+/// weights of the step before; under `--on-nonfinite skip` such steps leave the weights as they
+/// were and the clean steps go on training.
+#[test]
+fn non_finite_steps_stop_the_run_or_are_skipped_without_touching_the_weights() {
+    use cinder_engine::train::OnNonFinite;
+    let mut trainer = poisoned_llama(OnNonFinite::Stop);
+    let err = loop {
+        let before = trainer.evaluate().unwrap();
+        match trainer.step() {
+            Ok(r) => assert!(r.loss.is_finite() && !r.skipped, "{r:?}"),
+            Err(e) => {
+                // Same weights, same held-out batches: the same computation, bit for bit.
+                assert_eq!(trainer.evaluate().unwrap(), before);
+                break e.to_string();
+            }
+        }
+        assert!(!trainer.finished(), "no step saw the poisoned token");
+    };
+    let step = trainer.step_count() + 1;
+    assert!(
+        err.contains(&format!("step {step}:"))
+            && err.contains("the weight")
+            && err.contains("embed_tokens")
+            && err.contains("--on-nonfinite skip"),
+        "{err}"
+    );
+
+    let mut trainer = poisoned_llama(OnNonFinite::Skip);
+    let (mut skipped, mut applied) = (0, 0);
+    let first = trainer.evaluate().unwrap();
+    while !trainer.finished() {
+        let before = trainer.evaluate().unwrap();
+        let r = trainer.step().unwrap();
+        let after = trainer.evaluate().unwrap();
+        if r.skipped {
+            skipped += 1;
+            assert!(!r.loss.is_finite(), "{r:?}");
+            assert_eq!(after, before, "a skipped step changed the weights");
+            let note = r.note.as_deref().unwrap_or_default();
+            assert!(
+                note.contains("loss is not finite") && note.contains("embed_tokens"),
+                "{note}"
+            );
+        } else {
+            applied += 1;
+            assert!(r.loss.is_finite() && after.is_finite(), "{r:?}");
+        }
+    }
+    let last = trainer.evaluate().unwrap();
+    eprintln!("{skipped} steps skipped, {applied} applied; held-out {first:.3} -> {last:.3}");
+    assert!(
+        skipped >= 1 && applied >= 1,
+        "{skipped} skipped, {applied} applied"
+    );
+    assert!(last < first, "the clean steps train: {first} -> {last}");
+}

@@ -87,7 +87,12 @@ pub(crate) fn take<const D: usize>(
     name: &str,
     dims: [usize; D],
 ) -> Option<Tensor<D>> {
-    slots.remove(name).map(|t| t.reshape(dims))
+    // A slot of another size (restored state that passed the size checks of `load_state` but
+    // belongs to another axis) starts afresh rather than failing the reshape.
+    slots
+        .remove(name)
+        .filter(|t| t.shape().num_elements() == dims.iter().product::<usize>())
+        .map(|t| t.reshape(dims))
 }
 
 /// Stores `t` as slot `name`.
@@ -200,33 +205,68 @@ impl Optimizer {
             .sum()
     }
 
+    /// The state slots this optimizer keeps per parameter.
+    fn slot_names(&self) -> &'static [&'static str] {
+        match self.config {
+            OptimizerConfig::Sgd(_) => &["momentum"],
+            OptimizerConfig::AdamW(_) => &["exp_avg", "exp_avg_sq"],
+            OptimizerConfig::AdaFactor(_) => &["m", "v", "vr", "vc"],
+            OptimizerConfig::Lion(_) => &["exp_avg"],
+            OptimizerConfig::Heun(_) => &[],
+        }
+    }
+
     /// Restores state saved by [`state_tensors`](Self::state_tensors) after `step` updates.
-    /// `param_paths` are the model's parameter paths, which tell a path from its slot name.
+    /// `params` are the model's parameter paths and shapes: they tell a path from its slot name
+    /// and how many elements each slot may hold (the parameter's, or one axis averaged away for
+    /// AdaFactor's factored moments). Anything else is refused, naming the tensor.
     pub fn load_state(
         &mut self,
         tensors: NamedTensors,
         step: u64,
-        param_paths: &[String],
+        params: &[(String, Vec<usize>)],
         device: &Device,
     ) -> Result<()> {
+        // The state lives where the update computes it: on the device without autodiff.
+        let device = device.clone().inner();
+        let slot_names = self.slot_names();
         let mut state: HashMap<String, Slots> = HashMap::new();
         for (key, data) in tensors {
-            let Some((path, slot)) = param_paths
+            let Some((path, shape, slot)) = params
                 .iter()
-                .filter_map(|p| {
+                .filter_map(|(p, shape)| {
                     key.strip_prefix(p.as_str())
                         .and_then(|rest| rest.strip_prefix('.'))
-                        .map(|slot| (p.clone(), slot.to_string()))
+                        .map(|slot| (p.clone(), shape, slot.to_string()))
                 })
-                .max_by_key(|(p, _)| p.len())
+                .max_by_key(|(p, _, _)| p.len())
             else {
                 return Err(Error::Shape(format!(
                     "optimizer state '{key}' belongs to no parameter of this model"
                 )));
             };
+            if !slot_names.contains(&slot.as_str()) {
+                return Err(Error::Shape(format!(
+                    "optimizer state '{key}': '{slot}' is not a slot of this optimizer \
+                     (it keeps {})",
+                    if slot_names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        slot_names.join(", ")
+                    }
+                )));
+            }
+            let numel: usize = shape.iter().product();
+            let n = data.num_elements();
+            let factored = shape.iter().any(|&d| d > 0 && n * d == numel);
+            if n != numel && !factored {
+                return Err(Error::Shape(format!(
+                    "optimizer state '{key}' has {n} values; the parameter {path} has shape \
+                     {shape:?}"
+                )));
+            }
             let values = crate::readback::data_values(data, &format!("optimizer state '{key}'"))?;
-            let n = values.len();
-            let t = Tensor::from_data(TensorData::new(values, [n]), device);
+            let t = Tensor::from_data(TensorData::new(values, [n]), &device);
             state.entry(path).or_default().insert(slot, t);
         }
         self.state = state;
@@ -468,7 +508,7 @@ mod tests {
         let model = opt.step(0.01, model, grads);
         let saved = opt.state_tensors().unwrap();
         let mut back = Optimizer::new(OptimizerConfig::Lion(LionConfig::default()));
-        back.load_state(saved.clone(), 1, &param_paths(&model), &device)
+        back.load_state(saved.clone(), 1, &param_shapes(&model), &device)
             .unwrap();
         assert_eq!(back.steps(), 1);
         assert_eq!(back.state_tensors().unwrap().len(), saved.len());
@@ -478,7 +518,7 @@ mod tests {
             TensorData::new(vec![1.0f32], [1]),
         );
         let err = back
-            .load_state(wrong, 1, &param_paths(&model), &device)
+            .load_state(wrong, 1, &param_shapes(&model), &device)
             .expect_err("state for a missing parameter loaded")
             .to_string();
         assert!(err.contains("nothing.here.exp_avg"), "{err}");

@@ -5,6 +5,7 @@
 use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
+use super::nonfinite::OnNonFinite;
 use crate::optim::OptimizerConfig;
 use crate::schedule::WarmupCosine;
 use crate::{Error, Result};
@@ -116,6 +117,10 @@ pub struct TrainConfig {
     /// Maximum global gradient norm (0 = no clipping).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
+    /// What a step whose loss or gradients hold a NaN or an infinity does: stop the run with
+    /// an error naming the step and the first such tensor, or skip the step (no update).
+    #[arg(long, value_enum, default_value_t)]
+    pub on_nonfinite: OnNonFinite,
     /// Evaluate on the held-out split every N steps (0 = never).
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
@@ -171,23 +176,37 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Checks the values that would otherwise fail deep inside a step.
+    /// Checks the values that would otherwise fail deep inside a step (or train on nonsense),
+    /// naming each by its command-line flag.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: &str| Err(Error::Config(m.to_string()));
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if self.steps == 0 {
+            return fail("--steps must be at least 1");
+        }
         if self.batch_size == 0 {
-            return fail("batch size must be at least 1");
+            return fail("--batch-size must be at least 1");
         }
         if self.context == 0 {
-            return fail("context must be at least 1");
+            return fail("--context must be at least 1");
         }
         if self.accumulate == 0 {
-            return fail("accumulate must be at least 1");
+            return fail("--accumulate must be at least 1");
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return fail("learning rate must be a positive number");
+        if !positive(self.lr) {
+            return fail("--lr (the learning rate) must be a positive number");
+        }
+        if !(self.min_lr_ratio.is_finite() && (0.0..=1.0).contains(&self.min_lr_ratio)) {
+            return fail("--min-lr-ratio must be between 0 and 1");
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return fail("--grad-clip must be 0 (no clipping) or a positive norm");
         }
         if !(self.free_bits.is_finite() && self.free_bits >= 0.0) {
             return fail("--free-bits must be a number of nats, 0 or more");
+        }
+        if self.eval_every > 0 && self.eval_batches == 0 {
+            return fail("--eval-batches must be at least 1 when --eval-every is not 0");
         }
         Ok(())
     }

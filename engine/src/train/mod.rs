@@ -5,13 +5,15 @@
 //! [`Run`](crate::run::Run) records the reports and writes the checkpoints the trainer hands
 //! it, so a command-line loop, a desktop worker and a browser page drive the same code.
 //!
-//! One idea per file: `config` (the settings), `loss` (the objective), `precision` (mixed
-//! precision and loss scaling), `recompute` (block-wise recomputation), and here the step.
+//! One idea per file: `config` (the settings), `loss` (the objective), `nonfinite` (steps whose
+//! loss or gradients are NaN or infinite), `precision` (mixed precision and loss scaling),
+//! `recompute` (block-wise recomputation), and here the step.
 //!
 //! B=batch, T=time, V=vocab
 
 mod config;
 mod loss;
+mod nonfinite;
 mod precision;
 mod recompute;
 
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{Precision, Recompute, TrainConfig};
 pub use loss::{lm_loss, masked_loss_sum};
+pub use nonfinite::OnNonFinite;
 pub use precision::LossScaler;
 
 use crate::data::masked::{MaskedBatch, Masking, documents, masked_batch_rows};
@@ -28,7 +31,7 @@ use crate::data::pairs::{PairBatch, PairTokens, TokenPair, pair_batch_rows};
 use crate::data::{LmBatch, lm_batch, lm_batch_rows};
 use crate::generate::GenerateConfig;
 use crate::lm::{LanguageModel, Objective, export_tensors_async};
-use crate::optim::{Optimizer, clip_global_norm_async, global_norm_async, param_paths};
+use crate::optim::{Optimizer, clip_global_norm_async, global_norm_async, param_shapes};
 use crate::pace::Pacer;
 use crate::run::{CHECKPOINT_FORMAT, Checkpoint, TrainerState};
 use crate::sampling::SamplingConfig;
@@ -41,11 +44,14 @@ use crate::{Error, Result, readback, rng};
 pub struct StepReport {
     /// Steps completed, this one included.
     pub step: u64,
-    /// Mean training loss over the step's micro-batches.
+    /// Mean training loss over the step's micro-batches (NaN for a step whose loss was not
+    /// finite, written as `null`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Training tokens per second during this step.
     pub tokens_per_sec: f64,
@@ -84,12 +90,21 @@ pub struct StepReport {
     /// The f16 loss scale used by this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
-    /// Whether the update was skipped because the f16 gradients overflowed.
+    /// Whether the update was skipped: the f16 gradients overflowed, or the loss or gradients
+    /// were not finite under [`OnNonFinite::Skip`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Why the step was unusual (a skipped non-finite step), for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Where a checkpoint written after this step went (set by the run that wrote it).
     #[serde(skip)]
     pub checkpoint: Option<std::path::PathBuf>,
+}
+
+/// A number that JSON wrote as `null` (JSON has no NaN or infinity) is read back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What the gradient computation needs, apart from the model: borrowed from the trainer so the
@@ -222,10 +237,11 @@ impl RowData {
 fn variational_losses<M: LanguageModel>(
     model: &M,
     tokens: Tensor<2, Int>,
+    (noise_seed, first_row): (u64, usize),
     free_bits: f64,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let [b, l] = tokens.dims();
-    let (logits, kl) = model.forward_variational(tokens.clone());
+    let (logits, kl) = model.forward_variational(tokens.clone(), noise_seed, first_row);
     let ones = Tensor::<2>::ones([b, l], &tokens.device());
     let recon = masked_loss_sum(precision::to_f32(logits), tokens, ones).div_scalar(b as f64);
     let per_dim = precision::to_f32(kl).mean_dim(0); // [1, Z]
@@ -512,9 +528,9 @@ impl<M: LanguageModel> Trainer<M> {
         }
         let name = "optimizer.safetensors";
         let moments = parse_safetensors(&ckpt.path(name), ckpt.file(name)?)?;
-        let paths = param_paths(self.model());
+        let params = param_shapes(self.model());
         self.optim
-            .load_state(moments, state.step, &paths, &self.device)?;
+            .load_state(moments, state.step, &params, &self.device)?;
         self.step = state.step;
         self.tokens_seen = state.tokens_seen;
         self.config.seed = state.seed;
@@ -633,6 +649,37 @@ impl<M: LanguageModel> Trainer<M> {
                 .await;
         }
         let grad_norm = clip_global_norm_async(&model, &mut grads, self.config.grad_clip).await?;
+        if !(loss.loss.is_finite() && grad_norm.is_finite()) {
+            let culprit = nonfinite::first_non_finite(&model, &grads).await;
+            let step = self.step + 1;
+            if self.config.on_nonfinite == OnNonFinite::Skip {
+                let what = if loss.loss.is_finite() {
+                    "gradient"
+                } else {
+                    "loss"
+                };
+                let place = match culprit {
+                    Ok(Some(c)) => format!(" (the first NaN or infinity is in {c})"),
+                    _ => String::new(),
+                };
+                let mut report = self
+                    .finish_step(model, t0, loss, lr, grad_norm, loss_scale, true)
+                    .await?;
+                report.note = Some(format!("skipped: its {what} is not finite{place}"));
+                return Ok(report);
+            }
+            self.model = Some(model);
+            let culprit = match culprit? {
+                Some(c) => format!("; the first NaN or infinity is in {c}"),
+                None => String::new(),
+            };
+            return Err(Error::NonFinite(format!(
+                "step {step}: the loss is {} and the gradient norm {}{culprit}. The weights keep \
+                 the values of step {}. A lower --lr or --grad-clip often avoids this; \
+                 --on-nonfinite skip skips such steps instead",
+                loss.loss, grad_norm, self.step
+            )));
+        }
         let clip = self.config.grad_clip;
         let gradient_at = async |m: &M| -> Result<GradientsParams> {
             let (mut g, _) = batches.gradients(m).await?;
@@ -699,6 +746,7 @@ impl<M: LanguageModel> Trainer<M> {
             eval_kl: eval_parts.map(|p| p.1),
             loss_scale,
             skipped,
+            note: None,
             checkpoint: None,
         })
     }
@@ -726,9 +774,9 @@ impl<M: LanguageModel> Trainer<M> {
             let batches = c.eval_batches.max(1);
             for i in 0..batches {
                 // The posterior's noise is fixed per held-out batch too.
-                device.seed(rng::hash3(c.seed, 8, i as u64));
                 let x = RowData::batch(rows, n, 0, (c.seed, 1, i as u64), &device);
-                let (rc, k, _) = variational_losses(&model, x, 0.0);
+                let noise = (rng::hash3(c.seed, 8, i as u64), 0);
+                let (rc, k, _) = variational_losses(&model, x, noise, 0.0);
                 recon += readback::scalar_async(rc, "the held-out loss").await?;
                 kl += readback::scalar_async(k, "the held-out KL").await?;
             }
@@ -1127,7 +1175,8 @@ impl Batches<'_> {
         let (mut total, mut recon_sum, mut kl_sum) = (0.0, 0.0, 0.0);
         for micro in 0..k {
             let x = RowData::batch(&r.train, n, micro * n, (c.seed, 0, self.step), self.device);
-            let (recon, kl, charged) = variational_losses(work, x, c.free_bits);
+            let noise = (rng::hash3(c.seed, 9, self.step), micro * n);
+            let (recon, kl, charged) = variational_losses(work, x, noise, c.free_bits);
             let loss = recon.clone() + charged.mul_scalar(beta);
             let scaled = precision::scaled(&loss, factor);
             accumulator.accumulate(work, GradientsParams::from_grads(scaled.backward(), work));

@@ -204,6 +204,10 @@ impl LlamaConfig {
 
     /// Checks values that would make the model impossible to build or silently wrong.
     pub fn check(&self) -> EngineResult<()> {
+        crate::check_positive(&[
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_base()),
+        ])?;
         let bad = |m: String| Err(Error::Config(m));
         let (h, k) = (self.num_attention_heads, self.kv_heads());
         if h == 0 || k == 0 || h % k != 0 {

@@ -11,7 +11,9 @@ use burn::tensor::{Device, TensorData};
 use cinder_engine::burn;
 use cinder_engine::gguf::GgufFile;
 use cinder_engine::run::Checkpoint;
-use cinder_engine::weights::{NamedTensors, folder_weights, load_parameters, transpose_2d};
+use cinder_engine::weights::{
+    NamedTensors, check_config_sizes, folder_weights, load_parameters, transpose_2d,
+};
 use cinder_engine::{Error, Result};
 
 use super::layers::{PROJECTIONS, Rows};
@@ -45,6 +47,14 @@ impl Llama {
                 *data = transpose_2d(data, source, name)?;
             }
         }
+        let layers = [("num_hidden_layers", config.num_hidden_layers)];
+        let widths = [
+            ("hidden_size", config.hidden_size),
+            ("intermediate_size", config.intermediate_size),
+            ("vocab_size", config.vocab_size),
+            ("head_dim", config.head_size()),
+        ];
+        check_config_sizes(source, &layers, &widths, &tensors)?;
         let model = config.init_with(Initializer::Zeros, device);
         load_parameters(model, &mut tensors, &hf_names, source, device)
     }
