@@ -242,6 +242,7 @@ pub struct DecodeArgs {
     pub sampling: SamplingConfig,
     /// Beam search with this many beams instead of sampling (1 = off).
     #[arg(long, default_value_t = 1)]
+    #[arg(value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub beams: usize,
     /// Beam search length penalty: > 0 favours longer answers, < 0 shorter ones.
     #[arg(long, default_value_t = 1.0)]
@@ -402,6 +403,9 @@ pub enum BenchCommand {
     /// The poetry VAE against a character GPT of about its size trained for the same time on
     /// the Tang couplets: well-formed and novel couplets, distinct characters, held-out losses.
     Poem(BenchPoemArgs),
+    /// Memory over a long run: resident memory (and Burn's pool) every N steps while the tiny
+    /// GPT trains, then every N tokens while it decodes; the growth from step 100 to the end.
+    Soak(BenchSoakArgs),
     /// One measurement of `bench memory`, run in a fresh process (internal).
     #[command(hide = true)]
     MemoryProbe(MemoryProbeArgs),
@@ -505,6 +509,27 @@ pub struct BenchTrainArgs {
     /// Untimed warmup steps.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
+}
+
+/// `cinder bench soak`
+#[derive(Args, Debug, Clone)]
+pub struct BenchSoakArgs {
+    /// Training steps.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: u64,
+    /// Tokens decoded after training.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tokens: u64,
+    /// Read memory every N steps and every N tokens.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub every: u64,
+    /// The step (and token) from which growth is measured: the first steps fill caches and
+    /// pools, which is not a leak.
+    #[arg(long, default_value_t = 100)]
+    pub from: u64,
     /// Where to compute.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,

@@ -227,7 +227,12 @@ pub fn run(args: GenerateArgs, cache_dir: &Path) -> Result<()> {
         let arrow = if encoder_decoder { " → " } else { "" };
         eprint!("{}{arrow}", args.prompt);
     }
-    let out = respond(&loaded, &device, &prompt, &stops, &args.decode)?;
+    let out = respond(&loaded, &device, &prompt, &stops, &args.decode).inspect_err(|_| {
+        // The error goes on a line of its own, not after the echoed prompt.
+        if !args.chat {
+            eprintln!();
+        }
+    })?;
     println!();
     eprintln!("{}", speed_line(&out));
     Ok(())

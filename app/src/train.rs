@@ -79,7 +79,7 @@ pub fn open_session(
 ) -> Result<Session> {
     let (settings, run_dir, resuming) = match resume {
         Some(dir) => {
-            let run = Run::new(storage(&dir))?;
+            let run = Run::open(storage(&dir));
             let saved = TrainSettings::resumed(&run, steps, settings.device)
                 .with_context(|| format!("--resume {}", dir.display()))?;
             (saved, dir, true)
@@ -174,6 +174,9 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         };
         if !interactive && (r.step % log_every == 0 || r.step == 1) {
             say(format!("step {}/{total} {msg}", r.step));
+        }
+        if let Some(note) = &r.note {
+            say(format!("step {}: {note}", r.step));
         }
         if let (Some(eval), Some(recon), Some(kl)) = (r.eval_loss, r.eval_reconstruction, r.eval_kl)
         {

@@ -642,3 +642,421 @@ fn train_a_poetry_vae_then_sample_and_interpolate_couplets() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not a poetry VAE"), "{err}");
 }
+
+/// Losses by step from a run folder's metrics (every line must parse: call after a clean end).
+fn run_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .expect("read metrics")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a metrics line");
+            (
+                v["step"].as_u64().expect("a step"),
+                v["loss"].as_f64().expect("a loss"),
+            )
+        })
+        .collect()
+}
+
+/// What a SIGKILL may leave in a run folder, checked after each kill: every checkpoint folder
+/// (not a `.partial` one) holds a loadable model, `latest` names one of them, and every line
+/// of `metrics.jsonl` but a torn last one is a whole JSON object.
+fn check_killed_run(run: &Path, kill: usize) {
+    let checkpoints = run.join("checkpoints");
+    if let Ok(entries) = std::fs::read_dir(&checkpoints) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.contains('.') {
+                continue;
+            }
+            let device = cinder_engine::burn::tensor::Device::flex();
+            if let Err(e) = cinder_models::auto::load(&entry.path(), &device, None) {
+                panic!("after kill {kill}: checkpoint {name} does not load: {e}");
+            }
+        }
+    }
+    if let Ok(latest) = std::fs::read_to_string(run.join("latest")) {
+        assert!(
+            run.join(latest.trim()).is_dir(),
+            "after kill {kill}: latest names {latest}, which is missing"
+        );
+    }
+    if let Ok(metrics) = std::fs::read_to_string(run.join("metrics.jsonl")) {
+        let lines: Vec<&str> = metrics.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let whole = serde_json::from_str::<serde_json::Value>(line).is_ok();
+            let torn_last = i + 1 == lines.len() && !metrics.ends_with('\n');
+            assert!(
+                whole || torn_last,
+                "after kill {kill}: metrics line {} is broken: {line}",
+                i + 1
+            );
+        }
+    }
+}
+
+/// `cinder train` killed with SIGKILL 100 times at pseudo-random moments (while it trains,
+/// writes a checkpoint every step, appends metrics, saves its tokenizer) and resumed each time:
+/// every checkpoint left on disk loads, the metrics parse, and the finished run has the losses
+/// of a run that was never interrupted, with no leftovers of interrupted writes.
+#[test]
+fn a_run_killed_100_times_resumes_to_the_losses_of_an_uninterrupted_one() {
+    const KILLS: usize = 100;
+    let work = tempfile::tempdir().expect("tempdir");
+    let corpus = little_corpus(work.path());
+    #[rustfmt::skip]
+    let settings = [
+        "--corpus", corpus.to_str().expect("a UTF-8 path"),
+        "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+        "--context", "8", "--batch-size", "2", "--steps", "1000", "--eval-every", "100",
+        "--sample-every", "0", "--checkpoint-every", "1", "--keep-checkpoints", "2",
+        "--device", "cpu", "--quiet",
+    ];
+    let start = |out: &Path| -> Vec<String> {
+        let mut args: Vec<String> = ["train"]
+            .iter()
+            .chain(&settings)
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--out".into(), out.display().to_string()]);
+        args
+    };
+    let reference = work.path().join("reference");
+    let t0 = std::time::Instant::now();
+    let args = start(&reference);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cinder(&args, work.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let whole = t0.elapsed();
+    let expected = run_losses(&reference);
+    assert_eq!(expected.len(), 1000);
+
+    let run = work.path().join("run");
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut kills = 0;
+    let mut progress = Vec::new();
+    while kills < KILLS {
+        let args = if run.join("run.json").exists() {
+            vec![
+                "train".to_string(),
+                "--resume".into(),
+                run.display().to_string(),
+                "--device".into(),
+                "cpu".into(),
+                "--quiet".into(),
+            ]
+        } else {
+            start(&run)
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cinder"))
+            .args(&args)
+            .current_dir(work.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start cinder");
+        // A moment between the start and a hundredth of the whole run's time (at most ten steps
+        // of progress), so the kills fall in start-up, steps and writes alike.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay = whole.mul_f64((rng % 1000) as f64 / 100_000.0);
+        std::thread::sleep(delay);
+        match child.try_wait().expect("poll cinder") {
+            Some(status) => {
+                assert!(status.success(), "cinder train failed after {kills} kills");
+                break;
+            }
+            None => {
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reap");
+                kills += 1;
+                check_killed_run(&run, kills);
+                let lines = std::fs::read_to_string(run.join("metrics.jsonl"))
+                    .map_or(0, |m| m.lines().count());
+                progress.push(lines);
+            }
+        }
+    }
+    assert_eq!(
+        kills, KILLS,
+        "the run finished before it was killed {KILLS} times"
+    );
+    let moved = progress.windows(2).filter(|w| w[1] != w[0]).count();
+    eprintln!(
+        "{kills} kills; metrics lines after each: {progress:?}; {moved} kills came after new steps"
+    );
+    let resume = [
+        "train",
+        "--resume",
+        run.to_str().expect("a UTF-8 path"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
+    let out = cinder(&resume, work.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = run_losses(&run);
+    assert_eq!(got.len(), expected.len(), "one metrics line per step");
+    // The same operations on the same weights, moments and batches: each resumed step repeats
+    // the uninterrupted one to the bit.
+    for ((step, a), (s, b)) in expected.iter().zip(&got) {
+        assert_eq!(step, s);
+        assert!(
+            a == b,
+            "step {step}: uninterrupted {a} vs killed and resumed {b}"
+        );
+    }
+    let leftovers: Vec<String> = walk(&run)
+        .into_iter()
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            name.ends_with(".partial") || name.ends_with(".old") || name.starts_with(".tmp-")
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "leftovers of interrupted writes: {leftovers:?}"
+    );
+}
+
+/// Every file and folder under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Every command, given each kind of bad value, ends with one `error:` line naming the flag or
+/// the file and the exit status 2 (a usage error, found by the argument parser) or 1 (found
+/// while running), never a panic or a backtrace. All cases run; the failures are listed
+/// together.
+#[test]
+fn every_bad_input_gets_a_one_line_error_naming_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let corpus = little_corpus(w);
+    let corpus = corpus.to_str().expect("a UTF-8 path");
+    std::fs::write(w.join("empty.txt"), "").expect("write");
+    std::fs::write(w.join("one-line.txt"), "tiny\n").expect("write");
+    std::fs::write(w.join("notes.txt"), "not a model\n").expect("write");
+    std::fs::create_dir_all(w.join("empty-folder")).expect("mkdir");
+    let gpt2 = fixture();
+    let gpt2 = gpt2.to_str().expect("a UTF-8 path");
+    let bert = fixture().with_file_name("bert-tiny");
+    let bert = bert.to_str().expect("a UTF-8 path");
+    let long_prompt = "the quick brown fox ".repeat(200);
+    let tiny = [
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "16",
+        "--n-head",
+        "2",
+        "--context",
+        "8",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    // The tiny settings, with any of them that `extra` gives replaced.
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["train".to_string(), "--corpus".into(), corpus.into()];
+        for pair in tiny.chunks(2) {
+            if !extra.iter().any(|e| e.split('=').next() == Some(pair[0])) {
+                args.extend(pair.iter().map(|s| s.to_string()));
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let with = |base: &[&str], extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let generate = ["generate", "--model", gpt2, "--device", "cpu"];
+    #[rustfmt::skip]
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        // Values the argument parser refuses: exit status 2.
+        (train(&["--steps", "many"]), 2, "--steps"),
+        (train(&["--lr", "fast"]), 2, "--lr"),
+        (train(&["--family", "gpt5"]), 2, "--family"),
+        (train(&["--precision", "fp8"]), 2, "--precision"),
+        (train(&["--on-nonfinite", "maybe"]), 2, "--on-nonfinite"),
+        (train(&["--optimizer", "sgdx"]), 2, "--optimizer"),
+        (train(&["--batch-size=-3"]), 2, "--batch-size"),
+        (with(&generate, &["--max-new-tokens=-1"]), 2, "--max-new-tokens"),
+        (with(&generate, &["--beams", "0"]), 2, "--beams"),
+        (with(&generate, &["--temperature", "hot"]), 2, "--temperature"),
+        (with(&["generate", "--model", gpt2, "--device", "tpu"], &[]), 2, "--device"),
+        (with(&generate, &["--dtype", "q3"]), 2, "--dtype"),
+        (with(&["fill-mask", "--model", bert, "a [MASK]", "--top-k", "0"], &[]), 2, "--top-k"),
+        (with(&["poem", "--model", gpt2, "--count", "0"], &[]), 2, "--count"),
+        (with(&["embed"], &[]), 2, "<TEXTS>"),
+        (with(&["bench", "train", "--workload", "huge"], &[]), 2, "--workload"),
+        (with(&["bench", "soak", "--every", "0"], &[]), 2, "--every"),
+        // Values found wrong while running: exit status 1.
+        (with(&["train", "--corpus", "/nonexistent/corpus.txt", "--device", "cpu"], &[]), 1, "/nonexistent/corpus.txt"),
+        (with(&["train", "--corpus", "empty-folder", "--device", "cpu"], &[]), 1, "empty-folder"),
+        (with(&["train", "--corpus", "empty.txt", "--device", "cpu"], &[]), 1, "empty.txt"),
+        (with(&["train", "--corpus", "one-line.txt"], &tiny), 1, "one-line.txt"),
+        (train(&["--steps", "0"]), 1, "--steps"),
+        (train(&["--batch-size", "0"]), 1, "--batch-size"),
+        (train(&["--context", "0"]), 1, "--context"),
+        (train(&["--accumulate", "0"]), 1, "--accumulate"),
+        (train(&["--lr=-1"]), 1, "--lr"),
+        (train(&["--lr", "0"]), 1, "--lr"),
+        (train(&["--n-layer", "0"]), 1, "--n-layer"),
+        (train(&["--n-embd", "15"]), 1, "--n-embd"),
+        (train(&["--dropout", "1.5"]), 1, "--dropout"),
+        (train(&["--grad-clip=-1"]), 1, "--grad-clip"),
+        (train(&["--out", "notes.txt/run"]), 1, "notes.txt"),
+        (with(&["train", "--resume", "/nonexistent/run", "--device", "cpu"], &[]), 1, "/nonexistent/run"),
+        (with(&["train", "--resume", "empty-folder", "--device", "cpu"], &[]), 1, "empty-folder"),
+        (train(&["--init-from", "/nonexistent/model"]), 1, "/nonexistent/model"),
+        (with(&["generate", "--model", "/nonexistent/model", "--device", "cpu"], &[]), 1, "/nonexistent/model"),
+        (with(&["generate", "--model", "notes.txt", "--device", "cpu"], &[]), 1, "notes.txt"),
+        (with(&["generate", "--model", "empty-folder", "--device", "cpu"], &[]), 1, "empty-folder"),
+        (with(&["generate", "--model", bert, "--device", "cpu"], &[]), 1, "bert-tiny"),
+        (with(&generate, &["--prompt", &long_prompt]), 1, "prompt"),
+        (with(&generate, &["--top-p", "2"]), 1, "--top-p"),
+        (with(&generate, &["--temperature=-1"]), 1, "--temperature"),
+        (with(&generate, &["--dtype", "q4"]), 1, "--dtype"),
+        (with(&["chat", "--model", bert, "--device", "cpu"], &[]), 1, "bert-tiny"),
+        (with(&["embed", "--model", gpt2, "--device", "cpu", "some text"], &[]), 1, "gpt2-tiny"),
+        (with(&["fill-mask", "--model", bert, "--device", "cpu", "no mask here"], &[]), 1, "[MASK]"),
+        (with(&["fill-mask", "--model", gpt2, "--device", "cpu", "a [MASK]"], &[]), 1, "gpt2-tiny"),
+        (with(&["poem", "--model", gpt2, "--device", "cpu"], &[]), 1, "gpt2-tiny"),
+    ];
+    let mut failures = Vec::new();
+    for (args, code, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cinder(&args, w);
+        let err = text(&out.stderr);
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        // clap's usage errors are an "error: ..." line, the argument it is about (on the next
+        // line when one is missing) and the usage.
+        let error_line = if *code == 2 {
+            err.split("\n\nUsage:").next().unwrap_or_default()
+        } else {
+            last
+        };
+        let problem = if out.status.code() != Some(*code) {
+            Some(format!(
+                "exit status {:?}, expected {code}",
+                out.status.code()
+            ))
+        } else if err.contains("panicked") || err.contains("backtrace") {
+            Some("a panic".to_string())
+        } else if !error_line.starts_with("error:") {
+            Some("no error line".to_string())
+        } else if !error_line.contains(needle) {
+            Some(format!("the error does not name {needle}"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            failures.push(format!(
+                "cinder {}: {problem}\n    {}",
+                args.join(" "),
+                err.trim().replace('\n', "\n    ")
+            ));
+        }
+    }
+    eprintln!(
+        "{} bad inputs, {} handled as expected",
+        cases.len(),
+        cases.len() - failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A checkpoint that cannot be written (files limited in size with `ulimit -f`, as on a full
+/// disk) stops the run with a one-line error naming the file; the previous checkpoint stays
+/// whole and `latest`, no half-written folder is left, and the run resumes once there is room.
+#[test]
+fn a_full_disk_stops_the_run_with_an_error_and_keeps_the_last_checkpoint() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let corpus = little_corpus(work.path());
+    let run = work.path().join("run");
+    let run_path = run.to_str().expect("a UTF-8 path");
+    #[rustfmt::skip]
+    let first = [
+        "train", "--corpus", corpus.to_str().expect("a UTF-8 path"),
+        "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "16",
+        "--batch-size", "2", "--steps", "8", "--stop-after", "4", "--checkpoint-every", "2",
+        "--eval-every", "0", "--sample-every", "0", "--device", "cpu", "--quiet", "--out", run_path,
+    ];
+    let out = cinder(&first, work.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The weights (58 KB) no longer fit in a file; the metrics and settings (1 KB) still do.
+    // SIGXFSZ is ignored, so a write past the limit fails with EFBIG instead of killing.
+    let limited = Command::new("sh")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f 20; exec \"$0\" train --resume \"$1\" --device cpu --quiet",
+            env!("CARGO_BIN_EXE_cinder"),
+            run_path,
+        ])
+        .current_dir(work.path())
+        .output()
+        .expect("running cinder under ulimit");
+    let err = text(&limited.stderr);
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert_eq!(limited.status.code(), Some(1), "{err}");
+    assert!(
+        last.starts_with("error: ") && last.contains("step-0000006") && last.contains("too large"),
+        "{err}"
+    );
+    let latest = std::fs::read_to_string(run.join("latest")).expect("latest");
+    assert_eq!(latest.trim(), "checkpoints/step-0000004");
+    let device = cinder_engine::burn::tensor::Device::flex();
+    cinder_models::auto::load(&run.join(latest.trim()), &device, None).expect("step 4 loads");
+    let names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .expect("checkpoints")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains('.')), "{names:?}");
+    let out = cinder(
+        &["train", "--resume", run_path, "--device", "cpu", "--quiet"],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(run_losses(&run).len(), 8);
+}
+
+/// An output folder that cannot be created (its parent is a file) is a one-line error naming
+/// it, before any training.
+#[test]
+fn an_unwritable_output_folder_is_an_error_naming_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let corpus = little_corpus(work.path());
+    #[rustfmt::skip]
+    let args = [
+        "train", "--corpus", corpus.to_str().expect("a UTF-8 path"), "--n-layer", "1",
+        "--n-embd", "16", "--n-head", "2", "--context", "8", "--steps", "2", "--device", "cpu",
+        "--out", "poems.txt/run",
+    ];
+    let out = cinder(&args, work.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("poems.txt/run"),
+        "{err}"
+    );
+    assert!(!err.contains("step 1"), "no step trains: {err}");
+}

@@ -35,10 +35,17 @@ pub struct Run {
 }
 
 impl Run {
-    /// The run kept in `storage`, with leftovers of an interrupted checkpoint write removed.
+    /// The run kept in `storage`, to be written: the leftovers of interrupted writes (a
+    /// checkpoint folder half written, a temporary file) are removed first.
     pub fn new(mut storage: Box<dyn RunStorage>) -> Result<Self> {
         storage.clean()?;
         Ok(Self { storage })
+    }
+
+    /// The run kept in `storage`, only to be read: nothing is removed, since another process
+    /// may be writing it at this moment (a dashboard watching a run that trains).
+    pub fn open(storage: Box<dyn RunStorage>) -> Self {
+        Self { storage }
     }
 
     /// Where `name` lives (`runs/tang/metrics.jsonl`), for messages.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{remove_leftovers, write_atomic, write_files};
+use crate::atomic::{remove_dir_atomic, remove_leftovers, write_atomic, write_files};
 use crate::{Error, Result};
 
 /// The storage of one run.
@@ -139,11 +139,11 @@ impl RunStorage for FsStorage {
     }
 
     fn remove_folder(&mut self, name: &str) -> Result<()> {
-        let path = self.root.join(name);
-        std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))
+        remove_dir_atomic(&self.root.join(name))
     }
 
     fn clean(&mut self) -> Result<()> {
+        remove_leftovers(&self.root)?;
         remove_leftovers(&self.root.join(super::CHECKPOINTS))
     }
 

@@ -102,10 +102,11 @@ impl TrainView {
             }
         });
         let reports = &self.run.reports;
+        // A skipped non-finite step has no point on the curves (and would poison the smoothing).
         let steps = |f: &dyn Fn(&StepReport) -> Option<f64>| -> Vec<[f64; 2]> {
             reports
                 .iter()
-                .filter_map(|r| f(r).map(|v| [r.step as f64, v]))
+                .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| [r.step as f64, v]))
                 .collect()
         };
         let log = self.form.log_scale;

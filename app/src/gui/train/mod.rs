@@ -70,6 +70,9 @@ impl RunData {
         if let Some(ckpt) = &report.checkpoint {
             self.checkpoint = Some(ckpt.clone());
         }
+        if let Some(note) = &report.note {
+            self.log.push(format!("step {}: {note}", report.step));
+        }
         self.reports.push(report);
     }
 
@@ -82,7 +85,7 @@ impl RunData {
     /// Reads a run folder: its settings, metrics and samples.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let run = Run::new(Box::new(FsStorage::new(dir)))?;
+        let run = Run::open(Box::new(FsStorage::new(dir)));
         let settings = TrainSettings::read(&run)?
             .with_context(|| format!("{} is not a run folder (no run.json)", dir.display()))?;
         let mut data = Self {
