@@ -5,6 +5,8 @@ pub mod bench;
 pub mod bench_memory;
 #[cfg(not(target_family = "wasm"))]
 pub mod bench_poem;
+#[cfg(not(target_family = "wasm"))]
+pub mod bench_soak;
 pub mod cli;
 #[cfg(not(target_family = "wasm"))]
 pub mod encode;

@@ -1,0 +1,146 @@
+//! `cinder bench soak`: memory over a long run. Trains the `tiny` GPT on random tokens for
+//! `--steps` steps, then decodes `--tokens` tokens with its KV cache in one generation (sliding
+//! its window past the context), printing the process's resident memory (and on wgpu
+//! Burn's memory pool) every `--every` steps or tokens. It ends with the growth of each from
+//! the first reading at or after `--from` to the last, against the goal of under 2%: a leak
+//! of a few KiB per step shows there long before it fills a machine.
+
+use anyhow::{Context, Result};
+use cinder_engine::burn::tensor::Device;
+use cinder_engine::device::{Selected, memory_usage, process_memory};
+use cinder_engine::generate::{GenerateConfig, generate};
+use cinder_engine::sampling::SamplingConfig;
+use cinder_engine::train::{TrainConfig, model_files};
+use cinder_models::gpt2::Gpt2;
+
+use crate::cli::{BenchSoakArgs, Workload};
+
+/// Growth above which a soak counts as leaking.
+const GOAL_PERCENT: f64 = 2.0;
+
+/// One reading: resident bytes of the process and, where the backend has one, bytes reserved
+/// by its memory pool.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    at: u64,
+    rss: u64,
+    pool: Option<u64>,
+}
+
+fn read(at: u64, device: &Device) -> Reading {
+    Reading {
+        at,
+        rss: process_memory().map_or(0, |(rss, _)| rss),
+        pool: memory_usage(device).map(|(_, reserved)| reserved),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn say_reading(phase: &str, unit: &str, r: &Reading) {
+    let pool = r
+        .pool
+        .map(|p| format!(", pool {:.1} MiB", mib(p)))
+        .unwrap_or_default();
+    eprintln!(
+        "{phase} {unit} {:>6}: resident {:.1} MiB{pool}",
+        r.at,
+        mib(r.rss)
+    );
+}
+
+/// The growth from the first reading at or after `from` to the last, one line per measure;
+/// whether each stayed under the goal.
+fn verdict(phase: &str, unit: &str, readings: &[Reading], from: u64) -> bool {
+    let Some(first) = readings.iter().find(|r| r.at >= from).or(readings.first()) else {
+        return true;
+    };
+    let Some(last) = readings.last() else {
+        return true;
+    };
+    let mut ok = true;
+    let mut line = |what: &str, a: u64, b: u64| {
+        let growth = 100.0 * (b as f64 - a as f64) / (a as f64).max(1.0);
+        let within = growth < GOAL_PERCENT;
+        ok &= within;
+        println!(
+            "{phase}: {what} {:.1} MiB at {unit} {} -> {:.1} MiB at {unit} {}: {growth:+.2}% ({})",
+            mib(a),
+            first.at,
+            mib(b),
+            last.at,
+            if within { "under 2%" } else { "GROWS" }
+        );
+    };
+    line("resident memory", first.rss, last.rss);
+    if let (Some(a), Some(b)) = (first.pool, last.pool) {
+        line("memory pool", a, b);
+    }
+    ok
+}
+
+/// `cinder bench soak`.
+pub fn soak(args: BenchSoakArgs) -> Result<()> {
+    let selected: Selected = cinder_engine::device::select(args.device)?;
+    let (preset, batch, context) = Workload::Tiny.shape();
+    let config = preset.config();
+    let device = selected.device.clone().autodiff();
+    eprintln!(
+        "bench soak: gpt2 {} layers x {} wide, batch {batch} x {context}, {} steps then {} \
+         tokens, memory every {}, on {}",
+        config.n_layer, config.n_embd, args.steps, args.tokens, args.every, selected.description
+    );
+    device.seed(0);
+    let train = TrainConfig {
+        steps: args.steps,
+        batch_size: batch,
+        context,
+        lr: 3e-4,
+        warmup: 1,
+        ..TrainConfig::default()
+    };
+    let mut trainer =
+        crate::bench_memory::random_data_trainer(config.init(&device), train, 1_000_000, &device)?;
+    let every = args.every.max(1);
+    let mut training = Vec::new();
+    while !trainer.finished() {
+        let r = trainer.step()?;
+        if r.step.is_multiple_of(every) || r.step == args.steps {
+            let reading = read(r.step, &selected.device);
+            say_reading("train", "step", &reading);
+            training.push(reading);
+        }
+    }
+
+    // Decoding runs on the plain device, from the trained weights.
+    let files = model_files(trainer.model(), trainer.tokenizer())?;
+    drop(trainer);
+    let model = Gpt2::from_files(&files, &selected.device).context("reloading the weights")?;
+    // One long generation: past the context, the engine slides its window (a fresh cache
+    // prefilled with the last half), as a long chat does.
+    let mut decoding = Vec::new();
+    let mut decoded = 0u64;
+    let config = GenerateConfig::new(args.tokens as usize, SamplingConfig::default(), None);
+    generate(&model, &[1, 2, 3, 4], &config, &selected.device, |_| {
+        decoded += 1;
+        if decoded.is_multiple_of(every) || decoded == args.tokens {
+            let reading = read(decoded, &selected.device);
+            say_reading("decode", "token", &reading);
+            decoding.push(reading);
+        }
+        true
+    })?;
+    let trained = verdict("train", "step", &training, args.from);
+    let decoded_ok = verdict("decode", "token", &decoding, args.from);
+    println!(
+        "soak {}",
+        if trained && decoded_ok {
+            "flat"
+        } else {
+            "grows"
+        }
+    );
+    Ok(())
+}
