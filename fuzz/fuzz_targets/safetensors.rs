@@ -1,0 +1,4 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    cinder_fuzz::guarded(|| cinder_fuzz::safetensors(data));
+});
