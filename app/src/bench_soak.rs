@@ -1,9 +1,10 @@
 //! `cinder bench soak`: memory over a long run. Trains the `tiny` GPT on random tokens for
 //! `--steps` steps, then decodes `--tokens` tokens with its KV cache in one generation (sliding
 //! its window past the context), printing the process's resident memory (and on wgpu
-//! Burn's memory pool) every `--every` steps or tokens. It ends with the growth of each from
-//! the first reading at or after `--from` to the last, against the goal of under 2%: a leak
-//! of a few KiB per step shows there long before it fills a machine.
+//! Burn's memory pool) every `--every` steps or tokens. It ends with the growth of each over
+//! the readings from `--from` on (the floor of the last quarter against the floor of the
+//! first), against the goal of under 2%: a leak of a few KiB per step shows there long before
+//! it fills a machine.
 
 use anyhow::{Context, Result};
 use cinder_engine::burn::tensor::Device;
@@ -51,33 +52,46 @@ fn say_reading(phase: &str, unit: &str, r: &Reading) {
     );
 }
 
-/// The growth from the first reading at or after `from` to the last, one line per measure;
-/// whether each stayed under the goal.
+/// The growth of each measure over the readings at or after `from`: the lowest reading of the
+/// last quarter against the lowest of the first. A leak raises that floor step after step,
+/// while the allocator handing pages back and taking them again only moves the peaks. One
+/// line per measure; whether each stayed under the goal.
 fn verdict(phase: &str, unit: &str, readings: &[Reading], from: u64) -> bool {
-    let Some(first) = readings.iter().find(|r| r.at >= from).or(readings.first()) else {
+    let kept: Vec<&Reading> = readings.iter().filter(|r| r.at >= from).collect();
+    let kept = if kept.len() >= 2 {
+        kept
+    } else {
+        readings.iter().collect()
+    };
+    let Some(quarter) = (kept.len() >= 2).then(|| kept.len().div_ceil(4)) else {
         return true;
     };
-    let Some(last) = readings.last() else {
-        return true;
-    };
+    let (first, last) = (&kept[..quarter], &kept[kept.len() - quarter..]);
     let mut ok = true;
-    let mut line = |what: &str, a: u64, b: u64| {
+    let mut line = |what: &str, get: &dyn Fn(&Reading) -> Option<u64>| {
+        let floor = |rs: &[&Reading]| rs.iter().filter_map(|r| get(r)).min();
+        let peak = kept.iter().filter_map(|r| get(r)).max().unwrap_or(0);
+        let (Some(a), Some(b)) = (floor(first), floor(last)) else {
+            return;
+        };
         let growth = 100.0 * (b as f64 - a as f64) / (a as f64).max(1.0);
         let within = growth < GOAL_PERCENT;
         ok &= within;
         println!(
-            "{phase}: {what} {:.1} MiB at {unit} {} -> {:.1} MiB at {unit} {}: {growth:+.2}% ({})",
+            "{phase}: {what} {:.1} MiB over {unit}s {}-{} -> {:.1} MiB over {unit}s {}-{}: \
+             {growth:+.2}% ({}; peak {:.1} MiB)",
             mib(a),
-            first.at,
+            first[0].at,
+            first[quarter - 1].at,
             mib(b),
-            last.at,
-            if within { "under 2%" } else { "GROWS" }
+            last[0].at,
+            last[quarter - 1].at,
+            if within { "under 2%" } else { "GROWS" },
+            mib(peak)
         );
     };
-    line("resident memory", first.rss, last.rss);
-    if let (Some(a), Some(b)) = (first.pool, last.pool) {
-        line("memory pool", a, b);
-    }
+    line("resident memory", &|r| Some(r.rss));
+    line("memory pool", &|r| r.pool);
     ok
 }
 

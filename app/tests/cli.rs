@@ -1060,3 +1060,28 @@ fn an_unwritable_output_folder_is_an_error_naming_it() {
     );
     assert!(!err.contains("step 1"), "no step trains: {err}");
 }
+
+/// The short soak: 300 training steps and 300 decoded tokens of the tiny GPT keep resident
+/// memory flat from step 100 on (`cinder bench soak` reports 2,000 of each; see README).
+#[test]
+fn a_short_soak_keeps_memory_flat() {
+    let cwd = Path::new(env!("CARGO_MANIFEST_DIR"));
+    #[rustfmt::skip]
+    let out = cinder(
+        &[
+            "bench", "soak", "--steps", "300", "--tokens", "300", "--every", "25", "--from",
+            "100", "--device", "cpu",
+        ],
+        cwd,
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("train step").count(), 12, "{stderr}");
+    assert_eq!(stderr.matches("decode token").count(), 12, "{stderr}");
+    assert!(stdout.contains("train: resident memory"), "{stdout}");
+    assert!(stdout.contains("decode: resident memory"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("soak flat"),
+        "{stdout}\n{stderr}"
+    );
+}

@@ -440,3 +440,74 @@ fn the_poetry_view_samples_and_walks_with_the_vae_the_train_view_trained() {
             .all(|w| w.as_ref().is_some_and(|w| w.chars().count() == 12))
     );
 }
+
+/// Bad values in the training form (a missing corpus, an empty one, a width the heads do not
+/// divide, a run folder that is not one) each end in an error shown in the view, naming the
+/// file or the setting, and leave the app usable: the same form then trains.
+#[test]
+fn bad_form_values_show_an_error_and_leave_the_app_usable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").expect("write");
+    let mut h = harness(tiny_run(dir.path(), 4), dir.path());
+    let good = h.state().train.form.settings.clone();
+    let failed = |app: &CinderApp| {
+        matches!(app.train.status, RunStatus::Failed(_)) || app.train.error.is_some()
+    };
+    let message = |app: &CinderApp| match &app.train.status {
+        RunStatus::Failed(m) => m.clone(),
+        _ => app.train.error.clone().unwrap_or_default(),
+    };
+    let missing = dir.path().join("no-such-corpus.txt");
+    // Each case: what the error must name, and how the form is spoiled.
+    type Spoil<'a> = Box<dyn Fn(&mut CinderApp) + 'a>;
+    let cases: Vec<(&str, Spoil)> = vec![
+        (
+            "no-such-corpus.txt",
+            Box::new(|app| {
+                app.train.form.settings.model.corpus = CorpusSource::File(missing.clone());
+            }),
+        ),
+        (
+            "empty.txt",
+            Box::new(|app| {
+                app.train.form.settings.model.corpus = CorpusSource::File(empty.clone());
+            }),
+        ),
+        (
+            "--n-embd",
+            Box::new(|app| app.train.form.settings.model.n_embd = Some(31)),
+        ),
+    ];
+    for (needle, spoil) in &cases {
+        h.state_mut().train.form.settings = good.clone();
+        spoil(h.state_mut());
+        h.step();
+        h.get_by_label("Start").click();
+        h.step();
+        wait_for(&mut h, 60, needle, failed);
+        let shown = message(h.state());
+        assert!(shown.contains(needle), "{needle}: {shown}");
+        // Shown in the view (the corpus field may name the file too).
+        assert!(
+            h.query_all_by_label_contains(needle).count() >= 1,
+            "{needle} is not shown"
+        );
+    }
+    // A folder that is not a run.
+    h.state_mut().train.form.open_path = dir.path().join("nowhere").display().to_string();
+    h.step();
+    h.get_by_label("Open").click();
+    h.step();
+    let shown = h.state().train.error.clone().unwrap_or_default();
+    assert!(shown.contains("nowhere"), "{shown}");
+    // The same form, with good values, trains.
+    h.state_mut().train.form.settings = good;
+    h.step();
+    h.get_by_label("Start").click();
+    h.step();
+    wait_for(&mut h, 120, "the run after the errors", |app| {
+        app.train.status == RunStatus::Finished
+    });
+    assert_eq!(h.state().train.run.reports.len(), 4);
+}
