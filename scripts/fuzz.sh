@@ -6,6 +6,9 @@
 # RUNS executions per target (default 1,000,000), every target of fuzz/fuzz_targets by default.
 # Each run starts from the committed seeds (fuzz/seeds) and the test fixtures, under
 # -rss_limit_mb=2048, and the targets' own allocator refuses any single allocation over 256 MiB.
+# FUZZ_SECONDS=N also stops each target after N seconds (libFuzzer's -max_total_time).
+# FUZZ_SANITIZER=address adds AddressSanitizer (about 2-3x slower; the default, none, relies on
+# Rust's own checks, debug assertions included).
 # A finding is saved under fuzz/artifacts/TARGET/; add it to fuzz/seeds/TARGET/ as a regression
 # input once fixed (the test suite runs every seed). The test suite itself runs the same targets
 # over the seeds and their mutations on the stable toolchain (tests/tests/fuzz_targets.rs).
@@ -46,8 +49,9 @@ for target in "${targets[@]}"; do
   if [ "$target" = gguf ]; then cp "$fixtures"/llama-tiny-*.gguf "$corpus"/; fi
   echo "==> fuzzing $target for $runs runs"
   start=$(date +%s)
-  cargo +nightly fuzz run --release --debug-assertions "$target" "$corpus" -- \
-    -runs="$runs" -rss_limit_mb=2048 -timeout=30 -max_len=262144 -print_final_stats=1 2>&1 \
+  cargo +nightly fuzz run --release --debug-assertions --sanitizer "${FUZZ_SANITIZER:-none}" \
+    "$target" "$corpus" -- \
+    -runs="$runs" -max_total_time="${FUZZ_SECONDS:-0}" -rss_limit_mb=2048 -timeout=30 -max_len=262144 -print_final_stats=1 2>&1 \
     | grep -E "^(#[0-9]+ +DONE|stat::|==[0-9]+==|SUMMARY|Done)|panicked|memory allocation" || true
   echo "$target: $(( $(date +%s) - start )) s"
   if ls "fuzz/artifacts/$target"/crash-* "fuzz/artifacts/$target"/oom-* >/dev/null 2>&1; then
