@@ -9,8 +9,8 @@
 # FUZZ_SECONDS=N also stops each target after N seconds (libFuzzer's -max_total_time).
 # FUZZ_SANITIZER=address adds AddressSanitizer (about 2-3x slower; the default, none, relies on
 # Rust's own checks, debug assertions included).
-# A finding is saved under fuzz/artifacts/TARGET/; add it to fuzz/seeds/TARGET/ as a regression
-# input once fixed (the test suite runs every seed). The test suite itself runs the same targets
+# A finding is saved under fuzz/artifacts/TARGET/; once fixed, keep it in
+# fuzz/regressions/TARGET/ (the test suite runs every regression input and every seed). The test suite itself runs the same targets
 # over the seeds and their mutations on the stable toolchain (tests/tests/fuzz_targets.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,9 @@ fixtures=tests/fixtures
 for target in "${targets[@]}"; do
   corpus="fuzz/corpus/$target"
   mkdir -p "$corpus"
-  [ -d "fuzz/seeds/$target" ] && cp -n fuzz/seeds/"$target"/* "$corpus"/ 2>/dev/null || true
+  for kept in seeds regressions; do
+    [ -d "fuzz/$kept/$target" ] && cp -n fuzz/"$kept"/"$target"/* "$corpus"/ 2>/dev/null || true
+  done
   i=0
   for family in gpt2-tiny llama-tiny gpt2-ml-tiny t5-tiny bert-tiny; do
     case "$target" in

@@ -162,9 +162,25 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
     out
 }
 
-/// Runs `target` over its seeds and `mutations` mutations of them, guarded against oversized
-/// allocations. Returns the number of executions.
+/// The inputs libFuzzer found crashing `target`, kept after the fix (`fuzz/regressions/TARGET/`):
+/// they must run without a crash, accepted or not.
+fn regressions(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions").join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    paths.iter().map(|p| read(p)).collect()
+}
+
+/// Runs `target` over its regressions, its seeds and `mutations` mutations of them, guarded
+/// against oversized allocations. Returns the number of executions.
 fn exercise(name: &str, target: targets::Target, mutations: usize) -> usize {
+    let fixed = regressions(name);
+    for input in &fixed {
+        targets::guarded(|| target(input));
+    }
     let seeds = seeds(name);
     assert!(!seeds.is_empty(), "no seeds for the {name} target");
     // Every seed is a real input: it must go all the way through (loaded, then run), or the
@@ -184,7 +200,7 @@ fn exercise(name: &str, target: targets::Target, mutations: usize) -> usize {
         "{name}: {accepted} of {} mutated inputs accepted",
         inputs.len()
     );
-    seeds.len() + inputs.len()
+    fixed.len() + seeds.len() + inputs.len()
 }
 
 /// Mutations per target: about ten seconds in all on two cores.

@@ -227,9 +227,16 @@ impl LlamaConfig {
                 self.head_size()
             ));
         }
-        if self.vocab_size == 0 || self.num_hidden_layers == 0 || self.intermediate_size == 0 {
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.num_hidden_layers == 0
+            || self.intermediate_size == 0
+            || self.head_size() == 0
+        {
             return bad(
-                "vocab_size, num_hidden_layers and intermediate_size must be positive".into(),
+                "vocab_size, hidden_size, head_dim, num_hidden_layers and intermediate_size \
+                 must be positive"
+                    .into(),
             );
         }
         if self.hidden_act != "silu" {

@@ -156,13 +156,11 @@ pub fn unpermute_rotary_rows(
     name: &str,
 ) -> Result<TensorData> {
     let shape = data.shape().to_vec();
-    if shape.len() != 2 || shape[0] != heads * d {
+    let rows = heads.checked_mul(d).filter(|_| d >= 2);
+    if shape.len() != 2 || Some(shape[0]) != rows || shape[1] == 0 {
         return Err(Error::format(
             source,
-            format!(
-                "tensor '{name}' has shape {shape:?}; expected {} rows ({heads} heads of {d})",
-                heads * d
-            ),
+            format!("tensor '{name}' has shape {shape:?}; expected {heads} heads of {d} rows"),
         ));
     }
     let cols = shape[1];
