@@ -165,7 +165,9 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// The inputs libFuzzer found crashing `target`, kept after the fix (`fuzz/regressions/TARGET/`):
 /// they must run without a crash, accepted or not.
 fn regressions(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };

@@ -412,6 +412,33 @@ impl<M: LanguageModel> Trainer<M> {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
+        // A token the model has no embedding for (a tokenizer larger than the model's
+        // vocabulary) would fail deep inside the first forward pass.
+        let vocab = model.vocab_size();
+        let pair_ids = pairs.iter().flat_map(|p| {
+            let special = [p.tokens.pad, p.tokens.eos, p.tokens.start];
+            let texts = p.train.iter().chain(&p.val);
+            texts
+                .flat_map(|(a, b)| a.iter().chain(b))
+                .copied()
+                .chain(special)
+        });
+        let row_ids = rows
+            .iter()
+            .flat_map(|r| r.train.iter().chain(&r.val).flatten().copied());
+        let largest = train_tokens
+            .iter()
+            .chain(&val_tokens)
+            .copied()
+            .chain(pair_ids)
+            .chain(row_ids)
+            .max();
+        if let Some(id) = largest.filter(|&id| id as usize >= vocab) {
+            return Err(Error::Data(format!(
+                "token id {id} is outside the model's vocabulary of {vocab}: the tokenizer \
+                 has more tokens than the model has embeddings"
+            )));
+        }
         let mut config = config;
         let mut notes = Vec::new();
         if let Some(dtype) = config.precision.dtype()
