@@ -530,6 +530,9 @@ pub struct BenchSoakArgs {
     /// pools, which is not a leak.
     #[arg(long, default_value_t = 100)]
     pub from: u64,
+    /// Growth in percent above which the run counts as growing.
+    #[arg(long, default_value_t = 2.0)]
+    pub goal_percent: f64,
     /// Where to compute.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,

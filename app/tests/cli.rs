@@ -1062,22 +1062,25 @@ fn an_unwritable_output_folder_is_an_error_naming_it() {
 }
 
 /// The short soak: 300 training steps and 300 decoded tokens of the tiny GPT keep resident
-/// memory flat from step 100 on (`cinder bench soak` reports 2,000 of each; see README).
+/// memory within 10% from step 100 on. 300 steps are too few to resolve the 2% goal against the
+/// allocator's levels (resident memory moves between values up to 14 MiB apart); that goal is
+/// the 2,000-step `cinder bench soak`'s (see README). A leak of a tenth of the process per
+/// 200 steps still fails here.
 #[test]
 fn a_short_soak_keeps_memory_flat() {
     let cwd = Path::new(env!("CARGO_MANIFEST_DIR"));
     #[rustfmt::skip]
     let out = cinder(
         &[
-            "bench", "soak", "--steps", "300", "--tokens", "300", "--every", "25", "--from",
-            "100", "--device", "cpu",
+            "bench", "soak", "--steps", "300", "--tokens", "300", "--every", "10", "--from",
+            "100", "--goal-percent", "10", "--device", "cpu",
         ],
         cwd,
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(stderr.matches("train step").count(), 12, "{stderr}");
-    assert_eq!(stderr.matches("decode token").count(), 12, "{stderr}");
+    assert_eq!(stderr.matches("train step").count(), 30, "{stderr}");
+    assert_eq!(stderr.matches("decode token").count(), 30, "{stderr}");
     assert!(stdout.contains("train: resident memory"), "{stdout}");
     assert!(stdout.contains("decode: resident memory"), "{stdout}");
     assert!(
