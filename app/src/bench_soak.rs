@@ -25,12 +25,13 @@ struct Reading {
     pool: Option<u64>,
 }
 
-fn read(at: u64, device: &Device) -> Reading {
-    Reading {
+/// A reading now; `None` where the system does not report resident memory.
+fn read(at: u64, device: &Device) -> Option<Reading> {
+    Some(Reading {
         at,
-        rss: process_memory().map_or(0, |(rss, _)| rss),
+        rss: process_memory()?.0,
         pool: memory_usage(device).map(|(_, reserved)| reserved),
-    }
+    })
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -98,6 +99,10 @@ fn verdict(phase: &str, unit: &str, readings: &[Reading], from: u64, goal: f64) 
     ok
 }
 
+/// Why a soak cannot run: it measures resident memory, which only some systems report.
+const UNREPORTED: &str =
+    "bench soak: this system does not report the process's resident memory (Linux's /proc)";
+
 /// `cinder bench soak`.
 pub fn soak(args: BenchSoakArgs) -> Result<()> {
     let selected: Selected = cinder_engine::device::select(args.device)?;
@@ -125,7 +130,7 @@ pub fn soak(args: BenchSoakArgs) -> Result<()> {
     while !trainer.finished() {
         let r = trainer.step()?;
         if r.step.is_multiple_of(every) || r.step == args.steps {
-            let reading = read(r.step, &selected.device);
+            let reading = read(r.step, &selected.device).context(UNREPORTED)?;
             say_reading("train", "step", &reading);
             training.push(reading);
         }
@@ -142,8 +147,10 @@ pub fn soak(args: BenchSoakArgs) -> Result<()> {
     let config = GenerateConfig::new(args.tokens as usize, SamplingConfig::default(), None);
     generate(&model, &[1, 2, 3, 4], &config, &selected.device, |_| {
         decoded += 1;
-        if decoded.is_multiple_of(every) || decoded == args.tokens {
-            let reading = read(decoded, &selected.device);
+        // Training has shown resident memory is reported.
+        if (decoded.is_multiple_of(every) || decoded == args.tokens)
+            && let Some(reading) = read(decoded, &selected.device)
+        {
             say_reading("decode", "token", &reading);
             decoding.push(reading);
         }
