@@ -465,3 +465,67 @@ fn poetry_vae_logits_match_the_cpu_and_it_trains_on_the_device() {
     assert!(last.loss < first.loss, "{} -> {}", first.loss, last.loss);
     assert!(reports.iter().all(|r| r.kl.is_some_and(|kl| kl > 0.0)));
 }
+
+/// Fusion and autotuning change which kernels run: Burn issues 5257 and 5079 report wrong
+/// results on Vulkan with both on. The tests above run with fusion on and autotuning at the test
+/// command's `minimal`. This one runs the GPT-2 and LLaMA training steps and the cached decoding
+/// again in child processes of this test binary, once with fusion off
+/// (`BURN_FUSION_MAX_EXPLORATIONS=0`: Burn's fusion never builds a fused kernel and runs every
+/// operation alone) and once with autotuning at cubecl's default `balanced` (what a user without
+/// the variable gets, trying more kernels per shape). Each run must agree with the CPU within
+/// the same bounds, so the settings agree with one another within twice them. Fusion's own log
+/// (`BURN_FUSION_LOG=basic`) shows that the switch took: fused kernels are chosen in the run with
+/// fusion on, and none in the run with it off.
+#[test]
+fn fusion_off_and_default_autotuning_agree_with_the_cpu_too() {
+    let tests = [
+        "training_step_matches_the_cpu",
+        "llama_training_step_matches_the_cpu",
+        "forward_and_greedy_generation_match_the_cpu",
+        "llama_generation_matches_the_cpu",
+    ];
+    let run = |fusion: bool, autotune: &str| {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = std::process::Command::new(exe);
+        command
+            .args(tests)
+            // Fusion logs from the threads that run the device's streams, past libtest's capture
+            // only with --nocapture.
+            .args(["--exact", "--test-threads=1", "--nocapture"])
+            .env("CUBECL_AUTOTUNE_LEVEL", autotune)
+            .env("BURN_FUSION_LOG", "basic")
+            .env_remove("BURN_FUSION_MAX_EXPLORATIONS");
+        if !fusion {
+            command.env("BURN_FUSION_MAX_EXPLORATIONS", "0");
+        }
+        let started = std::time::Instant::now();
+        let output = command.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        let fused = stderr.matches("selected single strategy").count()
+            + stderr.matches("selected composed strategy").count();
+        eprintln!(
+            "fusion {}, autotune {autotune}: {} in {:.0?}, {fused} fused kernels chosen",
+            if fusion { "on" } else { "off" },
+            stdout
+                .lines()
+                .rfind(|l| l.starts_with("test result"))
+                .unwrap_or("no result"),
+            started.elapsed()
+        );
+        assert!(
+            output.status.success() && stdout.contains(&format!("{} passed", tests.len())),
+            "fusion {fusion}, autotune {autotune}:\n{stdout}\n{}",
+            stderr
+                .lines()
+                .filter(|l| !l.contains("strategy"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        fused
+    };
+    assert_eq!(run(false, "minimal"), 0, "fusion was not off");
+    assert!(run(true, "balanced") > 0, "fusion was not on");
+}
