@@ -147,6 +147,8 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
     let mut smoothed_tps: Option<f64> = None;
     let mut steps_this_run = 0u64;
     let mut saved_at = None;
+    let started = web_time::Instant::now();
+    let mut last_eval = None;
     while !trainer.finished() {
         if args.stop_after.is_some_and(|n| steps_this_run >= n) {
             break;
@@ -177,6 +179,9 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         }
         if let Some(note) = &r.note {
             say(format!("step {}: {note}", r.step));
+        }
+        if let Some(eval) = r.eval_loss {
+            last_eval = Some((r.step, eval));
         }
         if let (Some(eval), Some(recon), Some(kl)) = (r.eval_loss, r.eval_reconstruction, r.eval_kl)
         {
@@ -221,6 +226,19 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
+    // The end of the run in one line: how long it took and where the held-out loss ended.
+    let wall = started.elapsed().as_secs_f64().round() as u64;
+    let final_eval = match last_eval {
+        Some((step, eval)) if step == trainer.step_count() => eval,
+        _ => trainer.evaluate()?,
+    };
+    eprintln!(
+        "trained {steps_this_run} steps in {}m{:02}s; final held-out loss {final_eval:.4} \
+         (perplexity {:.1})",
+        wall / 60,
+        wall % 60,
+        final_eval.exp()
+    );
     use cinder_engine::lm::Objective;
     let objective = trainer.objective();
     let masked = objective == Objective::Masked;

@@ -538,6 +538,11 @@ impl AnyTrainer {
         with_trainer!(self, t => t.sample(seed))
     }
 
+    /// The held-out loss of the model as it is now.
+    pub fn evaluate(&self) -> Result<f64> {
+        with_trainer!(self, t => t.evaluate())
+    }
+
     /// One step recorded in `run` ([`Run::step`]).
     pub fn step_in(&mut self, run: &mut Run) -> Result<cinder_engine::train::StepReport> {
         with_trainer!(self, t => run.step(t))

@@ -16,22 +16,26 @@ pub struct LmBatch {
     pub context: usize,
 }
 
-/// `batch` random windows of `context + 1` tokens from `tokens`, chosen by (seed, stream, step).
+/// `batch` random windows of `context + 1` tokens from `tokens`, chosen by (seed, stream, step):
+/// starting at any token when `starts` is empty, else at one of `starts` (see [`line_starts`]).
 pub fn lm_batch(
     tokens: &[u32],
+    starts: &[usize],
     batch: usize,
     context: usize,
     seed: u64,
     stream: u64,
     step: u64,
 ) -> Result<LmBatch> {
-    lm_batch_rows(tokens, batch, 0, context, seed, stream, step)
+    lm_batch_rows(tokens, starts, batch, 0, context, seed, stream, step)
 }
 
 /// Rows `first_row .. first_row + batch` of the batch [`lm_batch`] draws for (seed, stream,
 /// step): micro-batches cut from one large batch.
+#[allow(clippy::too_many_arguments)]
 pub fn lm_batch_rows(
     tokens: &[u32],
+    starts: &[usize],
     batch: usize,
     first_row: usize,
     context: usize,
@@ -46,12 +50,18 @@ pub fn lm_batch_rows(
             context + 1
         )));
     }
-    let starts = (tokens.len() - context - 1) as u64;
+    let anywhere = (tokens.len() - context - 1) as u64;
+    // Starts too late for a whole window are never drawn (they sort last).
+    let allowed = &starts[..starts.partition_point(|&s| s as u64 <= anywhere)];
     let mut inputs = Vec::with_capacity(batch * context);
     let mut targets = Vec::with_capacity(batch * context);
     for row in first_row..first_row + batch {
         let counter = step.wrapping_mul(1 << 20).wrapping_add(row as u64);
-        let start = rng::below(seed, stream, counter, starts + 1) as usize;
+        let start = if let Some(last) = allowed.len().checked_sub(1) {
+            allowed[rng::below(seed, stream, counter, last as u64 + 1) as usize]
+        } else {
+            rng::below(seed, stream, counter, anywhere + 1) as usize
+        };
         let window = &tokens[start..start + context + 1];
         inputs.extend(window[..context].iter().map(|&t| t as i64));
         targets.extend(window[1..].iter().map(|&t| t as i64));
@@ -62,6 +72,28 @@ pub fn lm_batch_rows(
         batch,
         context,
     })
+}
+
+/// Window starts aligned to lines: each line's first token (the first token after one for which
+/// `ends_line` holds, and the stream's first) and every `context` tokens after it within the
+/// line, in increasing order. Windows drawn from them count positions from a line's start, so a
+/// model with learned positions sees verse at the same phase every time, and together they
+/// cover every token. Empty when the stream has no line ends (then windows start anywhere).
+pub fn line_starts(tokens: &[u32], ends_line: impl Fn(u32) -> bool, context: usize) -> Vec<usize> {
+    if context == 0 || !tokens.iter().any(|&t| ends_line(t)) {
+        return Vec::new();
+    }
+    let mut starts = Vec::new();
+    let mut line_start = 0;
+    for (i, &t) in tokens.iter().enumerate() {
+        if i == line_start || (i - line_start) % context == 0 {
+            starts.push(i);
+        }
+        if ends_line(t) {
+            line_start = i + 1;
+        }
+    }
+    starts
 }
 
 /// Variable-length sequences padded (or truncated) to one length, with an attention mask.
@@ -110,7 +142,7 @@ mod tests {
     #[test]
     fn windows_are_shifted_by_one_and_reproducible() {
         let tokens: Vec<u32> = (0..100).collect();
-        let a = lm_batch(&tokens, 4, 8, 1, 0, 5).unwrap();
+        let a = lm_batch(&tokens, &[], 4, 8, 1, 0, 5).unwrap();
         assert_eq!(a.inputs.len(), 32);
         for row in 0..4 {
             let (x, y) = (
@@ -122,13 +154,35 @@ mod tests {
             }
             assert!(x[7] < 99);
         }
-        assert_eq!(a, lm_batch(&tokens, 4, 8, 1, 0, 5).unwrap());
-        assert_ne!(a, lm_batch(&tokens, 4, 8, 1, 0, 6).unwrap());
+        assert_eq!(a, lm_batch(&tokens, &[], 4, 8, 1, 0, 5).unwrap());
+        assert_ne!(a, lm_batch(&tokens, &[], 4, 8, 1, 0, 6).unwrap());
+    }
+
+    #[test]
+    fn line_windows_start_at_lines_and_every_context_after() {
+        // Lines of 3, 10 and 5 tokens (0 ends a line), then 2 tokens without an end.
+        let tokens = [5, 6, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 7, 7, 7, 7, 0, 3, 3];
+        let starts = line_starts(&tokens, |t| t == 0, 4);
+        assert_eq!(starts, [0, 3, 7, 11, 13, 17, 18]);
+        assert!(line_starts(&[1, 2, 3], |t| t == 0, 4).is_empty());
+        // Windows of 4 + 1 tokens: only the starts up to 15 fit.
+        for step in 0..50 {
+            let b = lm_batch(&tokens, &starts, 3, 4, 9, 0, step).unwrap();
+            for row in b.inputs.chunks(4) {
+                let at = (0..=15).find(|&s| {
+                    tokens[s..s + 4]
+                        .iter()
+                        .map(|&t| t as i64)
+                        .eq(row.iter().copied())
+                });
+                assert!(matches!(at, Some(0 | 3 | 7 | 11 | 13)), "{row:?}");
+            }
+        }
     }
 
     #[test]
     fn too_short_corpus_is_an_error() {
-        let err = lm_batch(&[1, 2, 3], 1, 8, 0, 0, 0).expect_err("a batch from three tokens");
+        let err = lm_batch(&[1, 2, 3], &[], 1, 8, 0, 0, 0).expect_err("a batch from three tokens");
         assert!(err.to_string().contains("too few"));
     }
 

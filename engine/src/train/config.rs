@@ -77,6 +77,30 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// Where a causal model's windows start (`--windows`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Windows {
+    /// At a line's first token, or a multiple of the context after it.
+    #[default]
+    Lines,
+    /// At any token.
+    Anywhere,
+}
+
+impl Windows {
+    /// `anywhere`: what settings without the key meant.
+    pub fn anywhere() -> Self {
+        Self::Anywhere
+    }
+}
+
+impl std::fmt::Display for Windows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::settings::fmt_value_enum(self, f)
+    }
+}
+
 /// Everything that shapes a training run except the model and its data (the model's own shape
 /// lives in its family's config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -121,6 +145,14 @@ pub struct TrainConfig {
     /// an error naming the step and the first such tensor, or skip the step (no update).
     #[arg(long, value_enum, default_value_t)]
     pub on_nonfinite: OnNonFinite,
+    /// Where a causal model's training and held-out windows start: at the start of a line (a
+    /// document: a poem of the Tang corpus) or every `--context` tokens after it, so positions
+    /// count from the line's start and every token is covered; or anywhere in the stream.
+    /// Settings written before this option existed read as `anywhere`, so their runs resume
+    /// on the same batches.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default = "Windows::anywhere")]
+    pub windows: Windows,
     /// Evaluate on the held-out split every N steps (0 = never).
     #[arg(long, default_value_t = 100)]
     pub eval_every: u64,
@@ -235,5 +267,8 @@ mod tests {
         let partial: TrainConfig = serde_json::from_str(r#"{"steps": 7}"#).unwrap();
         assert_eq!(partial.steps, 7);
         assert_eq!(partial.lr, d.lr);
+        // New runs align windows to lines; settings saved before the option resume as written.
+        assert_eq!(d.windows, Windows::Lines);
+        assert_eq!(partial.windows, Windows::Anywhere);
     }
 }

@@ -21,14 +21,14 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-pub use config::{Precision, Recompute, TrainConfig};
+pub use config::{Precision, Recompute, TrainConfig, Windows};
 pub use loss::{lm_loss, masked_loss_sum};
 pub use nonfinite::OnNonFinite;
 pub use precision::LossScaler;
 
 use crate::data::masked::{MaskedBatch, Masking, documents, masked_batch_rows};
 use crate::data::pairs::{PairBatch, PairTokens, TokenPair, pair_batch_rows};
-use crate::data::{LmBatch, lm_batch, lm_batch_rows};
+use crate::data::{LmBatch, line_starts, lm_batch, lm_batch_rows};
 use crate::generate::GenerateConfig;
 use crate::lm::{LanguageModel, Objective, export_tensors_async};
 use crate::optim::{Optimizer, clip_global_norm_async, global_norm_async, param_shapes};
@@ -112,6 +112,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
 struct Batches<'a> {
     config: &'a TrainConfig,
     tokens: &'a [u32],
+    starts: &'a [usize],
     masked: Option<&'a MaskedData>,
     pairs: Option<&'a PairData>,
     rows: Option<&'a RowData>,
@@ -141,22 +142,8 @@ impl MaskedData {
         };
         let (mask_id, pad_id) = (id("[MASK]")?, id("[PAD]")?);
         let vocab = tokenizer.vocab_size() as u32;
-        let special: Vec<u32> = [
-            "[PAD]",
-            "[MASK]",
-            "[CLS]",
-            "[SEP]",
-            "[UNK]",
-            "<unk>",
-            "<|endoftext|>",
-        ]
-        .iter()
-        .filter_map(|t| tokenizer.token_to_id(t))
-        .collect();
-        let ends: std::collections::HashSet<u32> = (0..vocab)
-            .filter(|&i| !special.contains(&i))
-            .filter(|&i| tokenizer.decode(&[i]).is_ok_and(|t| t.ends_with('\n')))
-            .collect();
+        let special = special_ids(tokenizer);
+        let ends = line_end_ids(tokenizer);
         let docs = |tokens: &[u32]| documents(tokens, |t| ends.contains(&t), 2);
         Ok(Self {
             masking: Masking::new(mask_id, pad_id, vocab, &special)?,
@@ -164,6 +151,32 @@ impl MaskedData {
             val_docs: docs(val),
         })
     }
+}
+
+/// The ids of the tokenizer's special tokens (padding, mask, separators, unknown, end of text).
+fn special_ids(tokenizer: &Tokenizer) -> Vec<u32> {
+    [
+        "[PAD]",
+        "[MASK]",
+        "[CLS]",
+        "[SEP]",
+        "[UNK]",
+        "<unk>",
+        "<|endoftext|>",
+    ]
+    .iter()
+    .filter_map(|t| tokenizer.token_to_id(t))
+    .collect()
+}
+
+/// The ids of the tokens whose text ends a line (corpora are encoded line by line, so every
+/// line ends with one of them).
+fn line_end_ids(tokenizer: &Tokenizer) -> std::collections::HashSet<u32> {
+    let special = special_ids(tokenizer);
+    (0..tokenizer.vocab_size() as u32)
+        .filter(|&i| !special.contains(&i))
+        .filter(|&i| tokenizer.decode(&[i]).is_ok_and(|t| t.ends_with('\n')))
+        .collect()
 }
 
 /// What sequence-to-sequence training draws its batches from: the special ids and each split's
@@ -305,6 +318,8 @@ pub struct Trainer<M: LanguageModel> {
     tokenizer: Tokenizer,
     train_tokens: Vec<u32>,
     val_tokens: Vec<u32>,
+    /// Where a causal model's training and held-out windows may start (empty: anywhere).
+    starts: (Vec<usize>, Vec<usize>),
     masked: Option<MaskedData>,
     pairs: Option<PairData>,
     rows: Option<RowData>,
@@ -501,7 +516,7 @@ impl<M: LanguageModel> Trainer<M> {
                 )));
             }
             Objective::Causal => {
-                lm_batch(&train_tokens, 1, config.context, 0, 0, 0)?;
+                lm_batch(&train_tokens, &[], 1, config.context, 0, 0, 0)?;
                 None
             }
             Objective::Masked => {
@@ -520,7 +535,19 @@ impl<M: LanguageModel> Trainer<M> {
                 Some(data)
             }
         };
+        let starts = if config.windows == Windows::Lines
+            && masked.is_none()
+            && pairs.is_none()
+            && rows.is_none()
+        {
+            let ends = line_end_ids(&tokenizer);
+            let of = |tokens: &[u32]| line_starts(tokens, |t| ends.contains(&t), config.context);
+            (of(&train_tokens), of(&val_tokens))
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Ok(Self {
+            starts,
             masked,
             pairs,
             rows,
@@ -649,6 +676,7 @@ impl<M: LanguageModel> Trainer<M> {
         let batches = Batches {
             config: &self.config,
             tokens: &self.train_tokens,
+            starts: &self.starts.0,
             masked: self.masked.as_ref(),
             pairs: self.pairs.as_ref(),
             rows: self.rows.as_ref(),
@@ -817,10 +845,10 @@ impl<M: LanguageModel> Trainer<M> {
     async fn evaluate_plain_async(&self, model: &M, device: &Device) -> Result<f64> {
         let device = device.clone();
         let c = &self.config;
-        let tokens = if self.val_tokens.len() >= c.context + 2 {
-            &self.val_tokens
+        let (tokens, starts) = if self.val_tokens.len() >= c.context + 2 {
+            (&self.val_tokens, &self.starts.1)
         } else {
-            &self.train_tokens
+            (&self.train_tokens, &self.starts.0)
         };
         let mut total = 0.0;
         let mut pacer = Pacer::default();
@@ -873,7 +901,7 @@ impl<M: LanguageModel> Trainer<M> {
             return Ok(total / c.eval_batches.max(1) as f64);
         }
         for i in 0..c.eval_batches.max(1) {
-            let batch = lm_batch(tokens, c.batch_size, c.context, c.seed, 1, i as u64)?;
+            let batch = lm_batch(tokens, starts, c.batch_size, c.context, c.seed, 1, i as u64)?;
             let (inputs, targets) = batch_tensors(&batch, &device);
             let loss = lm_loss(model.forward(inputs), targets);
             total += readback::scalar_async(loss, "the held-out loss").await?;
@@ -1066,6 +1094,7 @@ impl Batches<'_> {
         for micro in 0..k {
             let batch = lm_batch_rows(
                 self.tokens,
+                self.starts,
                 c.batch_size,
                 micro * c.batch_size,
                 c.context,

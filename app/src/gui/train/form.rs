@@ -258,6 +258,7 @@ impl TrainForm {
         choice(ui, "Precision", &mut t.precision);
         choice(ui, "Recompute", &mut t.recompute);
         choice(ui, "On NaN or infinity", &mut t.on_nonfinite);
+        choice(ui, "Windows start at", &mut t.windows);
         devices.picker(ui, &mut self.settings.device);
         let mut out = self
             .out
