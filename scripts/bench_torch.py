@@ -21,6 +21,8 @@ WORKLOADS = {
     # name: (layers, heads, width, context, batch, vocab)
     "tiny": (4, 4, 128, 64, 12, 65),
     "small": (6, 6, 384, 256, 8, 8192),
+    # the default `cinder train` run's model and batch (the Tang poems' characters)
+    "tang": (4, 4, 128, 64, 16, 8599),
 }
 
 

@@ -20,6 +20,7 @@ use crate::cli::Workload;
 #[cfg(not(target_family = "wasm"))]
 pub fn train(args: crate::cli::BenchTrainArgs) -> Result<()> {
     let selected = cinder_engine::device::select(args.device)?;
+    cinder_engine::shaders::set_fused_kernels(args.kernels == crate::cli::Kernels::Fused);
     let tps = pollster::block_on(train_async(
         args.workload,
         args.steps,
@@ -28,6 +29,34 @@ pub fn train(args: crate::cli::BenchTrainArgs) -> Result<()> {
         &mut |line| eprintln!("{line}"),
     ))?;
     println!("{} {tps:.1}", args.workload);
+    Ok(())
+}
+
+/// `cinder bench kernels`: each fused kernel against its reference, one line each.
+#[cfg(not(target_family = "wasm"))]
+pub fn kernels(args: crate::cli::BenchKernelsArgs) -> Result<()> {
+    let selected = cinder_engine::device::select(args.device)?;
+    eprintln!("bench kernels on {}", selected.description);
+    let timings = cinder_engine::shaders::bench::cross_entropy(
+        args.rows as usize,
+        args.vocab as usize,
+        args.reps as usize,
+        &selected.device,
+    );
+    for t in timings {
+        let fused = if t.fused_ran {
+            format!("fused {:.2} ms", t.fused_ms)
+        } else {
+            "no fused kernel on this device".to_string()
+        };
+        println!(
+            "{} {}: reference {:.2} ms, {fused}, speed-up {:.2}x",
+            t.name,
+            t.shape,
+            t.reference_ms,
+            t.reference_ms / t.fused_ms.max(1e-9)
+        );
+    }
     Ok(())
 }
 
@@ -42,7 +71,10 @@ pub async fn train_async(
     say: &mut dyn FnMut(String),
 ) -> Result<f64> {
     let (preset, batch, context) = workload.shape();
-    let config = preset.config();
+    let mut config = preset.config();
+    if let Some(vocab) = workload.vocab() {
+        config.vocab_size = vocab;
+    }
     let device = selected.device.clone().autodiff();
     say(format!(
         "bench train {workload}: gpt2 {} layers x {} wide, {} heads, vocab {}, batch {batch} x {context}, AdamW, on {}",

@@ -406,6 +406,9 @@ pub enum BenchCommand {
     /// Memory over a long run: resident memory (and Burn's pool) every N steps while the tiny
     /// GPT trains, then every N tokens while it decodes; the growth from step 100 to the end.
     Soak(BenchSoakArgs),
+    /// Cinder's fused kernels against their references (Burn's operations) on the same inputs;
+    /// one line per kernel with both times and the speed-up.
+    Kernels(BenchKernelsArgs),
     /// One measurement of `bench memory`, run in a fresh process (internal).
     #[command(hide = true)]
     MemoryProbe(MemoryProbeArgs),
@@ -512,6 +515,37 @@ pub struct BenchTrainArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,
+    /// Cinder's fused kernels where they exist (`fused`), or Burn's operations throughout
+    /// (`reference`), to measure what the kernels gain.
+    #[arg(long, value_enum, default_value_t)]
+    pub kernels: Kernels,
+}
+
+/// Which implementation of the operations that have a fused kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Kernels {
+    /// Cinder's fused kernels where the device has them.
+    #[default]
+    Fused,
+    /// Burn's own operations only.
+    Reference,
+}
+
+/// `cinder bench kernels`
+#[derive(Args, Debug)]
+pub struct BenchKernelsArgs {
+    /// Rows of the cross-entropy's logits (batch x context; the default run's 16 x 64).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rows: u64,
+    /// Columns of the cross-entropy's logits (the vocabulary; the Tang poems' characters).
+    #[arg(long, default_value_t = 8599, value_parser = clap::value_parser!(u64).range(1..))]
+    pub vocab: u64,
+    /// Timed repetitions (the best is reported), after one untimed run.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reps: u64,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
 }
 
 /// `cinder bench soak`
@@ -563,6 +597,9 @@ pub enum Workload {
     Tiny,
     /// The `small` preset (6 x 384, vocabulary 8192), batch 8 x 256 tokens.
     Small,
+    /// The model and batch of the default `cinder train` (the `tiny` preset with the Tang
+    /// poems' 8,599 characters, batch 16 x 64 tokens), where the vocabulary dominates.
+    Tang,
 }
 
 impl Workload {
@@ -571,6 +608,15 @@ impl Workload {
         match self {
             Self::Tiny => (Gpt2Preset::Tiny, 12, 64),
             Self::Small => (Gpt2Preset::Small, 8, 256),
+            Self::Tang => (Gpt2Preset::Tiny, 16, 64),
+        }
+    }
+
+    /// The vocabulary, where it differs from the preset's.
+    pub fn vocab(self) -> Option<usize> {
+        match self {
+            Self::Tang => Some(8599),
+            Self::Tiny | Self::Small => None,
         }
     }
 }

@@ -60,6 +60,7 @@ fn run(args: cli::Cli) -> Result<()> {
             cli::BenchCommand::Decode(b) => bench::decode(b, &args.cache_dir),
             cli::BenchCommand::Memory(b) => cinder::bench_memory::run(b, &args.cache_dir),
             cli::BenchCommand::Poem(b) => cinder::bench_poem::run(b, &args.cache_dir),
+            cli::BenchCommand::Kernels(b) => bench::kernels(b),
             cli::BenchCommand::Soak(b) => cinder::bench_soak::soak(b),
             cli::BenchCommand::MemoryProbe(b) => cinder::bench_memory::probe(b),
         },

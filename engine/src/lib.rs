@@ -30,3 +30,5 @@ pub use error::{Error, Result};
 
 /// Re-exported so that model crates and the app use exactly the engine's Burn.
 pub use burn;
+/// Cinder's own kernels (fused operations with their references and micro-benchmarks).
+pub use cinder_shaders as shaders;

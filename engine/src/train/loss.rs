@@ -1,10 +1,13 @@
 //! The language-modelling objectives: next-token prediction, and masked-token prediction.
 //!
+//! Both take each row's softmax cross-entropy from cinder-shaders, which fuses it on the CPU
+//! backend (one pass over the logits forward and one backward) and composes it from Burn's
+//! operations on other devices.
+//!
 //! B=batch, T=time, V=vocab
 
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
+use cinder_shaders::cross_entropy::cross_entropy_rows;
 
 /// Mean cross-entropy of next-token predictions.
 ///
@@ -14,10 +17,7 @@ use burn::tensor::{Int, Tensor};
 /// - output: `[1]`
 pub fn lm_loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    let device = logits.device();
-    CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits.reshape([b * t, v]), targets.reshape([b * t]))
+    cross_entropy_rows(logits.reshape([b * t, v]), targets.reshape([b * t])).mean()
 }
 
 /// Summed cross-entropy at the chosen positions of a masked-LM batch (the caller divides by
@@ -30,9 +30,7 @@ pub fn lm_loss(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
 /// - output: `[1]`
 pub fn masked_loss_sum(logits: Tensor<3>, targets: Tensor<2, Int>, chosen: Tensor<2>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    let log_probs = log_softmax(logits.reshape([b * t, v]), 1);
-    let picked = log_probs
-        .gather(1, targets.reshape([b * t, 1]))
-        .reshape([b * t]);
-    (picked * chosen.reshape([b * t])).sum().neg()
+    (cross_entropy_rows(logits.reshape([b * t, v]), targets.reshape([b * t]))
+        * chosen.reshape([b * t]))
+    .sum()
 }

@@ -1,0 +1,29 @@
+//! Cinder's own kernels: fused operations added to Burn's backends through its extension API,
+//! each with a reference built from Burn's own operations that it is tested against.
+//!
+//! The engine calls the functions at the top of each module; they pick the fused kernel where
+//! one exists for the tensor's device and type and the reference otherwise, so every backend
+//! (wgpu, the browser build, half precision) keeps working.
+//!
+//! - [`cross_entropy`]: softmax cross-entropy over the rows of a matrix of logits, forward and
+//!   backward in one pass each over the matrix (burn-flex, f32).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(not(target_family = "wasm"))]
+pub mod bench;
+pub mod cross_entropy;
+
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels off (every operation then takes its reference, Burn's own
+/// operations) or back on, for the whole process: for benchmarks that compare the two in one
+/// run. On by default.
+pub fn set_fused_kernels(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels are on (see [`set_fused_kernels`]).
+pub fn fused_kernels() -> bool {
+    FUSED.load(Ordering::Relaxed)
+}
