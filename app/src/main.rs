@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, ValueEnum};
 
 fn main() {
+    keep_freed_memory();
     quiet_vulkan_device_select();
     let matches = cli::Cli::command().get_matches();
     let mut args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -25,6 +26,26 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// glibc's malloc gives blocks of 128 KiB and more back to the system when they are freed (its
+/// threshold then rises with the sizes it sees, up to 32 MiB, and the top of the heap is trimmed
+/// above 128 KiB of free space), so a training step, which frees and allocates the same tensors
+/// every step, takes page faults and clears pages on every large allocation: 7-8% of a step on
+/// the default model. Freed blocks up to 32 MiB (glibc's largest threshold) are kept for reuse
+/// instead. Other platforms' allocators are left as they are.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes the allocator's parameters; it is called first thing in
+    // main, before any other thread exists or any large block is allocated.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
 
 /// Mesa's Vulkan device-select layer connects to the Wayland display to find the default GPU
 /// and, on a machine without a session (no `XDG_RUNTIME_DIR`), prints "error: XDG_RUNTIME_DIR
