@@ -123,6 +123,7 @@ pub fn run(args: BenchPoemArgs, cache_dir: &Path) -> Result<()> {
         val: val.iter().map(|c| format!("{c}\n")).collect(),
     };
     let mut gpt = TrainSettings::default();
+    gpt.model.family = Family::Gpt2;
     // Named for the run's settings; the lines are handed over below.
     gpt.model.corpus = CorpusSource::File("couplets.txt".into());
     gpt.model.n_layer = Some(2);

@@ -30,12 +30,14 @@ use crate::t5::{T5, T5Config};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Family {
     /// GPT-2: learned positions, LayerNorm, GELU feed-forward, head tied to the embedding.
-    #[default]
     #[value(name = "gpt2")]
     #[serde(rename = "gpt2")]
     Gpt2,
     /// LLaMA: rotary positions, RMSNorm, SwiGLU feed-forward, grouped-query attention, head tied
-    /// to the embedding (as SmolLM2).
+    /// to the embedding (as SmolLM2). The default: on the Tang poems it reaches a lower held-out
+    /// loss than GPT-2 of the same size in the same steps (5.94 against 5.98 after 600 steps of
+    /// 16 x 64 tokens) and trains about 15% faster on the CPU.
+    #[default]
     #[value(name = "llama")]
     #[serde(rename = "llama")]
     Llama,
@@ -114,7 +116,7 @@ impl Family {
 
     /// The peak learning rate the family trains with when none is given, from the shared
     /// default `shared`: the poetry VAE learns its reconstruction several times faster at 1e-2
-    /// (held-out reconstruction 65.3 against 69.4 nats after the default 600 steps).
+    /// (held-out reconstruction 65.3 against 69.4 nats after 600 steps).
     pub fn default_lr(self, shared: f64) -> f64 {
         match self {
             Self::PoetryVae => 1e-2,

@@ -107,10 +107,10 @@ impl std::fmt::Display for Windows {
 #[serde(default)]
 pub struct TrainConfig {
     /// Optimizer steps to run.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1800)]
     pub steps: u64,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Tokens per training sequence.
     #[arg(long, default_value_t = 64)]
@@ -120,7 +120,7 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 1.5e-3)]
     pub lr: f64,
     /// Final learning rate as a fraction of the peak.
     #[arg(long, default_value_t = 0.1)]
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn defaults_survive_a_json_round_trip_and_fill_missing_keys() {
         let d = TrainConfig::default();
-        assert_eq!(d.steps, 600);
+        assert_eq!(d.steps, 1800);
         let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
         let partial: TrainConfig = serde_json::from_str(r#"{"steps": 7}"#).unwrap();
