@@ -73,6 +73,9 @@ pub struct GuiArgs {
     /// Training form: optimizer steps.
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Training form: peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Training form: evaluate on the held-out split every N steps (0 = never).
     #[arg(long)]
     pub eval_every: Option<u64>,

@@ -164,11 +164,7 @@ fn target_ids(targets: &FlexTensor, n: usize, v: usize) -> Vec<Option<usize>> {
 fn dims(logits: &FlexTensor) -> (usize, usize) {
     let shape = logits.layout().shape();
     let v = shape.last().copied().unwrap_or(0);
-    let n = if v == 0 {
-        0
-    } else {
-        shape.iter().product::<usize>() / v
-    };
+    let n = shape.iter().product::<usize>().checked_div(v).unwrap_or(0);
     (n, v)
 }
 
@@ -387,7 +383,7 @@ mod exp_consts {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        0.5,
     ];
     pub const LO: f32 = -87.0;
     pub const HI: f32 = 88.0;

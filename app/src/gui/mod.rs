@@ -337,6 +337,9 @@ fn apply_args(settings: &mut Settings, args: &GuiArgs) {
     if let Some(steps) = args.steps {
         form.settings.train.steps = steps;
     }
+    if let Some(lr) = args.lr {
+        form.settings.train.lr = lr;
+    }
     if let Some(every) = args.eval_every {
         form.settings.train.eval_every = every;
     }
