@@ -172,8 +172,9 @@ fn forward(logits: &FlexTensor, targets: &FlexTensor) -> Rows {
     let logits = contiguous(logits.clone());
     let (n, v) = dims(&logits);
     let targets = target_ids(targets, n, v);
-    let mut lse = vec![0f32; n];
-    let mut losses = vec![0f32; n];
+    // NaN until computed: a layout the kernel could not read shows as a NaN loss, not a zero.
+    let mut lse = vec![f32::NAN; n];
+    let mut losses = vec![f32::NAN; n];
     if let Some((start, end)) = logits.layout().contiguous_offsets() {
         let x = &logits.storage::<f32>()[start..end];
         for_row_blocks(x, v, &mut lse, |block, lse_block| {
