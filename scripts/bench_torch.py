@@ -21,7 +21,7 @@ WORKLOADS = {
     # name: (layers, heads, width, context, batch, vocab)
     "tiny": (4, 4, 128, 64, 12, 65),
     "small": (6, 6, 384, 256, 8, 8192),
-    # the default `cinder train` run's model and batch (the Tang poems' characters)
+    # tiny with the Tang poems' characters (the default `cinder train` vocabulary)
     "tang": (4, 4, 128, 64, 16, 8599),
 }
 

@@ -537,7 +537,8 @@ pub enum Kernels {
 /// `cinder bench kernels`
 #[derive(Args, Debug)]
 pub struct BenchKernelsArgs {
-    /// Rows of the cross-entropy's logits (batch x context; the default run's 16 x 64).
+    /// Rows of the cross-entropy's logits (batch x context; `bench train --workload tang`'s
+    /// 16 x 64).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub rows: u64,
     /// Columns of the cross-entropy's logits (the vocabulary; the Tang poems' characters).
@@ -600,8 +601,8 @@ pub enum Workload {
     Tiny,
     /// The `small` preset (6 x 384, vocabulary 8192), batch 8 x 256 tokens.
     Small,
-    /// The model and batch of the default `cinder train` (the `tiny` preset with the Tang
-    /// poems' 8,599 characters, batch 16 x 64 tokens), where the vocabulary dominates.
+    /// The `tiny` GPT-2 with the Tang poems' 8,599 characters (the default `cinder train`'s
+    /// vocabulary), batch 16 x 64 tokens: the vocabulary dominates the step.
     Tang,
 }
 
