@@ -43,7 +43,10 @@ pub fn kernels(args: crate::cli::BenchKernelsArgs) -> Result<()> {
         args.reps as usize,
         &selected.device,
     );
-    for t in timings {
+    for t in timings
+        .into_iter()
+        .chain(quantized_products(args.reps as usize))
+    {
         let fused = if t.fused_ran {
             format!("fused {:.2} ms", t.fused_ms)
         } else {
@@ -58,6 +61,49 @@ pub fn kernels(args: crate::cli::BenchKernelsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The host kernel's block-quantized products at SmolLM2-135M's feed-forward shape (`[1536,
+/// 576]`, one input row as in decoding and 64 as in a prompt's pass): f32 inputs (the reference)
+/// against inputs rounded to 8 bits and multiplied in integers, best of `reps`.
+#[cfg(not(target_family = "wasm"))]
+fn quantized_products(reps: usize) -> Vec<cinder_engine::shaders::bench::Timing> {
+    use cinder_engine::quant::{BlockKind, Inputs, QuantMatrix};
+    let (n, k) = (1536, 576);
+    let values: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
+        .collect();
+    let mut out = Vec::new();
+    for kind in [BlockKind::Q4, BlockKind::Q8] {
+        let Ok(matrix) = QuantMatrix::quantize(kind, &values, n, k) else {
+            continue;
+        };
+        for t in [1, 64] {
+            let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let best = |inputs: Inputs| {
+                (0..reps.max(1) * 10)
+                    .map(|_| {
+                        let start = Instant::now();
+                        std::hint::black_box(QuantMatrix::matmul_many_with(
+                            &[&matrix],
+                            &x,
+                            t,
+                            inputs,
+                        ));
+                        start.elapsed().as_secs_f64() * 1e3
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            out.push(cinder_engine::shaders::bench::Timing {
+                name: format!("{kind:?} product, 8-bit inputs"),
+                shape: format!("[{n}, {k}] x {t} rows"),
+                reference_ms: best(Inputs::F32),
+                fused_ms: best(Inputs::Q8),
+                fused_ran: true,
+            });
+        }
+    }
+    out
 }
 
 /// Trains the `workload` model with AdamW on random tokens on `selected`: `warmup` untimed
@@ -126,6 +172,7 @@ fn wait_for(device: &Device) {
 /// `--prompt-tokens` tokens, best of `--runs` after one warmup run.
 #[cfg(not(target_family = "wasm"))]
 pub fn decode(args: crate::cli::BenchDecodeArgs, cache_dir: &std::path::Path) -> Result<()> {
+    cinder_engine::shaders::set_fused_kernels(args.kernels == crate::cli::Kernels::Fused);
     let (loaded, device) = crate::generate::open(&args.model, cache_dir)?;
     let best = pollster::block_on(decode_async(
         &loaded,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use cinder_engine::data::CorpusSource;
 use cinder_engine::device::DeviceChoice;
 use cinder_engine::optim::OptimizerArgs;
-use cinder_engine::quant::DtypeChoice;
+use cinder_engine::quant::{DtypeChoice, Inputs};
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::train::{Recompute, TrainConfig};
 use cinder_models::recipe::{Family, Gpt2Preset, ModelRecipe, TrainSettings};
@@ -229,6 +229,11 @@ pub struct ModelArgs {
     /// kernel; on a GPU q8/q4 use Burn's quantized tensors.
     #[arg(long, value_enum, default_value_t)]
     pub dtype: DtypeChoice,
+    /// Precision of the inputs to the CPU's 4- and 8-bit products: q8 rounds each block of 32
+    /// to 8 bits and multiplies in integers (llama.cpp's way, about twice as fast); f32 keeps
+    /// them exact, so a GGUF's Q4 weights give the greedy tokens transformers gives.
+    #[arg(long, value_enum, default_value_t = Inputs::Q8)]
+    pub activations: Inputs,
     /// Where to compute.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,
@@ -501,6 +506,10 @@ pub struct BenchDecodeArgs {
     /// Timed runs (the best is reported); one untimed warmup run precedes them.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Cinder's host decoding path where the model has one (`fused`: a block-quantized or f16
+    /// LLaMA on the CPU), or the tensor path throughout (`reference`).
+    #[arg(long, value_enum, default_value_t)]
+    pub kernels: Kernels,
 }
 
 /// `cinder bench train`

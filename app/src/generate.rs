@@ -41,6 +41,7 @@ pub fn model_path(model: &Path, cache_dir: &Path) -> Result<PathBuf> {
 pub fn open(args: &ModelArgs, cache_dir: &Path) -> Result<(LoadedModel, burn::tensor::Device)> {
     let path = model_path(&args.model, cache_dir)?;
     let selected = select(args.device)?;
+    cinder_engine::quant::set_decode_inputs(args.activations);
     let t0 = Instant::now();
     let loaded = load_on(&path, args.dtype, &selected, &mut |note| {
         eprintln!("note: {note}")

@@ -77,7 +77,7 @@ pub fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
 }
 
 /// Last-position logits of `[B, T, V]` as `[B, V]`.
-fn last_position(logits: Tensor<3>) -> Tensor<2> {
+pub fn last_position(logits: Tensor<3>) -> Tensor<2> {
     let [b, t, v] = logits.dims();
     logits.narrow(1, t - 1, 1).reshape([b, v])
 }
@@ -141,7 +141,7 @@ pub async fn generate_async<M: Decoder>(
     let mut all: Vec<u32> = prompt.to_vec();
     let mut new = Vec::new();
     let mut cache = model.new_cache();
-    let mut logits = last_position(model.forward_cached(token_tensor(prompt, device), &mut cache));
+    let mut logits = model.forward_cached_last(token_tensor(prompt, device), &mut cache);
     let mut pacer = Pacer::default();
     for i in 0..config.max_new_tokens {
         let [_, v] = logits.dims();
@@ -157,14 +157,13 @@ pub async fn generate_async<M: Decoder>(
         if !on_token(next) || i + 1 == config.max_new_tokens {
             break;
         }
-        let step = if M::cache_len(&cache) + 1 > ctx {
+        logits = if M::cache_len(&cache) + 1 > ctx {
             cache = model.new_cache();
             let keep = &all[all.len() - ctx / 2..];
-            model.forward_cached(token_tensor(keep, device), &mut cache)
+            model.forward_cached_last(token_tensor(keep, device), &mut cache)
         } else {
-            model.forward_cached(token_tensor(&[next], device), &mut cache)
+            model.forward_cached_last(token_tensor(&[next], device), &mut cache)
         };
-        logits = last_position(step);
         pacer.breathe().await;
     }
     stats.new_tokens = new.len();
@@ -354,7 +353,7 @@ pub fn beam_search<M: Decoder>(
     }
     let width = config.width;
     let mut cache = model.new_cache();
-    let mut logits = last_position(model.forward_cached(token_tensor(prompt, device), &mut cache));
+    let mut logits = model.forward_cached_last(token_tensor(prompt, device), &mut cache);
     // Live beams: (tokens, summed log-probability).
     let mut beams: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
     let mut finished: Vec<Hypothesis> = Vec::new();
@@ -439,7 +438,7 @@ pub fn beam_search<M: Decoder>(
         M::reorder_cache(&mut cache, &parents, device);
         let tokens: Vec<i64> = next.iter().map(|&(_, t, _)| i64::from(t)).collect();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(tokens, [next.len(), 1]), device);
-        logits = last_position(model.forward_cached(tokens, &mut cache));
+        logits = model.forward_cached_last(tokens, &mut cache);
     }
     finished.sort_by(|a, b| b.score.total_cmp(&a.score));
     finished.truncate(width);

@@ -176,6 +176,17 @@ pub trait Decoder {
     /// - tokens: `[B, T]`
     /// - output: `[B, T, V]`
     fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3>;
+
+    /// [`forward_cached`](Self::forward_cached) for a caller that reads only the last
+    /// position's logits, which a family may compute alone (the output head is the largest
+    /// product of a prompt's pass).
+    ///
+    /// # Shapes
+    /// - tokens: `[B, T]`
+    /// - output: `[B, V]`
+    fn forward_cached_last(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<2> {
+        crate::generate::last_position(self.forward_cached(tokens, cache))
+    }
 }
 
 /// A decoder-only language model: trained as a [`LanguageModel`], decoded as a [`Decoder`].

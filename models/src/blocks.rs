@@ -108,6 +108,20 @@ pub type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
+    /// The host decoding path's keys and values instead (a family that has one): `[B][layer]`.
+    host: Vec<Vec<HostKv>>,
+    /// Whether the caller reads only the last position's logits.
+    last_only: bool,
+}
+
+/// One layer's keys and values for one sequence on the host decoding path, row-major
+/// `[S, K * D]` each, after rotary embeddings.
+#[derive(Clone, Debug, Default)]
+pub struct HostKv {
+    /// Keys.
+    pub keys: Vec<f32>,
+    /// Values.
+    pub values: Vec<f32>,
 }
 
 impl KvCache {
@@ -129,6 +143,27 @@ impl KvCache {
         &mut self.layers[index]
     }
 
+    /// The host decoding path's keys and values, `[B][layer]`; empty until a host step fills
+    /// it (and always empty for a sequence the tensor path started).
+    pub fn host(&mut self) -> &mut Vec<Vec<HostKv>> {
+        &mut self.host
+    }
+
+    /// Whether the tensor path holds this sequence (the host path must not continue it).
+    pub fn on_tensors(&self) -> bool {
+        self.layers.iter().any(Option::is_some)
+    }
+
+    /// Whether the caller reads only the last position's logits, so a family may compute the
+    /// output head for that position alone (`[B, 1, V]`).
+    pub fn last_only(&self) -> bool {
+        self.last_only
+    }
+
+    pub(crate) fn set_last_only(&mut self, on: bool) {
+        self.last_only = on;
+    }
+
     /// Counts `t` new positions, once every layer has appended them.
     pub fn advance(&mut self, t: usize) {
         self.len += t;
@@ -137,6 +172,9 @@ impl KvCache {
     /// Keeps, for each new batch row `i`, row `rows[i]` of every layer.
     pub fn reorder(&mut self, rows: &[usize], device: &Device) {
         let ids: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        if !self.host.is_empty() {
+            self.host = rows.iter().map(|&r| self.host[r].clone()).collect();
+        }
         let idx = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows.len()]), device);
         for layer in self.layers.iter_mut() {
             if let Some((k, v)) = layer.take() {
@@ -231,6 +269,17 @@ macro_rules! decoder_methods {
             /// - tokens: `[B, T]` -> `[B, T, V]`; the cache grows by T positions
             fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut Self::Cache) -> Tensor<3> {
                 self.run(tokens, Some(cache))
+            }
+
+            fn forward_cached_last(
+                &self,
+                tokens: Tensor<2, Int>,
+                cache: &mut Self::Cache,
+            ) -> Tensor<2> {
+                cache.set_last_only(true);
+                let logits = self.run(tokens, Some(&mut *cache));
+                cache.set_last_only(false);
+                cinder_engine::generate::last_position(logits)
             }
         }
     };

@@ -108,6 +108,14 @@ impl Projection {
         linear.weight = linear.weight.clone().map(|w| w.quantize_dynamic(&scheme));
     }
 
+    /// The host matrix, when the weights are held on the host.
+    pub fn host_matrix(&self) -> Option<&QuantMatrix> {
+        match &self.weights {
+            Weights::Dense(_) => None,
+            Weights::Host(matrix) => Some(matrix),
+        }
+    }
+
     /// Bytes held by host block-quantized weights (`None` for dense ones).
     pub fn host_bytes(&self) -> Option<usize> {
         match &self.weights {

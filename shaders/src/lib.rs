@@ -7,12 +7,16 @@
 //!
 //! - [`cross_entropy`]: softmax cross-entropy over the rows of a matrix of logits, forward and
 //!   backward in one pass each over the matrix (burn-flex, f32).
+//! - [`decode`]: a transformer layer's operations other than its matrix products (RMSNorm,
+//!   rotary embeddings, attention over a key/value cache, SwiGLU) on plain slices, for the
+//!   decoders' host path on the CPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(not(target_family = "wasm"))]
 pub mod bench;
 pub mod cross_entropy;
+pub mod decode;
 
 static FUSED: AtomicBool = AtomicBool::new(true);
 

@@ -293,6 +293,7 @@ impl LlamaConfig {
             lm_head: (!self.tie_word_embeddings)
                 .then(|| Projection::init(c, self.vocab_size, &normal, device)),
             inv_freq: inverse_frequencies(self.rope_base(), self.head_size()),
+            host: None,
             config: self.clone(),
         }
     }

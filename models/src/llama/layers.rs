@@ -196,6 +196,11 @@ impl DecoderLayer {
         }
     }
 
+    /// The input norm and the post-attention norm.
+    pub(super) fn norms(&self) -> (&RmsNorm, &RmsNorm) {
+        (&self.input_layernorm, &self.post_attention_layernorm)
+    }
+
     /// The seven projections, in the order of [`PROJECTIONS`].
     pub(super) fn projections(&self) -> [&Projection; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);

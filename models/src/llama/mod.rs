@@ -23,6 +23,7 @@ use crate::projection::Projection;
 
 mod config;
 mod formats;
+mod host;
 mod layers;
 mod quant;
 
@@ -43,6 +44,9 @@ pub struct Llama {
     inv_freq: Vec<f32>,
     #[module(skip)]
     config: LlamaConfig,
+    /// The host decoding path's norms, once the projections and head are host matrices.
+    #[module(skip)]
+    host: Option<std::sync::Arc<host::HostNorms>>,
 }
 
 impl Llama {
@@ -56,8 +60,14 @@ impl Llama {
     /// # Shapes
     /// - tokens: `[B, T]` -> `[B, T, V]`
     fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        if let Some(cache) = cache.as_deref_mut()
+            && let Some(logits) = self.run_host(&tokens, cache)
+        {
+            return logits;
+        }
         let [_, t] = tokens.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
+        let last_only = cache.as_ref().is_some_and(|c| c.last_only());
         let rotary = Rotary::new(&self.inv_freq, past, t, &tokens.device());
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -66,7 +76,11 @@ impl Llama {
         if let Some(c) = cache {
             c.advance(t);
         }
-        self.logits(x)
+        if last_only {
+            self.logits(x.narrow(1, t - 1, 1))
+        } else {
+            self.logits(x)
+        }
     }
 
     /// The final norm and the output head.

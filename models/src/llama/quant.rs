@@ -97,6 +97,7 @@ impl Llama {
             },
         };
         self.lm_head = Some(head);
+        self.host = super::host::HostNorms::read(&self)?.map(std::sync::Arc::new);
         Ok(self)
     }
 

@@ -1,0 +1,175 @@
+//! Host kernels for decoding on the CPU: the operations of a transformer layer other than its
+//! matrix products, over plain row-major `f32` slices, so a decoding step runs one pass per
+//! operation with no tensor allocations or dispatches between them. Each has a reference in
+//! Burn's operations that the decoders' tests hold it to (the model's own forward pass).
+//!
+//! C=hidden, T=rows, H=query heads, K=key/value heads, D=head size, S=cached positions
+
+/// RMSNorm of each row of `x` (`[T, C]`) into `out`: `x / sqrt(mean(x²) + eps) * gamma`.
+pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32, out: &mut [f32]) {
+    let c = gamma.len();
+    for (row, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+        let mean_square = row.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        let rms = (mean_square + eps).sqrt();
+        for ((o, &v), &g) in out.iter_mut().zip(row).zip(gamma) {
+            *o = v / rms * g;
+        }
+    }
+}
+
+/// Rotary position embeddings in Hugging Face's layout (the two halves of each head rotated
+/// together: `[a, b] -> [a cos - b sin, b cos + a sin]`), in place, for `x` = `[T, heads * D]`
+/// whose row `t` is at position `start + t`; `inv_freq` holds `D / 2` frequencies. The angles
+/// are `position * frequency` in f32, as the tensor path computes them.
+pub fn rotate(x: &mut [f32], heads: usize, inv_freq: &[f32], start: usize) {
+    let half = inv_freq.len();
+    let d = 2 * half;
+    let mut cos = vec![0f32; half];
+    let mut sin = vec![0f32; half];
+    for (t, row) in x.chunks_exact_mut(heads * d).enumerate() {
+        let p = (start + t) as f32;
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+            let angle = p * f;
+            (*c, *s) = (angle.cos(), angle.sin());
+        }
+        for head in row.chunks_exact_mut(d) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x0, x1) = (a[i], b[i]);
+                a[i] = x0 * cos[i] - x1 * sin[i];
+                b[i] = x1 * cos[i] + x0 * sin[i];
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of `T` new rows over a cache of `S` positions whose last `T`
+/// are the new rows' own: `q` = `[T, H * D]`, `keys` and `values` = `[S, K * D]`, `out` =
+/// `[T, H * D]`. Row `t` sees positions `0..=S - T + t`; query head `h` reads key/value head
+/// `h / (H / K)`. Scores are scaled by `1 / sqrt(D)` and softmaxed in f32.
+pub fn attend(q: &[f32], keys: &[f32], values: &[f32], shape: AttentionShape, out: &mut [f32]) {
+    let AttentionShape { heads, kv_heads, d } = shape;
+    let (row_q, row_kv) = (heads * d, kv_heads * d);
+    let s = keys.len() / row_kv;
+    let t = q.len() / row_q;
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut scores = vec![0f32; s];
+    for (i, (q_row, out_row)) in q
+        .chunks_exact(row_q)
+        .zip(out.chunks_exact_mut(row_q))
+        .enumerate()
+    {
+        let seen = s - t + i + 1;
+        for h in 0..heads {
+            let g = h / group;
+            let qh = &q_row[h * d..(h + 1) * d];
+            let mut max = f32::NEG_INFINITY;
+            for (j, score) in scores[..seen].iter_mut().enumerate() {
+                let k = &keys[j * row_kv + g * d..j * row_kv + (g + 1) * d];
+                *score = dot(qh, k) * scale;
+                max = max.max(*score);
+            }
+            let mut sum = 0f32;
+            for score in scores[..seen].iter_mut() {
+                *score = (*score - max).exp();
+                sum += *score;
+            }
+            let oh = &mut out_row[h * d..(h + 1) * d];
+            oh.fill(0.0);
+            for (j, &w) in scores[..seen].iter().enumerate() {
+                let v = &values[j * row_kv + g * d..j * row_kv + (g + 1) * d];
+                for (o, &x) in oh.iter_mut().zip(v) {
+                    *o += w * x;
+                }
+            }
+            let inv = 1.0 / sum;
+            for o in oh.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// Heads of an attention layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    /// Query heads (H).
+    pub heads: usize,
+    /// Key/value heads (K), dividing H.
+    pub kv_heads: usize,
+    /// Head size (D).
+    pub d: usize,
+}
+
+/// SwiGLU's gate: `gate = silu(gate) * up`, in place, `silu(x) = x / (1 + exp(-x))`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x += y`, element by element.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, which the compiler keeps in one vector register.
+    let mut acc = [0f32; 8];
+    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_of_one_position_returns_its_value() {
+        // One cached position: the softmax is 1 whatever the scores.
+        let shape = AttentionShape {
+            heads: 4,
+            kv_heads: 2,
+            d: 3,
+        };
+        let q: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let keys: Vec<f32> = (0..6).map(|i| -(i as f32)).collect();
+        let values: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        let mut out = vec![0f32; 12];
+        attend(&q, &keys, &values, shape, &mut out);
+        // Heads 0 and 1 read key/value head 0, heads 2 and 3 head 1.
+        let expected = [0.0, 0.5, 1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 1.5, 2.0, 2.5];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn rotation_keeps_each_pair_s_length_and_position_zero_is_the_identity() {
+        let inv_freq = [1.0, 0.1];
+        let x0: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, -1.0, 0.5, 0.25, 2.0];
+        let mut x = x0.clone();
+        rotate(&mut x, 2, &inv_freq, 0);
+        assert_eq!(x, x0);
+        rotate(&mut x, 2, &inv_freq, 3);
+        for h in 0..2 {
+            for i in 0..2 {
+                let at = |v: &[f32], j: usize| v[h * 4 + j];
+                let before = at(&x0, i).hypot(at(&x0, i + 2));
+                let after = at(&x, i).hypot(at(&x, i + 2));
+                assert!((before - after).abs() <= 4.0 * f32::EPSILON * before);
+            }
+        }
+        // Position 3, frequency 1: the first pair of head 0 turns by 3 radians.
+        let (c, s) = (3f32.cos(), 3f32.sin());
+        assert!((x[0] - (c - 3.0 * s)).abs() < 1e-6 && (x[2] - (3.0 * c + s)).abs() < 1e-6);
+    }
+}
