@@ -97,6 +97,13 @@ impl Llama {
         if host.is_empty() {
             *host = vec![vec![HostKv::default(); self.layers.len()]; b];
         }
+        // As on the tensor path, where the cached keys would not concatenate: a caller error.
+        assert_eq!(
+            host.len(),
+            b,
+            "a cache of {} sequences continued with {b}: reorder it first",
+            host.len()
+        );
         let mut h = vec![0f32; rows * c];
         let mut y = vec![0f32; rows * row_q];
         for (l, layer) in self.layers.iter().enumerate() {
