@@ -429,11 +429,14 @@ impl std::fmt::Display for Inputs {
     }
 }
 
+// In the browser the integer products have only their portable loop, and the f32 products
+// their simd128 one, so the page keeps f32 inputs.
 static EXACT_DECODE_INPUTS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+    std::sync::atomic::AtomicBool::new(cfg!(target_family = "wasm"));
 
 /// Sets the input precision of the 4- and 8-bit products on the CPU decoding path for the
-/// models quantized from now on (`--activations`); [`Inputs::Q8`] unless set.
+/// models quantized from now on (`--activations`); unless set, [`Inputs::Q8`] natively and
+/// [`Inputs::F32`] in the browser.
 pub fn set_decode_inputs(inputs: Inputs) {
     EXACT_DECODE_INPUTS.store(inputs == Inputs::F32, std::sync::atomic::Ordering::Relaxed);
 }
