@@ -10,6 +10,8 @@
 //!
 //! N=outputs (rows), K=inputs (columns), T=input rows
 
+mod int;
+
 use crate::gguf::{GgmlType, QK};
 use crate::{Error, Result};
 
@@ -357,7 +359,7 @@ impl QuantMatrix {
             Vec::new()
         };
         let rounded = (inputs == Inputs::Q8 && matrices.iter().any(|m| m.kind != BlockKind::F16))
-            .then(|| Q8Rows::quantize(x));
+            .then(|| int::Q8Rows::quantize(x));
         // Output rows computed together by one task (row-major per task, transposed below).
         const CHUNK: usize = 64;
         let work = |&(which, start): &(usize, usize)| -> Vec<f32> {
@@ -365,14 +367,7 @@ impl QuantMatrix {
             let end = (start + CHUNK).min(matrix.rows);
             let mut part = vec![0f32; (end - start) * t];
             if let Some(rounded) = rounded.as_ref().filter(|_| matrix.kind != BlockKind::F16) {
-                IntDots {
-                    matrix,
-                    x: rounded,
-                    t,
-                    rows: start..end,
-                    out: &mut part,
-                }
-                .run();
+                int::dots(matrix, rounded, t, start..end, &mut part);
                 return part;
             }
             // Compiled for the CPU's widest vector unit (AVX2 and FMA), detected at run time.
@@ -448,276 +443,6 @@ pub fn decode_inputs() -> Inputs {
     } else {
         Inputs::Q8
     }
-}
-
-/// Input rows rounded to 8 bits in blocks of 32 along K: value `i` of block `b` is
-/// `d[b] * q[32 b + i]`, and `sums[b]` is `d[b] * Σ q` over the block.
-struct Q8Rows {
-    q: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<f32>,
-}
-
-impl Q8Rows {
-    fn quantize(x: &[f32]) -> Self {
-        let blocks = x.len() / QK;
-        let mut out = Self {
-            q: Vec::with_capacity(blocks * QK),
-            d: Vec::with_capacity(blocks),
-            sums: Vec::with_capacity(blocks),
-        };
-        for block in x.chunks_exact(QK) {
-            let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for &v in block {
-                // NaN rounds to 0 here; a NaN input makes `d` NaN, which every product with
-                // this block then carries.
-                let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                sum += i32::from(q);
-                out.q.push(q);
-            }
-            out.d.push(d);
-            out.sums.push(d * sum as f32);
-        }
-        out
-    }
-}
-
-/// Output rows `rows` of `matrix · x` for inputs rounded to 8 bits, row-major `[rows, T]` into
-/// `out`: per block, the integer dot product of the weights' levels with the inputs' levels,
-/// scaled by both scales (and for Q4 the block minimum times the inputs' block sum).
-struct IntDots<'a> {
-    matrix: &'a QuantMatrix,
-    x: &'a Q8Rows,
-    t: usize,
-    rows: std::ops::Range<usize>,
-    out: &'a mut [f32],
-}
-
-impl IntDots<'_> {
-    fn run(self) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = pulp::x86::V3::try_new() {
-            pulp::Simd::vectorize(simd, IntDotsV3 { simd, op: self });
-            return;
-        }
-        self.scalar();
-    }
-
-    /// Weight block `at`'s levels: Q8's signed values, Q4's nibbles (value `i` then `i + 16`).
-    #[inline(always)]
-    fn levels(&self, at: usize) -> [i8; QK] {
-        let m = self.matrix;
-        let mut w = [0i8; QK];
-        match m.kind {
-            BlockKind::Q4 => {
-                if let Some(q) = m.q[at * QK / 2..].first_chunk::<{ QK / 2 }>() {
-                    for i in 0..QK / 2 {
-                        w[i] = (q[i] & 0x0F) as i8;
-                        w[i + QK / 2] = (q[i] >> 4) as i8;
-                    }
-                }
-            }
-            _ => {
-                if let Some(q) = m.q[at * QK..].first_chunk::<QK>() {
-                    for i in 0..QK {
-                        w[i] = q[i] as i8;
-                    }
-                }
-            }
-        }
-        w
-    }
-
-    fn scalar(self) {
-        let m = self.matrix;
-        let (blocks, t) = (m.cols / QK, self.t);
-        let mut acc = vec![0f32; t];
-        for (i, row) in self.rows.clone().enumerate() {
-            acc.fill(0.0);
-            for b in 0..blocks {
-                let at = row * blocks + b;
-                let w = self.levels(at);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xb = r * blocks + b;
-                    let xq = &self.x.q[xb * QK..(xb + 1) * QK];
-                    let dot: i32 = w
-                        .iter()
-                        .zip(xq)
-                        .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                        .sum();
-                    *a += m.d[at] * self.x.d[xb] * dot as f32;
-                    if m.kind == BlockKind::Q4 {
-                        *a += m.m[at] * self.x.sums[xb];
-                    }
-                }
-            }
-            self.out[i * t..(i + 1) * t].copy_from_slice(&acc);
-        }
-    }
-}
-
-/// [`IntDots`] with AVX2: 32 levels per register, `vpmaddubsw` (unsigned by signed bytes into
-/// pairs of i16) and `vpmaddwd` (into i32), one conversion and one FMA per block and input row.
-#[cfg(target_arch = "x86_64")]
-struct IntDotsV3<'a> {
-    simd: pulp::x86::V3,
-    op: IntDots<'a>,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl pulp::WithSimd for IntDotsV3<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
-        let Self { simd, op } = self;
-        let t = op.t;
-        // Input rows in groups of up to four: each weight block is rebuilt once per group and
-        // the group's sums stay in registers.
-        for (i, row) in op.rows.clone().enumerate() {
-            let out = &mut op.out[i * t..(i + 1) * t];
-            let mut first = 0;
-            while first < t {
-                let group = &mut out[first..(first + 4).min(t)];
-                match group.len() {
-                    4 => int_dots_v3::<4>(simd, op.matrix, op.x, row, first, group),
-                    3 => int_dots_v3::<3>(simd, op.matrix, op.x, row, first, group),
-                    2 => int_dots_v3::<2>(simd, op.matrix, op.x, row, first, group),
-                    _ => int_dots_v3::<1>(simd, op.matrix, op.x, row, first, group),
-                }
-                first += 4;
-            }
-        }
-    }
-}
-
-/// Two consecutive Q4 blocks' nibbles.
-#[cfg(target_arch = "x86_64")]
-type Q4Pair = [[u8; QK / 2]; 2];
-
-/// Two consecutive Q8 blocks' values.
-#[cfg(target_arch = "x86_64")]
-type Q8Pair = [[u8; QK]; 2];
-
-/// Weight row `row` of `m` dotted with input rows `first..first + R` of `x`, into `out`. Blocks
-/// go in pairs, with a sum for each half, so consecutive blocks' FMAs do not wait on each other;
-/// the Q4 minimums' term is one dot product over the blocks at the end.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn int_dots_v3<const R: usize>(
-    simd: pulp::x86::V3,
-    m: &QuantMatrix,
-    x: &Q8Rows,
-    row: usize,
-    first: usize,
-    out: &mut [f32],
-) {
-    use core::arch::x86_64::{__m128i, __m256, __m256i};
-    let (avx, avx2, fma, sse2) = (simd.avx, simd.avx2, simd.fma, simd.sse2);
-    let blocks = m.cols / QK;
-    let pairs = blocks / 2;
-    let low_nibbles = avx._mm256_set1_epi8(0x0F);
-    let ones = avx._mm256_set1_epi16(1);
-    let q4 = m.kind == BlockKind::Q4;
-    let d_row = &m.d[row * blocks..(row + 1) * blocks];
-    // Everything cut to exactly `pairs` pairs of blocks as fixed-size arrays, so the loop below
-    // indexes without bounds checks.
-    let (w4, w8): (&[Q4Pair], &[Q8Pair]) = if q4 {
-        let bytes = &m.q[row * blocks * QK / 2..(row + 1) * blocks * QK / 2];
-        (bytes.as_chunks::<{ QK / 2 }>().0.as_chunks::<2>().0, &[])
-    } else {
-        let bytes = &m.q[row * blocks * QK..(row + 1) * blocks * QK];
-        (&[], bytes.as_chunks::<QK>().0.as_chunks::<2>().0)
-    };
-    let (w4, w8) = (&w4[..pairs.min(w4.len())], &w8[..pairs.min(w8.len())]);
-    let d_pairs = &d_row.as_chunks::<2>().0[..pairs];
-    let xq: [&[[[i8; QK]; 2]]; R] = std::array::from_fn(|j| {
-        let r = first + j;
-        &x.q[r * blocks * QK..(r + 1) * blocks * QK]
-            .as_chunks::<QK>()
-            .0
-            .as_chunks::<2>()
-            .0[..pairs]
-    });
-    let xd_pairs: [&[[f32; 2]]; R] =
-        std::array::from_fn(|j| &x.d[(first + j) * blocks..][..blocks].as_chunks::<2>().0[..pairs]);
-    let xd: [&[f32]; R] = std::array::from_fn(|j| &x.d[(first + j) * blocks..][..blocks]);
-    // Block `h` of pair `p`: its levels as unsigned bytes, and for Q8 the signs for the inputs.
-    // (Macros rather than closures: a closure is a function of its own, compiled without AVX2.)
-    macro_rules! weights {
-        ($p:expr, $h:expr) => {{
-            if q4 {
-                let low = pulp::cast::<_, __m128i>(w4[$p][$h]);
-                let both = avx._mm256_set_m128i(sse2._mm_srli_epi16::<4>(low), low);
-                (avx2._mm256_and_si256(both, low_nibbles), ones)
-            } else {
-                let w = pulp::cast::<_, __m256i>(w8[$p][$h]);
-                (avx2._mm256_sign_epi8(w, w), w)
-            }
-        }};
-    }
-    // `Σ w x` over a block for one input row, as eight partial sums in f32.
-    macro_rules! dot {
-        (($w:expr, $sign:expr), $x:expr) => {{
-            let mut xv = pulp::cast::<_, __m256i>($x);
-            if !q4 {
-                xv = avx2._mm256_sign_epi8(xv, $sign);
-            }
-            let pairs = avx2._mm256_maddubs_epi16($w, xv);
-            avx._mm256_cvtepi32_ps(avx2._mm256_madd_epi16(pairs, ones))
-        }};
-    }
-    let mut sums = [[avx._mm256_setzero_ps(); 2]; R];
-    for p in 0..pairs.min(w4.len().max(w8.len())) {
-        let d = d_pairs[p];
-        for h in 0..2 {
-            let (w, sign) = weights!(p, h);
-            for j in 0..R {
-                let scale = avx._mm256_set1_ps(d[h] * xd_pairs[j][p][h]);
-                let dots = dot!((w, sign), xq[j][p][h]);
-                sums[j][h] = fma._mm256_fmadd_ps(dots, scale, sums[j][h]);
-            }
-        }
-    }
-    let mut totals = [0f32; R];
-    for j in 0..R {
-        let both = pulp::cast::<__m256, pulp::f32x8>(avx._mm256_add_ps(sums[j][0], sums[j][1]));
-        totals[j] = pulp::Simd::reduce_sum_f32s(simd, both);
-    }
-    // An odd last block, if any, and the Q4 minimums' term.
-    if blocks % 2 == 1 {
-        let b = blocks - 1;
-        let at = row * blocks + b;
-        let mut w = [0i32; QK];
-        if q4 {
-            let q = &m.q[at * QK / 2..(at + 1) * QK / 2];
-            for i in 0..QK / 2 {
-                w[i] = i32::from(q[i] & 0x0F);
-                w[i + QK / 2] = i32::from(q[i] >> 4);
-            }
-        } else {
-            for (v, &q) in w.iter_mut().zip(&m.q[at * QK..(at + 1) * QK]) {
-                *v = i32::from(q as i8);
-            }
-        }
-        for (j, total) in totals.iter_mut().enumerate() {
-            let r = first + j;
-            let xs = &x.q[(r * blocks + b) * QK..(r * blocks + b + 1) * QK];
-            let dot: i32 = w.iter().zip(xs).map(|(&a, &v)| a * i32::from(v)).sum();
-            *total += d_row[b] * xd[j][b] * dot as f32;
-        }
-    }
-    if q4 {
-        let m_row = &m.m[row * blocks..(row + 1) * blocks];
-        for (j, total) in totals.iter_mut().enumerate() {
-            let xs = &x.sums[(first + j) * blocks..][..blocks];
-            *total += m_row.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
-        }
-    }
-    out[..R].copy_from_slice(&totals);
 }
 
 /// Output rows `rows` of `matrix · x` for every input row, row-major `[rows, T]` into `out`.
@@ -867,35 +592,6 @@ mod tests {
             }
             // The rounding is there: the products differ, within the bound.
             assert!(worst > 0.0, "{kind:?}: 8-bit inputs changed nothing");
-        }
-    }
-
-    #[test]
-    fn portable_integer_products_equal_the_vector_ones() {
-        // The portable loop (wasm, CPUs without AVX2) against whatever `run` picks here.
-        let (n, k, t) = (9, 96, 2);
-        let w = matrix(n, k);
-        let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.61).cos()).collect();
-        let rounded = Q8Rows::quantize(&x);
-        for kind in [BlockKind::Q8, BlockKind::Q4] {
-            let q = QuantMatrix::quantize(kind, &w, n, k).unwrap();
-            let (mut portable, mut picked) = (vec![0f32; n * t], vec![0f32; n * t]);
-            let op = |out| IntDots {
-                matrix: &q,
-                x: &rounded,
-                t,
-                rows: 0..n,
-                out,
-            };
-            op(&mut portable).scalar();
-            op(&mut picked).run();
-            for (a, b) in portable.iter().zip(&picked) {
-                // Integer block sums are exact; only the float sums' order differs.
-                assert!(
-                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
-                    "{kind:?}: {a} vs {b}"
-                );
-            }
         }
     }
 
