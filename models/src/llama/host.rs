@@ -10,7 +10,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use cinder_engine::burn;
-use cinder_engine::quant::{Inputs, QuantMatrix};
+use cinder_engine::quant::{Inputs, QuantMatrix, on_workers};
 use cinder_engine::shaders::decode::{
     AttentionShape, add_assign, attend, rms_norm, rotate, silu_mul,
 };
@@ -93,6 +93,7 @@ impl Llama {
             .collect();
         let rows = b * t;
         let (row_q, row_kv) = (shape.heads * shape.d, shape.kv_heads * shape.d);
+        let out_t = if cache.last_only() { 1 } else { t };
         let host = cache.host();
         if host.is_empty() {
             *host = vec![vec![HostKv::default(); self.layers.len()]; b];
@@ -104,57 +105,66 @@ impl Llama {
             "a cache of {} sequences continued with {b}: reorder it first",
             host.len()
         );
-        let mut h = vec![0f32; rows * c];
-        let mut y = vec![0f32; rows * row_q];
-        for (l, layer) in self.layers.iter().enumerate() {
-            let [
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                gate_proj,
-                up_proj,
-                down_proj,
-            ] = layer.projections().map(|p| p.host_matrix());
-            let (input_norm, post_norm) = &norms.layers[l];
-            rms_norm(&x, input_norm, norms.eps, &mut h);
-            let products = |m: &[&QuantMatrix], x: &[f32]| {
-                QuantMatrix::matmul_many_with(m, x, rows, norms.inputs)
-            };
-            let qkv = products(&[q_proj?, k_proj?, v_proj?], &h);
-            let [mut q, mut k, v] = <[Vec<f32>; 3]>::try_from(qkv).ok()?;
-            for (bi, kv) in host.iter_mut().enumerate() {
-                let (qs, ks) = (bi * t * row_q, bi * t * row_kv);
-                let q = &mut q[qs..qs + t * row_q];
-                let k = &mut k[ks..ks + t * row_kv];
-                rotate(q, shape.heads, &self.inv_freq, past);
-                rotate(k, shape.kv_heads, &self.inv_freq, past);
-                let kv = &mut kv[l];
-                kv.keys.extend_from_slice(k);
-                kv.values.extend_from_slice(&v[ks..ks + t * row_kv]);
-                attend(q, &kv.keys, &kv.values, shape, &mut y[qs..qs + t * row_q]);
-            }
-            let [o] = <[Vec<f32>; 1]>::try_from(products(&[o_proj?], &y)).ok()?;
-            add_assign(&mut x, &o);
-            rms_norm(&x, post_norm, norms.eps, &mut h);
-            let gate_up = products(&[gate_proj?, up_proj?], &h);
-            let [mut gate, up] = <[Vec<f32>; 2]>::try_from(gate_up).ok()?;
-            silu_mul(&mut gate, &up);
-            let [down] = <[Vec<f32>; 1]>::try_from(products(&[down_proj?], &gate)).ok()?;
-            add_assign(&mut x, &down);
-        }
-        cache.advance(t);
-        let out_t = if cache.last_only() { 1 } else { t };
-        let last: Vec<f32> = x
-            .chunks_exact(t * c)
-            .flat_map(|row| &row[(t - out_t) * c..])
-            .copied()
+        let layers: Vec<[Option<&QuantMatrix>; 7]> = self
+            .layers
+            .iter()
+            .map(|layer| layer.projections().map(|p| p.host_matrix()))
             .collect();
-        let mut normed = vec![0f32; last.len()];
-        rms_norm(&last, &norms.last, norms.eps, &mut normed);
         let head = self.lm_head.as_ref()?.host_matrix()?;
-        let logits =
-            QuantMatrix::matmul_many_with(&[head], &normed, b * out_t, norms.inputs).pop()?;
+        let inv_freq = &self.inv_freq[..];
+        // The whole pass runs on a product thread: each product then hands half its rows to
+        // the other threads by work stealing, where from this thread every one of the ~120
+        // products per token would wake the pool and sleep until it finished.
+        let logits = on_workers(|| -> Option<Vec<f32>> {
+            let mut h = vec![0f32; rows * c];
+            let mut y = vec![0f32; rows * row_q];
+            for (l, projections) in layers.iter().enumerate() {
+                let [
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
+                    gate_proj,
+                    up_proj,
+                    down_proj,
+                ] = *projections;
+                let (input_norm, post_norm) = &norms.layers[l];
+                rms_norm(&x, input_norm, norms.eps, &mut h);
+                let products = |m: &[&QuantMatrix], x: &[f32]| {
+                    QuantMatrix::matmul_many_with(m, x, rows, norms.inputs)
+                };
+                let qkv = products(&[q_proj?, k_proj?, v_proj?], &h);
+                let [mut q, mut k, v] = <[Vec<f32>; 3]>::try_from(qkv).ok()?;
+                for (bi, kv) in host.iter_mut().enumerate() {
+                    let (qs, ks) = (bi * t * row_q, bi * t * row_kv);
+                    let q = &mut q[qs..qs + t * row_q];
+                    let k = &mut k[ks..ks + t * row_kv];
+                    rotate(q, shape.heads, inv_freq, past);
+                    rotate(k, shape.kv_heads, inv_freq, past);
+                    let kv = &mut kv[l];
+                    kv.keys.extend_from_slice(k);
+                    kv.values.extend_from_slice(&v[ks..ks + t * row_kv]);
+                    attend(q, &kv.keys, &kv.values, shape, &mut y[qs..qs + t * row_q]);
+                }
+                let [o] = <[Vec<f32>; 1]>::try_from(products(&[o_proj?], &y)).ok()?;
+                add_assign(&mut x, &o);
+                rms_norm(&x, post_norm, norms.eps, &mut h);
+                let gate_up = products(&[gate_proj?, up_proj?], &h);
+                let [mut gate, up] = <[Vec<f32>; 2]>::try_from(gate_up).ok()?;
+                silu_mul(&mut gate, &up);
+                let [down] = <[Vec<f32>; 1]>::try_from(products(&[down_proj?], &gate)).ok()?;
+                add_assign(&mut x, &down);
+            }
+            let last: Vec<f32> = x
+                .chunks_exact(t * c)
+                .flat_map(|row| &row[(t - out_t) * c..])
+                .copied()
+                .collect();
+            let mut normed = vec![0f32; last.len()];
+            rms_norm(&last, &norms.last, norms.eps, &mut normed);
+            QuantMatrix::matmul_many_with(&[head], &normed, b * out_t, norms.inputs).pop()
+        })?;
+        cache.advance(t);
         let vocab = head.rows();
         Some(Tensor::from_data(
             TensorData::new(logits, [b, out_t, vocab]),
