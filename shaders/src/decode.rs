@@ -49,41 +49,96 @@ pub fn rotate(x: &mut [f32], heads: usize, inv_freq: &[f32], start: usize) {
 /// `h / (H / K)`. Scores are scaled by `1 / sqrt(D)` and softmaxed in f32.
 pub fn attend(q: &[f32], keys: &[f32], values: &[f32], shape: AttentionShape, out: &mut [f32]) {
     let AttentionShape { heads, kv_heads, d } = shape;
-    let (row_q, row_kv) = (heads * d, kv_heads * d);
+    let row_kv = kv_heads * d;
     let s = keys.len() / row_kv;
-    let t = q.len() / row_q;
+    let t = q.len() / (heads * d);
     let group = heads / kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = vec![0f32; s];
-    for (i, (q_row, out_row)) in q
-        .chunks_exact(row_q)
-        .zip(out.chunks_exact_mut(row_q))
-        .enumerate()
+    let arch = pulp::Arch::new();
+    // One task per (row, key/value head): the query heads that share it are `out`'s next
+    // `group * D` columns, and read each cached key and value once between them.
+    let one = |(at, out): (usize, &mut [f32])| {
+        let (i, g) = (at / kv_heads, at % kv_heads);
+        let width = group * d;
+        arch.dispatch(GroupAttention {
+            q: &q[at * width..(at + 1) * width],
+            keys,
+            values,
+            d,
+            kv: g * d,
+            row_kv,
+            seen: s - t + i + 1,
+            out,
+        });
+    };
+    #[cfg(not(target_family = "wasm"))]
     {
-        let seen = s - t + i + 1;
-        for h in 0..heads {
-            let g = h / group;
-            let qh = &q_row[h * d..(h + 1) * d];
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores[..seen].iter_mut().enumerate() {
-                let k = &keys[j * row_kv + g * d..j * row_kv + (g + 1) * d];
-                *score = dot(qh, k) * scale;
-                max = max.max(*score);
+        use rayon::prelude::*;
+        out.par_chunks_mut(group * d).enumerate().for_each(one);
+    }
+    #[cfg(target_family = "wasm")]
+    out.chunks_mut(group * d).enumerate().for_each(one);
+}
+
+/// The query heads of one row that share a key/value head (`q` and `out` hold them side by
+/// side, D each), over the first `seen` cached positions, whose key/value head starts at column
+/// `kv` of rows of `row_kv`; compiled for the CPU's widest vector unit.
+struct GroupAttention<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    d: usize,
+    kv: usize,
+    row_kv: usize,
+    seen: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GroupAttention<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Self {
+            q,
+            keys,
+            values,
+            d,
+            kv,
+            row_kv,
+            seen,
+            out,
+        } = self;
+        let heads = q.len() / d;
+        let scale = 1.0 / (d as f32).sqrt();
+        // Scores `[heads, seen]`.
+        let mut scores = vec![0f32; heads * seen];
+        for j in 0..seen {
+            let key = &keys[j * row_kv + kv..][..d];
+            for (h, qh) in q.chunks_exact(d).enumerate() {
+                scores[h * seen + j] = dot(qh, key) * scale;
             }
+        }
+        let mut inv = vec![0f32; heads];
+        for (row, inv) in scores.chunks_exact_mut(seen).zip(&mut inv) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut sum = 0f32;
-            for score in scores[..seen].iter_mut() {
+            for score in row.iter_mut() {
                 *score = (*score - max).exp();
                 sum += *score;
             }
-            let oh = &mut out_row[h * d..(h + 1) * d];
-            oh.fill(0.0);
-            for (j, &w) in scores[..seen].iter().enumerate() {
-                let v = &values[j * row_kv + g * d..j * row_kv + (g + 1) * d];
-                for (o, &x) in oh.iter_mut().zip(v) {
+            *inv = 1.0 / sum;
+        }
+        out.fill(0.0);
+        for j in 0..seen {
+            let value = &values[j * row_kv + kv..][..d];
+            for (h, oh) in out.chunks_exact_mut(d).enumerate() {
+                let w = scores[h * seen + j];
+                for (o, &x) in oh.iter_mut().zip(value) {
                     *o += w * x;
                 }
             }
-            let inv = 1.0 / sum;
+        }
+        for (oh, &inv) in out.chunks_exact_mut(d).zip(&inv) {
             for o in oh.iter_mut() {
                 *o *= inv;
             }
@@ -116,6 +171,7 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     }
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums, which the compiler keeps in one vector register.
     let mut acc = [0f32; 8];
