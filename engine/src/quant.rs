@@ -353,22 +353,27 @@ impl QuantMatrix {
             "matmul_many: {} input values for {t} rows of {k}, matrices {matrices:?}",
             x.len()
         );
-        let x_sums: Vec<f32> = if matrices.iter().any(|m| m.kind == BlockKind::Q4) {
+        let rounded = (inputs == Inputs::Q8 && matrices.iter().any(|m| m.kind != BlockKind::F16))
+            .then(|| int::Q8Rows::quantize(x));
+        let x_sums: Vec<f32> = if matrices
+            .iter()
+            .any(|m| m.kind == BlockKind::Q4 && rounded.is_none())
+        {
             x.chunks_exact(QK).map(|c| c.iter().sum()).collect()
         } else {
             Vec::new()
         };
-        let rounded = (inputs == Inputs::Q8 && matrices.iter().any(|m| m.kind != BlockKind::F16))
-            .then(|| int::Q8Rows::quantize(x));
-        // Output rows computed together by one task (row-major per task, transposed below).
+        // Each matrix's product is computed as `[N, T]` (a task's output rows are one slice of
+        // it) and transposed at the end when T > 1.
+        let mut outs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; t * m.rows]).collect();
+        // Output rows computed together by one task.
         const CHUNK: usize = 64;
-        let work = |&(which, start): &(usize, usize)| -> Vec<f32> {
+        let work = |(which, start, part): (usize, usize, &mut [f32])| {
             let matrix = matrices[which];
-            let end = (start + CHUNK).min(matrix.rows);
-            let mut part = vec![0f32; (end - start) * t];
+            let rows = start..start + part.len() / t;
             if let Some(rounded) = rounded.as_ref().filter(|_| matrix.kind != BlockKind::F16) {
-                int::dots(matrix, rounded, t, start..end, &mut part);
-                return part;
+                int::dots(matrix, rounded, t, rows, part);
+                return;
             }
             // Compiled for the CPU's widest vector unit (AVX2 and FMA), detected at run time.
             pulp::Arch::new().dispatch(RowDots {
@@ -376,30 +381,36 @@ impl QuantMatrix {
                 x,
                 x_sums: &x_sums,
                 t,
-                rows: start..end,
-                out: &mut part,
+                rows,
+                out: part,
             });
-            part
         };
-        let tasks: Vec<(usize, usize)> = matrices
-            .iter()
+        let tasks: Vec<(usize, usize, &mut [f32])> = outs
+            .iter_mut()
             .enumerate()
-            .flat_map(|(which, m)| (0..m.rows).step_by(CHUNK).map(move |s| (which, s)))
+            .flat_map(|(which, out)| {
+                out.chunks_mut(CHUNK * t)
+                    .enumerate()
+                    .map(move |(c, part)| (which, c * CHUNK, part))
+            })
             .collect();
         #[cfg(not(target_family = "wasm"))]
-        let parts: Vec<Vec<f32>> = {
+        {
             use rayon::prelude::*;
-            tasks.par_iter().map(work).collect()
-        };
+            tasks.into_par_iter().for_each(work);
+        }
         #[cfg(target_family = "wasm")]
-        let parts: Vec<Vec<f32>> = tasks.iter().map(work).collect();
-        let mut outs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; t * m.rows]).collect();
-        for (&(which, start), part) in tasks.iter().zip(&parts) {
-            let (n, out) = (matrices[which].rows, &mut outs[which]);
-            for (i, row) in part.chunks_exact(t).enumerate() {
-                for (r, &v) in row.iter().enumerate() {
-                    out[r * n + start + i] = v;
+        tasks.into_iter().for_each(work);
+        if t > 1 {
+            for out in &mut outs {
+                let n = out.len() / t;
+                let mut rows_first = vec![0f32; out.len()];
+                for (i, row) in out.chunks_exact(t).enumerate() {
+                    for (r, &v) in row.iter().enumerate() {
+                        rows_first[r * n + i] = v;
+                    }
                 }
+                *out = rows_first;
             }
         }
         outs

@@ -16,23 +16,37 @@ pub(super) struct Q8Rows {
 
 impl Q8Rows {
     pub(super) fn quantize(x: &[f32]) -> Self {
+        // Compiled for the CPU's widest vector unit, where the rounding is inline vector code
+        // rather than a call per value.
+        pulp::Arch::new().dispatch(Quantize(x))
+    }
+}
+
+/// [`Q8Rows::quantize`]'s loop.
+struct Quantize<'a>(&'a [f32]);
+
+impl pulp::WithSimd for Quantize<'_> {
+    type Output = Q8Rows;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> Q8Rows {
+        let x = self.0;
         let blocks = x.len() / QK;
-        let mut out = Self {
-            q: Vec::with_capacity(blocks * QK),
+        let mut out = Q8Rows {
+            q: vec![0; blocks * QK],
             d: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
         };
-        for block in x.chunks_exact(QK) {
+        for (block, q) in x.chunks_exact(QK).zip(out.q.chunks_exact_mut(QK)) {
             let amax = block.iter().fold(0f32, |a, &v| a.max(v.abs()));
             let d = amax / 127.0;
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
-            for &v in block {
+            for (q, &v) in q.iter_mut().zip(block) {
                 // NaN rounds to 0 here; a NaN input makes `d` NaN, which every product with
                 // this block then carries.
-                let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                sum += i32::from(q);
-                out.q.push(q);
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                sum += i32::from(*q);
             }
             out.d.push(d);
             out.sums.push(d * sum as f32);
