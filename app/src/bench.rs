@@ -190,6 +190,21 @@ pub fn decode(args: crate::cli::BenchDecodeArgs, cache_dir: &std::path::Path) ->
         best.prefill_tokens_per_second(),
         best.decode_tokens_per_second()
     );
+    // A decoding step on the host path reads every weight once: its limit is the memory's read
+    // bandwidth over the weights' bytes.
+    if let cinder_models::auto::AnyModel::Llama(model) = &loaded.model
+        && let Some(bytes) = model.quantized_bytes()
+    {
+        let bandwidth = cinder_engine::shaders::bench::read_bandwidth(1024);
+        let read = bytes as f64 * best.decode_tokens_per_second() / 1e9;
+        println!(
+            "weights read per token {:.1} MB; memory read bandwidth {bandwidth:.1} GB/s ({} \
+             threads, a sum over 1 GB); decode reads {read:.1} GB/s, {:.0}% of it",
+            bytes as f64 / 1e6,
+            cinder_engine::shaders::bench::threads(),
+            100.0 * read / bandwidth
+        );
+    }
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //!
 //! N=outputs (rows), K=inputs (columns), T=input rows
 
+#[cfg(not(target_family = "wasm"))]
+mod dense;
 mod int;
 
 use crate::gguf::{GgmlType, QK};
@@ -85,6 +87,15 @@ pub enum BlockKind {
     Q4,
     /// IEEE half precision, `d = 1`.
     F16,
+    /// IEEE single precision, `d = 1`: a model's own f32 weights on the decoding path.
+    F32,
+}
+
+impl BlockKind {
+    /// Whether the values are integer levels (Q8, Q4), which 8-bit inputs multiply in integers.
+    pub fn integer(self) -> bool {
+        matches!(self, Self::Q8 | Self::Q4)
+    }
 }
 
 /// An `[N, K]` matrix stored in blocks of 32 along K.
@@ -102,6 +113,8 @@ pub struct QuantMatrix {
     m: Vec<f32>,
     /// The values of an F16 matrix (`q` is empty then).
     h: Vec<half::f16>,
+    /// The values of an F32 matrix (`q` is empty then).
+    f: Vec<f32>,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -137,7 +150,7 @@ impl QuantMatrix {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.q.len() + 2 * self.h.len() + 4 * (self.d.len() + self.m.len())
+        self.q.len() + 2 * self.h.len() + 4 * (self.f.len() + self.d.len() + self.m.len())
     }
 
     /// Quantizes a row-major `[rows, cols]` f32 matrix: Q8 symmetric by the block's largest
@@ -158,12 +171,18 @@ impl QuantMatrix {
             q: Vec::with_capacity(match kind {
                 BlockKind::Q8 => rows * cols,
                 BlockKind::Q4 => rows * cols / 2,
-                BlockKind::F16 => 0,
+                BlockKind::F16 | BlockKind::F32 => 0,
             }),
             d: Vec::with_capacity(blocks),
             m: Vec::new(),
             h: Vec::new(),
+            f: Vec::new(),
         };
+        if kind == BlockKind::F32 {
+            out.d = vec![1.0; blocks];
+            out.f = values.to_vec();
+            return Ok(out);
+        }
         for block in values.chunks_exact(QK) {
             match kind {
                 BlockKind::Q8 => {
@@ -193,13 +212,14 @@ impl QuantMatrix {
                     out.d.push(1.0);
                     out.h.extend(block.iter().map(|&x| half::f16::from_f32(x)));
                 }
+                BlockKind::F32 => unreachable!("returned above"),
             }
         }
         Ok(out)
     }
 
-    /// Takes a GGUF tensor's blocks as they are (Q8_0 as Q8, Q4_0 and Q4_1 as Q4, F16 as F16);
-    /// `None` for other types.
+    /// Takes a GGUF tensor's blocks as they are (Q8_0 as Q8, Q4_0 and Q4_1 as Q4, F16 as F16,
+    /// F32 as F32); `None` for other types.
     pub fn from_gguf(kind: GgmlType, raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
         check_shape(rows, cols).ok()?;
         let half = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
@@ -208,6 +228,7 @@ impl QuantMatrix {
             GgmlType::Q4_0 => (2 + QK / 2, BlockKind::Q4),
             GgmlType::Q4_1 => (4 + QK / 2, BlockKind::Q4),
             GgmlType::F16 => (2 * QK, BlockKind::F16),
+            GgmlType::F32 => (4 * QK, BlockKind::F32),
             _ => return None,
         };
         if raw.len() != rows * cols / QK * block_bytes {
@@ -221,7 +242,16 @@ impl QuantMatrix {
             d: Vec::new(),
             m: Vec::new(),
             h: Vec::new(),
+            f: Vec::new(),
         };
+        if kind == GgmlType::F32 {
+            out.d = vec![1.0; rows * cols / QK];
+            out.f = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            return Some(out);
+        }
         for b in raw.chunks_exact(block_bytes) {
             if kind == GgmlType::F16 {
                 out.d.push(1.0);
@@ -251,7 +281,7 @@ impl QuantMatrix {
 
     /// Reorders the rows: row `i` of the result is row `order[i]` of `self`.
     pub fn permute_rows(&mut self, order: &[usize]) {
-        let row_q = self.q.len() / self.rows; // 0 for F16
+        let row_q = self.q.len() / self.rows; // 0 for F16 and F32
         let row_b = self.cols / QK;
         let (q, d, m) = (self.q.clone(), self.d.clone(), self.m.clone());
         for (i, &from) in order.iter().enumerate() {
@@ -264,10 +294,17 @@ impl QuantMatrix {
                     .copy_from_slice(&m[from * row_b..(from + 1) * row_b]);
             }
         }
+        let c = self.cols;
         if !self.h.is_empty() {
-            let (h, c) = (self.h.clone(), self.cols);
+            let h = self.h.clone();
             for (i, &from) in order.iter().enumerate() {
                 self.h[i * c..(i + 1) * c].copy_from_slice(&h[from * c..(from + 1) * c]);
+            }
+        }
+        if !self.f.is_empty() {
+            let f = self.f.clone();
+            for (i, &from) in order.iter().enumerate() {
+                self.f[i * c..(i + 1) * c].copy_from_slice(&f[from * c..(from + 1) * c]);
             }
         }
     }
@@ -316,6 +353,7 @@ impl QuantMatrix {
                 // Uses the CPU's conversion instructions (F16C) when it has them.
                 self.h[at * QK..(at + 1) * QK].convert_to_f32_slice(w);
             }
+            BlockKind::F32 => w.copy_from_slice(&self.f[at * QK..(at + 1) * QK]),
         }
     }
 
@@ -353,7 +391,7 @@ impl QuantMatrix {
             "matmul_many: {} input values for {t} rows of {k}, matrices {matrices:?}",
             x.len()
         );
-        let rounded = (inputs == Inputs::Q8 && matrices.iter().any(|m| m.kind != BlockKind::F16))
+        let rounded = (inputs == Inputs::Q8 && matrices.iter().any(|m| m.kind.integer()))
             .then(|| int::Q8Rows::quantize(x));
         let x_sums: Vec<f32> = if matrices
             .iter()
@@ -371,7 +409,12 @@ impl QuantMatrix {
         let work = |(which, start, part): (usize, usize, &mut [f32])| {
             let matrix = matrices[which];
             let rows = start..start + part.len() / t;
-            if let Some(rounded) = rounded.as_ref().filter(|_| matrix.kind != BlockKind::F16) {
+            #[cfg(not(target_family = "wasm"))]
+            if t >= dense::MIN_ROWS {
+                dense::dots(matrix, x, t, rows, part);
+                return;
+            }
+            if let Some(rounded) = rounded.as_ref().filter(|_| matrix.kind.integer()) {
                 int::dots(matrix, rounded, t, rows, part);
                 return;
             }
@@ -436,7 +479,8 @@ pub enum Inputs {
     /// Rounded to 8 bits in blocks of 32 (a scale per block, as llama.cpp's Q8_1) and
     /// multiplied with 4- and 8-bit matrices in integers, which is several times fewer
     /// instructions per weight; each input moves by at most half its block's step
-    /// (`max |x| / 254`). F16 matrices read f32 inputs either way.
+    /// (`max |x| / 254`). F16 and F32 matrices, and prompts of 16 rows or more (which
+    /// multiply dequantized weights), read f32 inputs either way.
     Q8,
 }
 
@@ -536,6 +580,7 @@ mod tests {
             (BlockKind::Q8, 254.0),
             (BlockKind::Q4, 15.0),
             (BlockKind::F16, 2048.0),
+            (BlockKind::F32, f32::INFINITY),
         ] {
             let q = QuantMatrix::quantize(kind, &w, 4, 64).unwrap();
             let back = q.dequantize();
@@ -550,6 +595,9 @@ mod tests {
             // within 8 ε of the largest magnitude, 0.3.
             let bound = step / 2.0 + 8.0 * f32::EPSILON * 0.3;
             assert!(worst <= bound, "{kind:?}: {worst} > {bound}");
+            if kind == BlockKind::F32 {
+                assert_eq!(back, w);
+            }
         }
     }
 
@@ -558,7 +606,7 @@ mod tests {
         let (n, k, t) = (130, 96, 3);
         let w = matrix(n, k);
         let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        for kind in [BlockKind::Q8, BlockKind::Q4, BlockKind::F16] {
+        for kind in [BlockKind::Q8, BlockKind::Q4, BlockKind::F16, BlockKind::F32] {
             let q = QuantMatrix::quantize(kind, &w, n, k).unwrap();
             let dense = q.dequantize();
             let y = q.matmul(&x, t);
@@ -614,6 +662,35 @@ mod tests {
             }
             // The rounding is there: the products differ, within the bound.
             assert!(worst > 0.0, "{kind:?}: 8-bit inputs changed nothing");
+        }
+    }
+
+    #[test]
+    fn many_rows_give_the_products_of_one_row_at_a_time() {
+        // From dense::MIN_ROWS input rows natively the weights are expanded and multiplied by
+        // gemm; row by row they go through the block kernels. Both read f32 inputs here, and
+        // 8-bit inputs do not apply to that many rows.
+        let (n, k, t) = (70, 96, 19);
+        let w = matrix(n, k);
+        let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        for kind in [BlockKind::Q8, BlockKind::Q4, BlockKind::F16, BlockKind::F32] {
+            let q = QuantMatrix::quantize(kind, &w, n, k).unwrap();
+            for inputs in [Inputs::F32, Inputs::Q8] {
+                let all = QuantMatrix::matmul_many_with(&[&q, &q], &x, t, inputs);
+                assert_eq!(all.len(), 2);
+                for r in 0..t {
+                    let one = q.matmul(&x[r * k..(r + 1) * k], 1);
+                    for c in 0..n {
+                        let (a, b) = (all[1][r * n + c], one[c]);
+                        let magnitude: f32 = (0..k)
+                            .map(|i| (w[c * k + i].abs() + 0.6) * x[r * k + i].abs())
+                            .sum();
+                        let bound = (2 * k + 8) as f32 * f32::EPSILON * magnitude;
+                        assert!((a - b).abs() <= bound, "{kind:?} [{r}, {c}]: {a} vs {b}");
+                        assert_eq!(a, all[0][r * n + c]);
+                    }
+                }
+            }
         }
     }
 

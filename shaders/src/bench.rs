@@ -89,3 +89,53 @@ pub fn cross_entropy(rows: usize, vocab: usize, reps: usize, device: &Device) ->
     }
     out
 }
+
+/// Memory read bandwidth in GB/s: the sum of `megabytes` MB of f32 values split across rayon's
+/// threads, in chunks of 4 MB, best of three after one untimed pass (which also touches the
+/// pages). The limit a decoding step that reads every weight once can approach.
+pub fn read_bandwidth(megabytes: usize) -> f64 {
+    use rayon::prelude::*;
+    let values = vec![1f32; megabytes.max(1) << 18];
+    let sum = || -> f32 {
+        values
+            .par_chunks(1 << 20)
+            .map(|chunk| pulp::Arch::new().dispatch(Sum(chunk)))
+            .sum()
+    };
+    let best = best_of(3, || {
+        std::hint::black_box(sum());
+    });
+    (values.len() * 4) as f64 / (best * 1e-3) / 1e9
+}
+
+/// The sum of a slice with eight independent partial sums per lane, compiled for the CPU's
+/// widest vector unit, so the loads rather than the additions limit it.
+struct Sum<'a>(&'a [f32]);
+
+impl pulp::WithSimd for Sum<'_> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) -> f32 {
+        let (vectors, rest) = S::as_simd_f32s(self.0);
+        let mut acc = [simd.splat_f32s(0.0); 8];
+        let (groups, tail) = vectors.as_chunks::<8>();
+        for group in groups {
+            for (a, &v) in acc.iter_mut().zip(group) {
+                *a = simd.add_f32s(*a, v);
+            }
+        }
+        for &v in tail {
+            acc[0] = simd.add_f32s(acc[0], v);
+        }
+        let total = acc
+            .iter()
+            .fold(simd.splat_f32s(0.0), |a, &b| simd.add_f32s(a, b));
+        simd.reduce_sum_f32s(total) + rest.iter().sum::<f32>()
+    }
+}
+
+/// The threads the kernels split their work across (rayon's pool).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

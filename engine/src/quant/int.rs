@@ -70,7 +70,7 @@ pub(super) fn dots(
 ) {
     let blocks = matrix.cols / QK;
     assert!(
-        matrix.kind != BlockKind::F16
+        matrix.kind.integer()
             && rows.end <= matrix.rows
             && x.q.len() == t * blocks * QK
             && x.d.len() == t * blocks

@@ -202,6 +202,7 @@ mod tests {
             (WeightDtype::Q4, Inputs::F32),
             (WeightDtype::Q8, Inputs::F32),
             (WeightDtype::F16, Inputs::F32),
+            (WeightDtype::F32, Inputs::F32),
             (WeightDtype::Q4, Inputs::Q8),
             (WeightDtype::Q8, Inputs::Q8),
         ];

@@ -231,7 +231,12 @@ mod tests {
         device.seed(4);
         for tie in [false, true] {
             let config = LlamaConfig::tiny().with_tie_word_embeddings(tie);
-            for dtype in [WeightDtype::F16, WeightDtype::Q8, WeightDtype::Q4] {
+            for dtype in [
+                WeightDtype::F32,
+                WeightDtype::F16,
+                WeightDtype::Q8,
+                WeightDtype::Q4,
+            ] {
                 let model = config.init(&device).quantize(dtype, None).unwrap();
                 let err = model.export_tensors().err().unwrap();
                 let message = err.to_string();

@@ -22,6 +22,7 @@ fn file_matches(ggml: GgmlType, kind: BlockKind) -> bool {
         (GgmlType::Q8_0, BlockKind::Q8)
             | (GgmlType::Q4_0 | GgmlType::Q4_1, BlockKind::Q4)
             | (GgmlType::F16, BlockKind::F16)
+            | (GgmlType::F32, BlockKind::F32)
     )
 }
 
@@ -54,16 +55,23 @@ impl Llama {
     /// quantized from the f32 weights. The head is 8-bit for q8 and q4 (4-bit heads cost
     /// answers), f16 for f16. On other devices q8 and q4 use Burn's block-quantized tensors for
     /// the projections instead, and the head and embedding stay f32; f16 stays on the host
-    /// kernel. A quantized model is for inference: its host-quantized weights are not
-    /// parameters, and [`export_tensors`](cinder_engine::lm::CausalLm::export_tensors) fails.
+    /// kernel. f32 on the CPU (natively) moves the f32 weights into host matrices as they are,
+    /// for the host decoding path; elsewhere it leaves the model as it is. A model with host
+    /// matrices is for inference: they are not parameters, and
+    /// [`export_tensors`](cinder_engine::lm::CausalLm::export_tensors) fails.
     pub fn quantize(mut self, dtype: WeightDtype, file: Option<&GgufFile>) -> Result<Self> {
+        let on_cpu = self.embed_tokens.weight.device() == Device::flex();
         let (kind, head_kind) = match dtype {
+            // The browser keeps f32 models on tensors (its decoding runs one thread).
+            WeightDtype::F32 if on_cpu && !cfg!(target_family = "wasm") => {
+                (BlockKind::F32, BlockKind::F32)
+            }
             WeightDtype::F32 => return Ok(self),
             WeightDtype::F16 => (BlockKind::F16, BlockKind::F16),
             WeightDtype::Q8 => (BlockKind::Q8, BlockKind::Q8),
             WeightDtype::Q4 => (BlockKind::Q4, BlockKind::Q8),
         };
-        if self.embed_tokens.weight.device() != Device::flex() && kind != BlockKind::F16 {
+        if !on_cpu && kind != BlockKind::F16 {
             for layer in self.layers.iter_mut() {
                 for projection in layer.projections_mut() {
                     projection.quantize_on_device(kind);
