@@ -531,6 +531,31 @@ impl pulp::WithSimd for RowDots<'_> {
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let m = self.matrix;
         let (k, t) = (m.cols, self.t);
+        if m.kind == BlockKind::F32 {
+            // The row as it is, four sums in flight: this loop only streams the weights.
+            for (i, row) in self.rows.clone().enumerate() {
+                let (wv, wt) = S::as_simd_f32s(&m.f[row * k..(row + 1) * k]);
+                for r in 0..t {
+                    let (xv, xt) = S::as_simd_f32s(&self.x[r * k..(r + 1) * k]);
+                    let mut acc = [simd.splat_f32s(0.0); 4];
+                    let (w4, w_rest) = wv.as_chunks::<4>();
+                    let (x4, x_rest) = xv.as_chunks::<4>();
+                    for (w, x) in w4.iter().zip(x4) {
+                        for j in 0..4 {
+                            acc[j] = simd.mul_add_e_f32s(w[j], x[j], acc[j]);
+                        }
+                    }
+                    for (w, x) in w_rest.iter().zip(x_rest) {
+                        acc[0] = simd.mul_add_e_f32s(*w, *x, acc[0]);
+                    }
+                    let sum =
+                        simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+                    let tail: f32 = wt.iter().zip(xt).map(|(a, b)| a * b).sum();
+                    self.out[i * t + r] = simd.reduce_sum_f32s(sum) + tail;
+                }
+            }
+            return;
+        }
         let blocks = k / QK;
         let mut w = [0f32; QK];
         let mut acc = vec![simd.splat_f32s(0.0); t];
