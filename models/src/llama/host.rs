@@ -261,5 +261,14 @@ mod tests {
         let mut cache = model.new_cache();
         let _ = model.forward_cached(ids(&[&[1, 2, 3]], &device), &mut cache);
         assert!(cache.host().is_empty() && cache.on_tensors());
+        // In f32, a model whose inputs do not fill blocks of 32 stays on tensors and decodes.
+        let odd = LlamaConfig::new(96, 16, 48, 1, 2)
+            .init(&device)
+            .quantize(WeightDtype::F32, None)
+            .unwrap();
+        assert!(odd.host.is_none());
+        let mut cache = odd.new_cache();
+        let logits = odd.forward_cached(ids(&[&[1, 2, 3]], &device), &mut cache);
+        assert_eq!(logits.dims(), [1, 3, 96]);
     }
 }

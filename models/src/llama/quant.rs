@@ -61,9 +61,19 @@ impl Llama {
     /// [`export_tensors`](cinder_engine::lm::CausalLm::export_tensors) fails.
     pub fn quantize(mut self, dtype: WeightDtype, file: Option<&GgufFile>) -> Result<Self> {
         let on_cpu = self.embed_tokens.weight.device() == Device::flex();
+        // Host matrices hold rows in blocks of 32 inputs: an f32 model whose projections' inputs
+        // are not multiples of 32 stays on tensors (the other formats refuse it).
+        let c = &self.config;
+        let blocks_fit = [
+            c.hidden_size,
+            c.num_attention_heads * c.head_size(),
+            c.intermediate_size,
+        ]
+        .iter()
+        .all(|&k| k > 0 && k % cinder_engine::gguf::QK == 0);
         let (kind, head_kind) = match dtype {
             // The browser keeps f32 models on tensors (its decoding runs one thread).
-            WeightDtype::F32 if on_cpu && !cfg!(target_family = "wasm") => {
+            WeightDtype::F32 if on_cpu && blocks_fit && !cfg!(target_family = "wasm") => {
                 (BlockKind::F32, BlockKind::F32)
             }
             WeightDtype::F32 => return Ok(self),
