@@ -5,7 +5,7 @@
 //! B=batch, H=heads, T=time (new positions), S=past+time, D=head size, C=channels, V=vocab
 
 use burn::nn::{Dropout, Embedding};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -21,9 +21,11 @@ pub fn causal_mask(t: usize, s: usize, device: &Device) -> Tensor<2, Bool> {
 }
 
 /// Causal scaled dot-product attention of `t` new queries over `s` keys, the first `s - t` of
-/// which come from a cache. Uses the backend's fused kernel with the cheapest mask that is
-/// correct: none for a single new position, the built-in causal flag without a cache, and an
-/// explicit mask when a chunk of several positions continues a cache.
+/// which come from a cache. Without a cache, Cinder's fused causal attention on the CPU backend
+/// and Burn's attention with its causal flag elsewhere
+/// ([`causal`](cinder_engine::shaders::attention::causal)); with one, Burn's attention with the
+/// cheapest mask that is correct: none for a single new position, an explicit mask when a chunk
+/// of several positions continues the cache.
 ///
 /// # Shapes
 /// - q: `[B, H, T, D]`, k and v: `[B, H, S, D]`
@@ -32,12 +34,7 @@ pub fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let [b, h, t, _] = q.dims();
     let s = k.dims()[2];
     if s == t {
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: t > 1,
-        };
-        attention(q, k, v, None, None, options)
+        cinder_engine::shaders::attention::causal(q, k, v)
     } else if t == 1 {
         attention(q, k, v, None, None, AttentionModuleOptions::default())
     } else {
@@ -88,14 +85,11 @@ pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * cdf
 }
 
-/// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, written
-/// through the identity `0.5 (1 + tanh(z)) = sigmoid(2z)`: six element-wise ops and no `powf`,
-/// which on the CPU backend made the textbook form about a fifth of a training step.
+/// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`: one
+/// fused pass forward and one backward on the CPU backend, Burn's operations elsewhere
+/// ([`gelu_tanh`](cinder_engine::shaders::activation::gelu_tanh)).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const C1: f64 = 2.0 * 0.797_884_560_802_865_4; // 2 * sqrt(2 / pi)
-    const C2: f64 = C1 * 0.044_715;
-    let z = x.clone() * (x.clone() * x.clone()).mul_scalar(C2).add_scalar(C1);
-    x * sigmoid(z)
+    cinder_engine::shaders::activation::gelu_tanh(x)
 }
 
 /// Keys and values of past positions for one layer, as attention consumes them (after rotary

@@ -5,6 +5,11 @@
 //! one exists for the tensor's device and type and the reference otherwise, so every backend
 //! (wgpu, the browser build, half precision) keeps working.
 //!
+//! - [`activation`]: GELU with the tanh approximation, one pass forward and one backward
+//!   across the cores (burn-flex, f32).
+//! - [`attention`]: causal attention of a whole sequence, forward and backward, one task per
+//!   (sequence, head) with the scores of a block of queries kept in a buffer of the task's own
+//!   (burn-flex, f32, natively).
 //! - [`cross_entropy`]: softmax cross-entropy over the rows of a matrix of logits, forward and
 //!   backward in one pass each over the matrix (burn-flex, f32).
 //! - [`decode`]: a transformer layer's operations other than its matrix products (RMSNorm,
@@ -13,6 +18,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod activation;
+pub mod attention;
 #[cfg(not(target_family = "wasm"))]
 pub mod bench;
 pub mod cross_entropy;

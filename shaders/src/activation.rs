@@ -1,0 +1,232 @@
+//! GELU with the tanh approximation (GPT-2's `gelu_new`), forward and backward in one pass each.
+//!
+//! Composed of Burn's operations, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` is six
+//! element-wise passes forward and a dozen backward, each allocating a tensor the size of the
+//! feed-forward layer's activations (the largest in a GPT-2 block) on one thread. The fused
+//! kernel computes the value, and later its derivative, in one pass over those activations
+//! split across the cores, with the exponential of [`crate::cross_entropy::exp_simd`].
+//!
+//! It runs on burn-flex with f32 tensors, with and without autodiff; everything else takes
+//! [`gelu_tanh_reference`].
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::cross_entropy::exp_simd;
+
+/// `2 sqrt(2 / pi)`: `0.5 (1 + tanh(z)) = sigmoid(2 z)`.
+const C1: f32 = 2.0 * 0.797_884_6;
+const C2: f32 = C1 * 0.044_715;
+
+/// The fused GELU as an operation of a backend.
+#[backend_extension(Flex, Autodiff)]
+pub trait ActivationOps: Backend {
+    /// GELU with the tanh approximation, element by element.
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`: the
+/// fused kernel on the CPU backend with f32 tensors, [`gelu_tanh_reference`] elsewhere; both
+/// are differentiable.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if fused_applies(&x) {
+        Tensor::from_dispatch(<Dispatch as ActivationOps>::gelu_tanh(x.into_dispatch()))
+    } else {
+        gelu_tanh_reference(x)
+    }
+}
+
+/// Whether [`gelu_tanh`] takes the fused kernel for this tensor (and the fused kernels are on:
+/// [`crate::set_fused_kernels`]).
+pub fn fused_applies<const D: usize>(x: &Tensor<D>) -> bool {
+    crate::fused_kernels() && x.device().inner() == Device::flex() && x.dtype() == DType::F32
+}
+
+/// The same GELU from Burn's operations, written through `0.5 (1 + tanh(z)) = sigmoid(2z)`: the
+/// reference the fused kernel is tested against, and the path of every other backend.
+pub fn gelu_tanh_reference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let z = x.clone() * (x.clone() * x.clone()).mul_scalar(C2).add_scalar(C1);
+    x * sigmoid(z)
+}
+
+impl ActivationOps for Flex {
+    fn gelu_tanh(x: FlexTensor) -> FlexTensor {
+        forward(&x)
+    }
+}
+
+impl<C: CheckpointStrategy> ActivationOps for Autodiff<Flex, C> {
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (x, guard) = x.into_parts();
+        match GeluBackward
+            .prepare::<C>([guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = contiguous(x);
+                let y = forward(&x);
+                prep.finish(x, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(&x)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    /// The input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| backward(&x, grad));
+    }
+}
+
+/// The tensor as one contiguous row-major buffer of f32 (copied only when it is not already).
+fn contiguous(x: FlexTensor) -> FlexTensor {
+    if x.layout().contiguous_offsets().is_some() && x.dtype() == DType::F32 {
+        x
+    } else {
+        FlexTensor::from_data(x.into_data().convert::<f32>())
+    }
+}
+
+fn values(x: &FlexTensor) -> &[f32] {
+    let (start, end) = x.layout().contiguous_offsets().unwrap_or((0, 0));
+    &x.storage::<f32>()[start..end]
+}
+
+fn forward(x: &FlexTensor) -> FlexTensor {
+    let x = contiguous(x.clone());
+    let input = values(&x);
+    let mut out = vec![0f32; input.len()];
+    for_chunks(input, &mut out, |x, y| {
+        pulp::Arch::new().dispatch(GeluForward { x, y });
+    });
+    FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
+}
+
+/// `grad * gelu'(x)`, written over `grad` when nothing else holds it.
+fn backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let mut grad = contiguous(grad);
+    if grad.try_storage_mut::<f32>().is_none() {
+        grad = FlexTensor::from_data(grad.into_data());
+    }
+    let (start, end) = grad.layout().contiguous_offsets().unwrap_or((0, 0));
+    let input = values(x);
+    if let Some(storage) = grad.try_storage_mut::<f32>() {
+        let g = &mut storage[start..end];
+        assert_eq!(
+            g.len(),
+            input.len(),
+            "GELU backward: gradient and input sizes"
+        );
+        for_chunks(input, g, |x, g| {
+            pulp::Arch::new().dispatch(GeluSlope { x, g });
+        });
+    }
+    grad
+}
+
+/// Elements per task.
+const CHUNK: usize = 16 * 1024;
+
+/// Calls `f` on matching chunks of `x` and `y`, across cores where there are threads.
+fn for_chunks(x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        x.par_chunks(CHUNK)
+            .zip(y.par_chunks_mut(CHUNK))
+            .for_each(|(x, y)| f(x, y));
+    }
+    #[cfg(target_family = "wasm")]
+    for (x, y) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK)) {
+        f(x, y);
+    }
+}
+
+/// `sigmoid(z)` and `z`'s derivative `dz/dx` at `x`, for `z = x (C1 + C2 x^2)`.
+#[inline(always)]
+fn sigmoid_and_slope<S: pulp::Simd>(s: S, x: S::f32s) -> (S::f32s, S::f32s) {
+    let x2 = s.mul_f32s(x, x);
+    let z = s.mul_f32s(x, s.mul_add_e_f32s(x2, s.splat_f32s(C2), s.splat_f32s(C1)));
+    let e = exp_simd(s, s.sub_f32s(s.splat_f32s(0.0), z));
+    let sig = s.div_f32s(s.splat_f32s(1.0), s.add_f32s(s.splat_f32s(1.0), e));
+    let slope = s.mul_add_e_f32s(x2, s.splat_f32s(3.0 * C2), s.splat_f32s(C1));
+    (sig, slope)
+}
+
+struct GeluForward<'a> {
+    x: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GeluForward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        let (xh, xt) = S::as_simd_f32s(self.x);
+        let (yh, yt) = S::as_mut_simd_f32s(self.y);
+        for (&x, y) in xh.iter().zip(yh) {
+            *y = s.mul_f32s(x, sigmoid_and_slope(s, x).0);
+        }
+        for (&x, y) in xt.iter().zip(yt) {
+            *y = gelu(x);
+        }
+    }
+}
+
+struct GeluSlope<'a> {
+    x: &'a [f32],
+    g: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GeluSlope<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        let (xh, xt) = S::as_simd_f32s(self.x);
+        let (gh, gt) = S::as_mut_simd_f32s(self.g);
+        let one = s.splat_f32s(1.0);
+        for (&x, g) in xh.iter().zip(gh) {
+            let (sig, slope) = sigmoid_and_slope(s, x);
+            // d/dx x sig(z) = sig + x sig (1 - sig) dz/dx
+            let xs = s.mul_f32s(x, sig);
+            let d = s.mul_add_e_f32s(s.mul_f32s(xs, s.sub_f32s(one, sig)), slope, sig);
+            *g = s.mul_f32s(*g, d);
+        }
+        for (&x, g) in xt.iter().zip(gt) {
+            *g *= gelu_slope(x);
+        }
+    }
+}
+
+fn sigmoid_scalar(x: f32) -> (f32, f32) {
+    let x2 = x * x;
+    let z = x * (C1 + C2 * x2);
+    let sig = 1.0 / (1.0 + crate::cross_entropy::exp(-z));
+    (sig, C1 + 3.0 * C2 * x2)
+}
+
+fn gelu(x: f32) -> f32 {
+    x * sigmoid_scalar(x).0
+}
+
+fn gelu_slope(x: f32) -> f32 {
+    let (sig, slope) = sigmoid_scalar(x);
+    sig + x * sig * (1.0 - sig) * slope
+}
