@@ -43,8 +43,11 @@ pub fn kernels(args: crate::cli::BenchKernelsArgs) -> Result<()> {
         args.reps as usize,
         &selected.device,
     );
+    let training =
+        cinder_engine::shaders::bench::training_kernels(args.reps as usize, &selected.device);
     for t in timings
         .into_iter()
+        .chain(training)
         .chain(quantized_products(args.reps as usize))
     {
         let fused = if t.fused_ran {

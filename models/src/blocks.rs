@@ -4,7 +4,7 @@
 //!
 //! B=batch, H=heads, T=time (new positions), S=past+time, D=head size, C=channels, V=vocab
 
-use burn::nn::{Dropout, Embedding};
+use burn::nn::{Dropout, Embedding, LayerNorm};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -90,6 +90,20 @@ pub fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// ([`gelu_tanh`](cinder_engine::shaders::activation::gelu_tanh)).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     cinder_engine::shaders::activation::gelu_tanh(x)
+}
+
+/// LayerNorm `ln` (whose epsilon is `epsilon`) of `x`: one fused pass forward and one backward
+/// on the CPU backend in f32 ([`layer_norm`](cinder_engine::shaders::norm::layer_norm)), the
+/// module's own forward pass (which widens half precision) otherwise.
+pub fn layer_norm<const D: usize>(ln: &LayerNorm, epsilon: f64, x: Tensor<D>) -> Tensor<D> {
+    use cinder_engine::shaders::norm;
+    if let Some(beta) = &ln.beta {
+        let (gamma, beta) = (ln.gamma.val(), beta.val());
+        if norm::fused_applies(&x, &gamma, &beta) {
+            return norm::layer_norm(x, gamma, beta, epsilon);
+        }
+    }
+    ln.forward(x)
 }
 
 /// Keys and values of past positions for one layer, as attention consumes them (after rotary

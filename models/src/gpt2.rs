@@ -23,7 +23,7 @@ use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, l
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
-    gelu_tanh, tied_logits,
+    gelu_tanh, layer_norm, tied_logits,
 };
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -180,6 +180,7 @@ impl Gpt2Config {
                     dropout: DropoutConfig::new(self.resid_pdrop).init(),
                     tanh,
                 },
+                epsilon: self.layer_norm_epsilon,
             })
             .collect();
         let embedding = |n| {
@@ -261,14 +262,20 @@ pub struct Block {
     attn: Attention,
     ln_2: LayerNorm,
     mlp: Mlp,
+    /// The LayerNorms' epsilon.
+    #[module(skip)]
+    epsilon: f64,
 }
 
 impl Block {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>, cache: Option<&mut LayerCache>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let x = x.clone()
+            + self
+                .attn
+                .forward(layer_norm(&self.ln_1, self.epsilon, x), cache);
+        x.clone() + self.mlp.forward(layer_norm(&self.ln_2, self.epsilon, x))
     }
 }
 
@@ -309,7 +316,8 @@ impl Gpt2 {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, V]`
     fn logits(&self, x: Tensor<3>) -> Tensor<3> {
-        tied_logits(self.ln_f.forward(x), &self.wte)
+        let x = layer_norm(&self.ln_f, self.config.layer_norm_epsilon, x);
+        tied_logits(x, &self.wte)
     }
 
     /// Logits for `tokens`, continuing the sequence in `cache` when there is one.

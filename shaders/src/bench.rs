@@ -139,3 +139,129 @@ impl pulp::WithSimd for Sum<'_> {
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// The training step's other fused kernels against their references at the `small` workload's
+/// shapes (batch 8 x 256 tokens, width 384, 6 heads): causal attention, GELU and LayerNorm
+/// forward and backward under autodiff (the gradients read back), and one AdamW update of a
+/// feed-forward weight. The fused kernels run only on the CPU backend; elsewhere both columns
+/// are the reference.
+pub fn training_kernels(reps: usize, device: &Device) -> Vec<Timing> {
+    let inner = device.clone().inner();
+    let ad = inner.clone().autodiff();
+    inner.seed(13);
+    let random = |dims: Vec<usize>, dev: &Device| {
+        let n: usize = dims.iter().product();
+        let x = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &inner);
+        Tensor::<1>::from_data(x.into_data(), dev)
+    };
+    let mut out = Vec::new();
+    let mut time = |name: &str, shape: String, fused_ran: bool, run: &dyn Fn(bool)| {
+        let reference_ms = best_of(reps, || run(false));
+        let fused_ms = best_of(reps, || run(true));
+        out.push(Timing {
+            name: name.to_string(),
+            shape,
+            reference_ms,
+            fused_ms,
+            fused_ran,
+        });
+    };
+    let read = |t: Option<Tensor<1>>| {
+        if let Some(t) = t {
+            let _ = t.into_data();
+        }
+    };
+
+    let (b, h, t, d) = (8, 6, 256, 64);
+    let qkv: Vec<Tensor<4>> = (0..3)
+        .map(|_| random(vec![b, h, t, d], &ad).reshape([b, h, t, d]))
+        .collect();
+    let fused_ran = crate::attention::fused_applies(&qkv[0], &qkv[1], &qkv[2]);
+    time(
+        "causal attention forward + backward",
+        format!("[{b}, {h}, {t}, {d}]"),
+        fused_ran,
+        &|fused| {
+            let [q, k, v] = [0, 1, 2].map(|i| qkv[i].clone().require_grad());
+            let y = if fused {
+                crate::attention::causal(q.clone(), k.clone(), v.clone())
+            } else {
+                crate::attention::reference(q.clone(), k.clone(), v.clone())
+            };
+            let grads = y.sum().backward();
+            for x in [q, k, v] {
+                read(x.grad(&grads).map(|g| g.reshape([b * h * t * d])));
+            }
+        },
+    );
+
+    let (rows, width) = (b * t, 4 * 384);
+    let x = random(vec![rows * width], &ad).reshape([rows, width]);
+    time(
+        "GELU (tanh) forward + backward",
+        format!("[{rows}, {width}]"),
+        crate::activation::fused_applies(&x),
+        &|fused| {
+            let x = x.clone().require_grad();
+            let y = if fused {
+                crate::activation::gelu_tanh(x.clone())
+            } else {
+                crate::activation::gelu_tanh_reference(x.clone())
+            };
+            let grads = y.sum().backward();
+            read(x.grad(&grads).map(|g| g.reshape([rows * width])));
+        },
+    );
+
+    let c = 384;
+    let x = random(vec![rows * c], &ad).reshape([rows, c]);
+    let (gamma, beta) = (random(vec![c], &ad), random(vec![c], &ad));
+    time(
+        "LayerNorm forward + backward",
+        format!("[{rows}, {c}]"),
+        crate::norm::fused_applies(&x, &gamma, &beta),
+        &|fused| {
+            let (x, g, bias) = (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            );
+            let y = if fused {
+                crate::norm::layer_norm(x.clone(), g.clone(), bias.clone(), 1e-5)
+            } else {
+                crate::norm::reference(x.clone(), g.clone(), bias.clone(), 1e-5)
+            };
+            let grads = y.sum().backward();
+            read(x.grad(&grads).map(|g| g.reshape([rows * c])));
+            read(g.grad(&grads));
+        },
+    );
+
+    let n = 384 * 1536;
+    let tensors: Vec<Tensor<1>> = (0..4).map(|_| random(vec![n], &inner).abs()).collect();
+    let refs: Vec<&Tensor<1>> = tensors.iter().collect();
+    let step = crate::optim::AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        epsilon: 1e-8,
+        weight_decay: 0.1,
+        t: 10,
+    };
+    time(
+        "AdamW update",
+        format!("[{n}]"),
+        crate::optim::fused_applies(&refs),
+        &|fused| {
+            // Fresh copies, as a training step's parameter and moments have no other holder.
+            let [p, g, m, v] = [0, 1, 2, 3].map(|i| tensors[i].clone().mul_scalar(1.0));
+            let [p, _, _] = if fused {
+                crate::optim::adamw(p, g, m, v, step)
+            } else {
+                crate::optim::adamw_reference(p, g, m, v, step)
+            };
+            let _ = p.into_data();
+        },
+    );
+    out
+}

@@ -15,6 +15,10 @@
 //! - [`decode`]: a transformer layer's operations other than its matrix products (RMSNorm,
 //!   rotary embeddings, attention over a key/value cache, SwiGLU) on plain slices, for the
 //!   decoders' host path on the CPU.
+//! - [`norm`]: LayerNorm over the last axis, one pass forward and one backward across the
+//!   cores (burn-flex, f32).
+//! - [`optim`]: AdamW's update of a parameter and its moments in one pass, in place
+//!   (burn-flex, f32).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,6 +28,8 @@ pub mod attention;
 pub mod bench;
 pub mod cross_entropy;
 pub mod decode;
+pub mod norm;
+pub mod optim;
 
 static FUSED: AtomicBool = AtomicBool::new(true);
 

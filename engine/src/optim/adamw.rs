@@ -8,6 +8,7 @@
 //! where `wd` is zero for parameters of rank below two (biases, norm gains).
 
 use burn::tensor::Tensor;
+use cinder_shaders::optim::{AdamWStep, adamw};
 use serde::{Deserialize, Serialize};
 
 use super::{Slots, put, take};
@@ -46,16 +47,20 @@ pub(super) fn update<const D: usize>(
     t: u64,
 ) -> Tensor<D> {
     let dims = p.dims();
-    let m = take(slots, "exp_avg", dims).unwrap_or_else(|| g.zeros_like());
-    let v = take(slots, "exp_avg_sq", dims).unwrap_or_else(|| g.zeros_like());
-    let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-    let v = v.mul_scalar(c.beta2) + g.square().mul_scalar(1.0 - c.beta2);
-    let t = t as i32;
-    let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(t));
-    let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(t));
-    let step = m_hat / v_hat.sqrt().add_scalar(c.epsilon);
-    let decay = if D >= 2 { c.weight_decay } else { 0.0 };
+    let n = dims.iter().product::<usize>();
+    let m = take(slots, "exp_avg", [n]).unwrap_or_else(|| g.zeros_like().reshape([n]));
+    let v = take(slots, "exp_avg_sq", [n]).unwrap_or_else(|| g.zeros_like().reshape([n]));
+    let step = AdamWStep {
+        lr,
+        beta1: c.beta1,
+        beta2: c.beta2,
+        epsilon: c.epsilon,
+        weight_decay: if D >= 2 { c.weight_decay } else { 0.0 },
+        t,
+    };
+    // One fused pass on the CPU backend, Burn's operations elsewhere.
+    let [p, m, v] = adamw(p.reshape([n]), g.reshape([n]), m, v, step);
     put(slots, "exp_avg", m);
     put(slots, "exp_avg_sq", v);
-    p.mul_scalar(1.0 - lr * decay) - step.mul_scalar(lr)
+    p.reshape(dims)
 }
