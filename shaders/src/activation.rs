@@ -1,4 +1,5 @@
-//! GELU with the tanh approximation (GPT-2's `gelu_new`), forward and backward in one pass each.
+//! GELU with the tanh approximation (GPT-2's `gelu_new`) and SwiGLU's gating
+//! (`silu(gate) * up`, LLaMA's), forward and backward in one pass each.
 //!
 //! Composed of Burn's operations, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` is six
 //! element-wise passes forward and a dozen backward, each allocating a tensor the size of the
@@ -6,8 +7,11 @@
 //! kernel computes the value, and later its derivative, in one pass over those activations
 //! split across the cores, with the exponential of [`crate::cross_entropy::exp_simd`].
 //!
-//! It runs on burn-flex with f32 tensors, with and without autodiff; everything else takes
-//! [`gelu_tanh_reference`].
+//! SwiGLU's gating is likewise a sigmoid, two products and their backward passes in one pass
+//! over the gate and the up projection.
+//!
+//! Both run on burn-flex with f32 tensors, with and without autodiff; everything else takes
+//! [`gelu_tanh_reference`] and [`swiglu_reference`].
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -30,6 +34,9 @@ const C2: f32 = C1 * 0.044_715;
 pub trait ActivationOps: Backend {
     /// GELU with the tanh approximation, element by element.
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `silu(gate) * up`, element by element (one shape for both).
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`: the
@@ -56,9 +63,32 @@ pub fn gelu_tanh_reference<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * sigmoid(z)
 }
 
+/// SwiGLU's gating `silu(gate) * up = gate sigmoid(gate) up`: the fused kernel on the CPU
+/// backend with f32 tensors of one shape, [`swiglu_reference`] elsewhere; both are
+/// differentiable.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    if fused_applies(&gate) && fused_applies(&up) && gate.dims() == up.dims() {
+        Tensor::from_dispatch(<Dispatch as ActivationOps>::swiglu(
+            gate.into_dispatch(),
+            up.into_dispatch(),
+        ))
+    } else {
+        swiglu_reference(gate, up)
+    }
+}
+
+/// SwiGLU's gating from Burn's operations: the reference, and the path of every other backend.
+pub fn swiglu_reference<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::silu(gate) * up
+}
+
 impl ActivationOps for Flex {
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
         forward(&x)
+    }
+
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        swiglu_forward(&contiguous(gate), &contiguous(up))
     }
 }
 
@@ -76,6 +106,44 @@ impl<C: CheckpointStrategy> ActivationOps for Autodiff<Flex, C> {
                 prep.finish(x, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(forward(&x)),
+        }
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (gate, gate_guard) = gate.into_parts();
+        let (up, up_guard) = up.into_parts();
+        let (gate, up) = (contiguous(gate), contiguous(up));
+        match SwigluBackward
+            .prepare::<C>([gate_guard, up_guard])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = swiglu_forward(&gate, &up);
+                prep.finish((gate, up), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(swiglu_forward(&gate, &up)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    /// The gate and the up projection (contiguous).
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_gate, node_up] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (gate, up) = ops.state;
+        let (dgate, dup) = swiglu_backward(&gate, &up, &grad);
+        if let Some(node) = node_gate {
+            grads.register::<Flex>(node.id, dgate);
+        }
+        if let Some(node) = node_up {
+            grads.register::<Flex>(node.id, dup);
         }
     }
 }
@@ -139,6 +207,129 @@ fn backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
     grad
 }
 
+fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let (g, u) = (values(gate), values(up));
+    assert_eq!(g.len(), u.len(), "SwiGLU: gate and up sizes");
+    let mut out = vec![0f32; g.len()];
+    let tasks: Vec<_> = g
+        .chunks(CHUNK)
+        .zip(u.chunks(CHUNK))
+        .zip(out.chunks_mut(CHUNK))
+        .collect();
+    each(tasks, |((g, u), y)| {
+        pulp::Arch::new().dispatch(SwigluForward { g, u, y });
+    });
+    FlexTensor::from_data(TensorData::new(out, gate.layout().shape().clone()))
+}
+
+/// The gradients of the gate and the up projection from the output's (contiguous) `grad`.
+fn swiglu_backward(
+    gate: &FlexTensor,
+    up: &FlexTensor,
+    grad: &FlexTensor,
+) -> (FlexTensor, FlexTensor) {
+    let (g, u, dy) = (values(gate), values(up), values(grad));
+    assert!(
+        g.len() == u.len() && g.len() == dy.len(),
+        "SwiGLU backward: gate, up and gradient sizes"
+    );
+    let mut dg = vec![0f32; g.len()];
+    let mut du = vec![0f32; g.len()];
+    let tasks: Vec<_> = g
+        .chunks(CHUNK)
+        .zip(u.chunks(CHUNK))
+        .zip(dy.chunks(CHUNK))
+        .zip(dg.chunks_mut(CHUNK).zip(du.chunks_mut(CHUNK)))
+        .collect();
+    each(tasks, |(((g, u), dy), (dg, du))| {
+        pulp::Arch::new().dispatch(SwigluGrad { g, u, dy, dg, du });
+    });
+    let shape = gate.layout().shape().clone();
+    (
+        FlexTensor::from_data(TensorData::new(dg, shape.clone())),
+        FlexTensor::from_data(TensorData::new(du, shape)),
+    )
+}
+
+/// Calls `f` on every item, across cores where there are threads.
+fn each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        items.into_par_iter().for_each(f);
+    }
+    #[cfg(target_family = "wasm")]
+    items.into_iter().for_each(f);
+}
+
+/// `sigmoid(x)` on a vector of lanes.
+#[inline(always)]
+fn sigmoid_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
+    let e = exp_simd(s, s.sub_f32s(s.splat_f32s(0.0), x));
+    s.div_f32s(s.splat_f32s(1.0), s.add_f32s(s.splat_f32s(1.0), e))
+}
+
+fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + crate::cross_entropy::exp(-x))
+}
+
+struct SwigluForward<'a> {
+    g: &'a [f32],
+    u: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl pulp::WithSimd for SwigluForward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        let (gh, gt) = S::as_simd_f32s(self.g);
+        let (uh, ut) = S::as_simd_f32s(self.u);
+        let (yh, yt) = S::as_mut_simd_f32s(self.y);
+        for ((&g, &u), y) in gh.iter().zip(uh).zip(yh) {
+            *y = s.mul_f32s(s.mul_f32s(g, sigmoid_simd(s, g)), u);
+        }
+        for ((&g, &u), y) in gt.iter().zip(ut).zip(yt) {
+            *y = g * sigmoid_f32(g) * u;
+        }
+    }
+}
+
+/// `dgate = dy up sig (1 + gate (1 - sig))`, `dup = dy gate sig` with `sig = sigmoid(gate)`.
+struct SwigluGrad<'a> {
+    g: &'a [f32],
+    u: &'a [f32],
+    dy: &'a [f32],
+    dg: &'a mut [f32],
+    du: &'a mut [f32],
+}
+
+impl pulp::WithSimd for SwigluGrad<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        let (gh, gt) = S::as_simd_f32s(self.g);
+        let (uh, ut) = S::as_simd_f32s(self.u);
+        let (dyh, dyt) = S::as_simd_f32s(self.dy);
+        let (dgh, dgt) = S::as_mut_simd_f32s(self.dg);
+        let (duh, dut) = S::as_mut_simd_f32s(self.du);
+        let one = s.splat_f32s(1.0);
+        for ((((&g, &u), &dy), dg), du) in gh.iter().zip(uh).zip(dyh).zip(dgh).zip(duh) {
+            let sig = sigmoid_simd(s, g);
+            *du = s.mul_f32s(dy, s.mul_f32s(g, sig));
+            let slope = s.mul_add_e_f32s(g, s.sub_f32s(one, sig), one);
+            *dg = s.mul_f32s(s.mul_f32s(dy, u), s.mul_f32s(sig, slope));
+        }
+        for ((((&g, &u), &dy), dg), du) in gt.iter().zip(ut).zip(dyt).zip(dgt).zip(dut) {
+            let sig = sigmoid_f32(g);
+            *du = dy * g * sig;
+            *dg = dy * u * sig * (1.0 + g * (1.0 - sig));
+        }
+    }
+}
+
 /// Elements per task.
 const CHUNK: usize = 16 * 1024;
 
@@ -162,8 +353,7 @@ fn for_chunks(x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync + 
 fn sigmoid_and_slope<S: pulp::Simd>(s: S, x: S::f32s) -> (S::f32s, S::f32s) {
     let x2 = s.mul_f32s(x, x);
     let z = s.mul_f32s(x, s.mul_add_e_f32s(x2, s.splat_f32s(C2), s.splat_f32s(C1)));
-    let e = exp_simd(s, s.sub_f32s(s.splat_f32s(0.0), z));
-    let sig = s.div_f32s(s.splat_f32s(1.0), s.add_f32s(s.splat_f32s(1.0), e));
+    let sig = sigmoid_simd(s, z);
     let slope = s.mul_add_e_f32s(x2, s.splat_f32s(3.0 * C2), s.splat_f32s(C1));
     (sig, slope)
 }
@@ -218,8 +408,7 @@ impl pulp::WithSimd for GeluSlope<'_> {
 fn sigmoid_scalar(x: f32) -> (f32, f32) {
     let x2 = x * x;
     let z = x * (C1 + C2 * x2);
-    let sig = 1.0 / (1.0 + crate::cross_entropy::exp(-z));
-    (sig, C1 + 3.0 * C2 * x2)
+    (sigmoid_f32(z), C1 + 3.0 * C2 * x2)
 }
 
 fn gelu(x: f32) -> f32 {

@@ -1,9 +1,11 @@
-//! The fused GELU (tanh approximation) against its reference made of Burn's operations: values
-//! and gradients on the CPU backend, over sizes that are and are not multiples of the vector
-//! lanes and of a task's chunk, contiguous or not.
+//! The fused GELU (tanh approximation) and SwiGLU gating against their references made of Burn's
+//! operations: values and gradients on the CPU backend, over sizes that are and are not
+//! multiples of the vector lanes and of a task's chunk, contiguous or not.
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use cinder_shaders::activation::{fused_applies, gelu_tanh, gelu_tanh_reference};
+use cinder_shaders::activation::{
+    fused_applies, gelu_tanh, gelu_tanh_reference, swiglu, swiglu_reference,
+};
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
@@ -105,4 +107,36 @@ fn nan_stays_nan_and_half_precision_takes_the_reference() {
         1e-2,
         "f16",
     );
+}
+
+#[test]
+fn swiglu_values_and_gradients_equal_the_reference() {
+    let device = Device::flex().autodiff();
+    for dims in [[1, 3], [41, 1031]] {
+        let gate = case(dims, &device);
+        // The up projection: the same spread, another arrangement.
+        let up = case(dims, &device).flip([1]).div_scalar(2.0);
+        let w = case(dims, &device).div_scalar(3.0);
+        let run = |fused: bool| {
+            let (g, u) = (gate.clone().require_grad(), up.clone().require_grad());
+            let y = if fused {
+                swiglu(g.clone(), u.clone())
+            } else {
+                swiglu_reference(g.clone(), u.clone())
+            };
+            let out = values(y.clone());
+            let grads = (y * w.clone()).sum().backward();
+            let dg = g.grad(&grads).map(values).unwrap_or_default();
+            let du = u.grad(&grads).map(values).unwrap_or_default();
+            (out, dg, du)
+        };
+        let (got, want) = (run(true), run(false));
+        assert!(
+            want.1.iter().any(|g| g.abs() > 0.1),
+            "the case has real gradients"
+        );
+        assert_close(&got.0, &want.0, 1e-6, &format!("swiglu {dims:?}"));
+        assert_close(&got.1, &want.1, 2e-6, &format!("gate gradient {dims:?}"));
+        assert_close(&got.2, &want.2, 2e-6, &format!("up gradient {dims:?}"));
+    }
 }

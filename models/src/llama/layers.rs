@@ -6,9 +6,9 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::RmsNorm;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_engine::burn;
+use cinder_engine::shaders::activation::swiglu;
 
 use super::LlamaConfig;
 use crate::blocks::{LayerCache, causal_attention, extend_cache};
@@ -127,9 +127,9 @@ impl Mlp {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]` (through `[B, T, F]`)
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
+        let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
-        self.down_proj.forward(gate * up)
+        self.down_proj.forward(swiglu(gate, up))
     }
 }
 
