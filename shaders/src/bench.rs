@@ -141,8 +141,8 @@ pub fn threads() -> usize {
 }
 
 /// The training step's other fused kernels against their references at the `small` workload's
-/// shapes (batch 8 x 256 tokens, width 384, 6 heads): causal attention, GELU and LayerNorm
-/// forward and backward under autodiff (the gradients read back), and one AdamW update of a
+/// shapes (batch 8 x 256 tokens, width 384, 6 heads): causal attention, GELU, SwiGLU's gating
+/// and LayerNorm forward and backward under autodiff (the gradients read back), and one AdamW update of a
 /// feed-forward weight. The fused kernels run only on the CPU backend; elsewhere both columns
 /// are the reference.
 pub fn training_kernels(reps: usize, device: &Device) -> Vec<Timing> {
@@ -210,6 +210,24 @@ pub fn training_kernels(reps: usize, device: &Device) -> Vec<Timing> {
             };
             let grads = y.sum().backward();
             read(x.grad(&grads).map(|g| g.reshape([rows * width])));
+        },
+    );
+
+    let up = random(vec![rows * width], &ad).reshape([rows, width]);
+    time(
+        "SwiGLU gating forward + backward",
+        format!("[{rows}, {width}] x 2"),
+        crate::activation::fused_applies(&x),
+        &|fused| {
+            let (g, u) = (x.clone().require_grad(), up.clone().require_grad());
+            let y = if fused {
+                crate::activation::swiglu(g.clone(), u.clone())
+            } else {
+                crate::activation::swiglu_reference(g.clone(), u.clone())
+            };
+            let grads = y.sum().backward();
+            read(g.grad(&grads).map(|t| t.reshape([rows * width])));
+            read(u.grad(&grads).map(|t| t.reshape([rows * width])));
         },
     );
 

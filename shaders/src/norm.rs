@@ -175,7 +175,7 @@ fn forward(
     let (gamma, beta) = (vector(gamma), vector(beta));
     let c = gamma.len();
     assert!(
-        c > 0 && input.len() % c == 0 && beta.len() == c,
+        c > 0 && input.len().is_multiple_of(c) && beta.len() == c,
         "LayerNorm: {} values in rows of {c}",
         input.len()
     );
