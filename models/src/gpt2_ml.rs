@@ -34,7 +34,7 @@ use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, l
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
-    gelu_tanh, tied_logits,
+    gelu_tanh, layer_norm, tied_logits,
 };
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -180,6 +180,7 @@ impl Gpt2MlConfig {
                 mlp_ln1: ln(),
                 n_head: self.num_attention_heads,
                 tanh: self.hidden_act != "gelu",
+                epsilon: self.layer_norm_eps,
             })
             .collect();
         let embedding = |n| {
@@ -215,6 +216,9 @@ pub struct Layer {
     mlp_ln1: LayerNorm,
     n_head: usize,
     tanh: bool,
+    /// The LayerNorms' epsilon.
+    #[module(skip)]
+    epsilon: f64,
 }
 
 impl Layer {
@@ -244,7 +248,9 @@ impl Layer {
     /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>, cache: Option<&mut LayerCache>) -> Tensor<3> {
         let x = x.clone() + self.attention(x, cache);
-        let hidden = self.intermediate.forward(self.mlp_ln0.forward(x.clone()));
+        let hidden = self
+            .intermediate
+            .forward(layer_norm(&self.mlp_ln0, self.epsilon, x.clone()));
         let hidden = if self.tanh {
             gelu_tanh(hidden)
         } else {
@@ -252,7 +258,7 @@ impl Layer {
         };
         let ffn = self.mlp_output_dropout.forward(self.output.forward(hidden));
         // The residual skips mlp_ln0: it is the block's input after attention.
-        self.mlp_ln1.forward(x + ffn)
+        layer_norm(&self.mlp_ln1, self.epsilon, x + ffn)
     }
 }
 
@@ -285,7 +291,8 @@ impl Gpt2Ml {
             .reshape([1, t])
             .expand([b, t]);
         let x = self.word_embed.forward(tokens) + self.pos_embed.forward(positions);
-        self.embed_dropout.forward(self.embed_norm.forward(x))
+        let x = layer_norm(&self.embed_norm, self.config.layer_norm_eps, x);
+        self.embed_dropout.forward(x)
     }
 
     /// Logits for `tokens`, continuing the sequence in `cache` when there is one.

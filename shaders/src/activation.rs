@@ -24,6 +24,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::cross_entropy::exp_simd;
+use crate::flex::{contiguous, each, values};
 
 /// `2 sqrt(2 / pi)`: `0.5 (1 + tanh(z)) = sigmoid(2 z)`.
 const C1: f32 = 2.0 * 0.797_884_6;
@@ -161,25 +162,12 @@ impl Backward<Flex, 1> for GeluBackward {
     }
 }
 
-/// The tensor as one contiguous row-major buffer of f32 (copied only when it is not already).
-fn contiguous(x: FlexTensor) -> FlexTensor {
-    if x.layout().contiguous_offsets().is_some() && x.dtype() == DType::F32 {
-        x
-    } else {
-        FlexTensor::from_data(x.into_data().convert::<f32>())
-    }
-}
-
-fn values(x: &FlexTensor) -> &[f32] {
-    let (start, end) = x.layout().contiguous_offsets().unwrap_or((0, 0));
-    &x.storage::<f32>()[start..end]
-}
-
 fn forward(x: &FlexTensor) -> FlexTensor {
     let x = contiguous(x.clone());
     let input = values(&x);
     let mut out = vec![0f32; input.len()];
-    for_chunks(input, &mut out, |x, y| {
+    let tasks: Vec<_> = input.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).collect();
+    each(tasks, |(x, y)| {
         pulp::Arch::new().dispatch(GeluForward { x, y });
     });
     FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
@@ -200,7 +188,8 @@ fn backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
             input.len(),
             "GELU backward: gradient and input sizes"
         );
-        for_chunks(input, g, |x, g| {
+        let tasks: Vec<_> = input.chunks(CHUNK).zip(g.chunks_mut(CHUNK)).collect();
+        each(tasks, |(x, g)| {
             pulp::Arch::new().dispatch(GeluSlope { x, g });
         });
     }
@@ -249,17 +238,6 @@ fn swiglu_backward(
         FlexTensor::from_data(TensorData::new(dg, shape.clone())),
         FlexTensor::from_data(TensorData::new(du, shape)),
     )
-}
-
-/// Calls `f` on every item, across cores where there are threads.
-fn each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        items.into_par_iter().for_each(f);
-    }
-    #[cfg(target_family = "wasm")]
-    items.into_iter().for_each(f);
 }
 
 /// `sigmoid(x)` on a vector of lanes.
@@ -332,21 +310,6 @@ impl pulp::WithSimd for SwigluGrad<'_> {
 
 /// Elements per task.
 const CHUNK: usize = 16 * 1024;
-
-/// Calls `f` on matching chunks of `x` and `y`, across cores where there are threads.
-fn for_chunks(x: &[f32], y: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync + Send) {
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        x.par_chunks(CHUNK)
-            .zip(y.par_chunks_mut(CHUNK))
-            .for_each(|(x, y)| f(x, y));
-    }
-    #[cfg(target_family = "wasm")]
-    for (x, y) in x.chunks(CHUNK).zip(y.chunks_mut(CHUNK)) {
-        f(x, y);
-    }
-}
 
 /// `sigmoid(z)` and `z`'s derivative `dz/dx` at `x`, for `z = x (C1 + C2 x^2)`.
 #[inline(always)]

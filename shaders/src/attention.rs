@@ -153,6 +153,7 @@ mod kernel {
 
     use super::BLOCK;
     use crate::cross_entropy::exp_simd;
+    use crate::flex::each;
 
     /// A `[B, H, T, D]` f32 tensor's values and where element `(b, h, t, d)` lies in them.
     struct View {
@@ -395,17 +396,6 @@ mod kernel {
             tensor(dk, [b, h, t, d]),
             tensor(dv, [b, h, t, d]),
         )
-    }
-
-    /// Calls `f` on every item, across cores where there are threads.
-    fn each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            items.into_par_iter().for_each(f);
-        }
-        #[cfg(target_family = "wasm")]
-        items.into_iter().for_each(f);
     }
 
     /// `dst = beta lhs rhs` (plus `dst` when `accumulate`) for `lhs` `[m, k]` and `rhs`

@@ -28,6 +28,7 @@ pub mod attention;
 pub mod bench;
 pub mod cross_entropy;
 pub mod decode;
+mod flex;
 pub mod norm;
 pub mod optim;
 

@@ -20,6 +20,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::flex::{contiguous, each, values};
+
 /// The fused LayerNorm as an operation of a backend.
 #[backend_extension(Flex, Autodiff)]
 pub trait NormOps: Backend {
@@ -138,20 +140,6 @@ impl Backward<Flex, 3> for LayerNormBackward {
     }
 }
 
-/// The tensor as one contiguous row-major buffer of f32 (copied only when it is not already).
-fn contiguous(x: FlexTensor) -> FlexTensor {
-    if x.layout().contiguous_offsets().is_some() && x.dtype() == DType::F32 {
-        x
-    } else {
-        FlexTensor::from_data(x.into_data().convert::<f32>())
-    }
-}
-
-fn values(x: &FlexTensor) -> &[f32] {
-    let (start, end) = x.layout().contiguous_offsets().unwrap_or((0, 0));
-    &x.storage::<f32>()[start..end]
-}
-
 /// A `[C]` parameter's values.
 fn vector(x: &FlexTensor) -> Vec<f32> {
     x.clone()
@@ -257,17 +245,6 @@ fn backward(
         FlexTensor::from_data(TensorData::new(dgamma, [c])),
         FlexTensor::from_data(TensorData::new(dbeta, [c])),
     )
-}
-
-/// Calls `f` on every item, across cores where there are threads.
-fn each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        items.into_par_iter().for_each(f);
-    }
-    #[cfg(target_family = "wasm")]
-    items.into_iter().for_each(f);
 }
 
 /// Normalises a block of rows.

@@ -13,6 +13,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Tensor};
 
+use crate::flex::each;
+
 /// One AdamW update's scalars.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
@@ -165,17 +167,6 @@ fn readable(x: FlexTensor) -> FlexTensor {
     } else {
         FlexTensor::from_data(x.into_data().convert::<f32>())
     }
-}
-
-/// Calls `f` on every item, across cores where there are threads.
-fn each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        items.into_par_iter().for_each(f);
-    }
-    #[cfg(target_family = "wasm")]
-    items.into_iter().for_each(f);
 }
 
 /// The update's scalars as f32.

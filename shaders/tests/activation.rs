@@ -2,10 +2,13 @@
 //! operations: values and gradients on the CPU backend, over sizes that are and are not
 //! multiples of the vector lanes and of a task's chunk, contiguous or not.
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use cinder_shaders::activation::{
     fused_applies, gelu_tanh, gelu_tanh_reference, swiglu, swiglu_reference,
 };
+use common::assert_close;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
@@ -23,17 +26,6 @@ fn case(dims: [usize; 2], device: &Device) -> Tensor<2> {
         v[2] = -40.0;
     }
     Tensor::from_data(TensorData::new(v, dims), device)
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let bound = tol * (1.0 + w.abs());
-        assert!(
-            (g - w).abs() <= bound,
-            "{what}[{i}]: {g} vs {w} (bound {bound})"
-        );
-    }
 }
 
 #[test]

@@ -3,8 +3,11 @@
 //!
 //! N=rows, V=vocabulary
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use cinder_shaders::cross_entropy::{cross_entropy_rows, fused_applies, reference_rows};
+use common::assert_close;
 
 fn values(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
@@ -24,17 +27,6 @@ fn case(n: usize, v: usize, device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
     let targets: Vec<i32> = (0..n).map(|i| ((i * 7919 + 13) % v) as i32).collect();
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), device);
     (logits, targets)
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let bound = tol * (1.0 + w.abs());
-        assert!(
-            (g - w).abs() <= bound,
-            "{what}[{i}]: {g} vs {w} (bound {bound})"
-        );
-    }
 }
 
 #[test]

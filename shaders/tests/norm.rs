@@ -2,8 +2,11 @@
 //! the bias on the CPU backend, over widths that are and are not multiples of the vector lanes
 //! and row counts that are and are not multiples of a task's block.
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use cinder_shaders::norm::{fused_applies, layer_norm, reference};
+use common::assert_close;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
@@ -24,17 +27,6 @@ fn case(rows: usize, c: usize, device: &Device) -> (Tensor<3>, Tensor<1>, Tensor
         Tensor::from_data(to(values(gamma), vec![c]), device),
         Tensor::from_data(to(values(beta), vec![c]), device),
     )
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let bound = tol * (1.0 + w.abs());
-        assert!(
-            (g - w).abs() <= bound,
-            "{what}[{i}]: {g} vs {w} (bound {bound})"
-        );
-    }
 }
 
 #[test]

@@ -2,25 +2,17 @@
 //! (so the bias corrections and the moments' history count), with and without weight decay, and
 //! with tensors that other holders still read (which must not change under them).
 
+mod common;
+
 use burn::tensor::{Device, Distribution, Tensor};
 use cinder_shaders::optim::{AdamWStep, adamw, adamw_reference, fused_applies};
+use common::assert_close;
 
 fn values(t: &Tensor<1>) -> Vec<f32> {
     t.clone()
         .into_data()
         .try_into_vec_as::<f32>()
         .unwrap_or_default()
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let bound = tol * (1.0 + w.abs());
-        assert!(
-            (g - w).abs() <= bound,
-            "{what}[{i}]: {g} vs {w} (bound {bound})"
-        );
-    }
 }
 
 fn step(t: u64, weight_decay: f64) -> AdamWStep {
