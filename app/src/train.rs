@@ -148,7 +148,6 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
     let mut steps_this_run = 0u64;
     let mut saved_at = None;
     let started = web_time::Instant::now();
-    let mut last_eval = None;
     while !trainer.finished() {
         if args.stop_after.is_some_and(|n| steps_this_run >= n) {
             break;
@@ -179,9 +178,6 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         }
         if let Some(note) = &r.note {
             say(format!("step {}: {note}", r.step));
-        }
-        if let Some(eval) = r.eval_loss {
-            last_eval = Some((r.step, eval));
         }
         if let (Some(eval), Some(recon), Some(kl)) = (r.eval_loss, r.eval_reconstruction, r.eval_kl)
         {
@@ -226,15 +222,17 @@ pub fn run(args: crate::cli::TrainArgs, cache_dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
-    // The end of the run in one line: how long it took and where the held-out loss ended.
-    let wall = started.elapsed().as_secs_f64().round() as u64;
-    let final_eval = match last_eval {
-        Some((step, eval)) if step == trainer.step_count() => eval,
-        _ => trainer.evaluate()?,
+    // The end of the run in one line: how long it took and where the held-out loss ended,
+    // over every held-out window where the objective allows it.
+    let (final_eval, windows) = trainer.evaluate_all()?;
+    let over = match windows {
+        0 => String::new(),
+        n => format!(" over all {n} held-out windows"),
     };
+    let wall = started.elapsed().as_secs_f64().round() as u64;
     eprintln!(
         "trained {steps_this_run} steps in {}m{:02}s; final held-out loss {final_eval:.4} \
-         (perplexity {:.1})",
+         (perplexity {:.1}){over}",
         wall / 60,
         wall % 60,
         final_eval.exp()

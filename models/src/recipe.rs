@@ -545,6 +545,12 @@ impl AnyTrainer {
         with_trainer!(self, t => t.evaluate())
     }
 
+    /// The held-out loss over every held-out window and the number of windows
+    /// ([`Trainer::evaluate_all`]).
+    pub fn evaluate_all(&self) -> Result<(f64, usize)> {
+        with_trainer!(self, t => t.evaluate_all())
+    }
+
     /// One step recorded in `run` ([`Run::step`]).
     pub fn step_in(&mut self, run: &mut Run) -> Result<cinder_engine::train::StepReport> {
         with_trainer!(self, t => run.step(t))

@@ -100,6 +100,50 @@ fn loss_falls_below_1_5_within_80_steps() {
 }
 
 #[test]
+fn the_final_evaluation_reads_every_held_out_window_at_any_batch_size() {
+    use cinder_engine::data::{line_starts, lm_windows};
+    use cinder_engine::train::Windows;
+    let device = Device::flex().autodiff();
+    let (model, tok, tokens, config) = setup(1, &device);
+    let held_out = tokens[..1500].to_vec();
+    let full = |batch_size, windows| {
+        let config = TrainConfig {
+            batch_size,
+            windows,
+            ..config.clone()
+        };
+        let trainer = Trainer::new(
+            model.clone(),
+            config,
+            tok.clone(),
+            tokens.clone(),
+            held_out.clone(),
+            &device,
+        )
+        .unwrap();
+        trainer.evaluate_all().unwrap()
+    };
+    let context = config.context;
+    let (loss, n) = full(16, Windows::Anywhere);
+    assert_eq!(n, lm_windows(&held_out, &[], context).len());
+    assert_eq!(n, (1500 - context).div_ceil(context));
+    assert!(
+        loss.is_finite() && loss > 2.0,
+        "a fresh model's loss: {loss}"
+    );
+    // Batching leaves the mean over windows unchanged.
+    let (again, n5) = full(5, Windows::Anywhere);
+    assert_eq!(n5, n);
+    assert!((again - loss).abs() < 1e-5, "{again} vs {loss}");
+    // Line-aligned: one window per line start (and per context after it) that fits.
+    let newline = tok.encode("\n").unwrap();
+    let starts = line_starts(&held_out, |t| newline.contains(&t), context);
+    let (_, lines) = full(16, Windows::Lines);
+    assert_eq!(lines, lm_windows(&held_out, &starts, context).len());
+    assert!(lines > 1500 / 40, "{lines} windows");
+}
+
+#[test]
 fn resumed_run_repeats_the_uninterrupted_losses() {
     let n = 4;
     let device = Device::flex().autodiff();

@@ -51,27 +51,56 @@ pub fn lm_batch_rows(
         )));
     }
     let anywhere = (tokens.len() - context - 1) as u64;
-    // Starts too late for a whole window are never drawn (they sort last).
-    let allowed = &starts[..starts.partition_point(|&s| s as u64 <= anywhere)];
-    let mut inputs = Vec::with_capacity(batch * context);
-    let mut targets = Vec::with_capacity(batch * context);
-    for row in first_row..first_row + batch {
-        let counter = step.wrapping_mul(1 << 20).wrapping_add(row as u64);
-        let start = if let Some(last) = allowed.len().checked_sub(1) {
-            allowed[rng::below(seed, stream, counter, last as u64 + 1) as usize]
-        } else {
-            rng::below(seed, stream, counter, anywhere + 1) as usize
-        };
+    let allowed = whole_windows(tokens, starts, context);
+    let chosen: Vec<usize> = (first_row..first_row + batch)
+        .map(|row| {
+            let counter = step.wrapping_mul(1 << 20).wrapping_add(row as u64);
+            if let Some(last) = allowed.len().checked_sub(1) {
+                allowed[rng::below(seed, stream, counter, last as u64 + 1) as usize]
+            } else {
+                rng::below(seed, stream, counter, anywhere + 1) as usize
+            }
+        })
+        .collect();
+    Ok(lm_batch_at(tokens, &chosen, context))
+}
+
+/// The starts of `starts` whose whole window of `context + 1` tokens lies inside `tokens`
+/// (starts too late for one sort last).
+fn whole_windows<'a>(tokens: &[u32], starts: &'a [usize], context: usize) -> &'a [usize] {
+    let last = tokens.len().saturating_sub(context + 1);
+    &starts[..starts.partition_point(|&s| s <= last && tokens.len() > context)]
+}
+
+/// Every window a pass over the whole of `tokens` reads, in order: each of `starts` with a
+/// whole window of `context + 1` tokens, or, when `starts` is empty, back-to-back windows
+/// every `context` tokens (each token predicted once).
+pub fn lm_windows(tokens: &[u32], starts: &[usize], context: usize) -> Vec<usize> {
+    if starts.is_empty() {
+        if context == 0 || tokens.len() <= context {
+            return Vec::new();
+        }
+        (0..tokens.len() - context).step_by(context).collect()
+    } else {
+        whole_windows(tokens, starts, context).to_vec()
+    }
+}
+
+/// The batch of the windows of `context + 1` tokens that begin at `windows` (each must fit).
+pub fn lm_batch_at(tokens: &[u32], windows: &[usize], context: usize) -> LmBatch {
+    let mut inputs = Vec::with_capacity(windows.len() * context);
+    let mut targets = Vec::with_capacity(windows.len() * context);
+    for &start in windows {
         let window = &tokens[start..start + context + 1];
         inputs.extend(window[..context].iter().map(|&t| t as i64));
         targets.extend(window[1..].iter().map(|&t| t as i64));
     }
-    Ok(LmBatch {
+    LmBatch {
         inputs,
         targets,
-        batch,
+        batch: windows.len(),
         context,
-    })
+    }
 }
 
 /// Window starts aligned to lines: each line's first token (the first token after one for which
@@ -178,6 +207,23 @@ mod tests {
                 assert!(matches!(at, Some(0 | 3 | 7 | 11 | 13)), "{row:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_full_pass_reads_every_window_once() {
+        let tokens = [5, 6, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 7, 7, 7, 7, 0, 3, 3];
+        let starts = line_starts(&tokens, |t| t == 0, 4);
+        // Line-aligned: the starts whose window of 4 + 1 tokens fits.
+        assert_eq!(lm_windows(&tokens, &starts, 4), [0, 3, 7, 11, 13]);
+        // Anywhere: back to back, each token after the first predicted once.
+        assert_eq!(lm_windows(&tokens, &[], 4), [0, 4, 8, 12]);
+        assert_eq!(lm_windows(&tokens, &[], 19), [0]);
+        assert!(lm_windows(&tokens, &[], 20).is_empty());
+        assert!(lm_windows(&tokens, &starts, 20).is_empty());
+        let b = lm_batch_at(&tokens, &[3, 13], 4);
+        assert_eq!((b.batch, b.context), (2, 4));
+        assert_eq!(b.inputs, [1, 2, 3, 4, 7, 7, 7, 7]);
+        assert_eq!(b.targets, [2, 3, 4, 5, 7, 7, 7, 0]);
     }
 
     #[test]

@@ -15,5 +15,7 @@ pub mod pairs;
 /// serves under `data/models/`).
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-pub use batch::{LmBatch, PaddedBatch, line_starts, lm_batch, lm_batch_rows, pad_batch};
+pub use batch::{
+    LmBatch, PaddedBatch, line_starts, lm_batch, lm_batch_at, lm_batch_rows, lm_windows, pad_batch,
+};
 pub use corpus::{Corpus, CorpusSource, FORTUNES_DIR, clean_poem, split_held_out};

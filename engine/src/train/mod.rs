@@ -28,7 +28,7 @@ pub use precision::LossScaler;
 
 use crate::data::masked::{MaskedBatch, Masking, documents, masked_batch_rows};
 use crate::data::pairs::{PairBatch, PairTokens, TokenPair, pair_batch_rows};
-use crate::data::{LmBatch, line_starts, lm_batch, lm_batch_rows};
+use crate::data::{LmBatch, line_starts, lm_batch, lm_batch_at, lm_batch_rows, lm_windows};
 use crate::generate::GenerateConfig;
 use crate::lm::{LanguageModel, Objective, export_tensors_async};
 use crate::optim::{Optimizer, clip_global_norm_async, global_norm_async, param_shapes};
@@ -845,11 +845,7 @@ impl<M: LanguageModel> Trainer<M> {
     async fn evaluate_plain_async(&self, model: &M, device: &Device) -> Result<f64> {
         let device = device.clone();
         let c = &self.config;
-        let (tokens, starts) = if self.val_tokens.len() >= c.context + 2 {
-            (&self.val_tokens, &self.starts.1)
-        } else {
-            (&self.train_tokens, &self.starts.0)
-        };
+        let (tokens, starts) = self.held_out_stream();
         let mut total = 0.0;
         let mut pacer = Pacer::default();
         if let Some(p) = &self.pairs {
@@ -908,6 +904,52 @@ impl<M: LanguageModel> Trainer<M> {
             pacer.breathe().await;
         }
         Ok(total / c.eval_batches.max(1) as f64)
+    }
+
+    /// The held-out token stream and its window starts, or the training ones where the
+    /// held-out split is too short for a window.
+    fn held_out_stream(&self) -> (&[u32], &[usize]) {
+        if self.val_tokens.len() >= self.config.context + 2 {
+            (&self.val_tokens, &self.starts.1)
+        } else {
+            (&self.train_tokens, &self.starts.0)
+        }
+    }
+
+    /// The held-out loss over every held-out window (each start `--windows` allows, in order,
+    /// `--batch-size` at a time) rather than over the `--eval-batches` sampled batches: the
+    /// figure a run ends on. Models trained on pairs, masked documents or rows, and streams too
+    /// short for one window, take [`evaluate`](Self::evaluate).
+    pub fn evaluate_all(&self) -> Result<(f64, usize)> {
+        readback::resolve("the held-out loss", self.evaluate_all_async())
+    }
+
+    /// [`evaluate_all`](Self::evaluate_all), awaiting each readback: the mean loss per
+    /// predicted token and the number of windows read (0 where it fell back to the sampled
+    /// batches).
+    pub async fn evaluate_all_async(&self) -> Result<(f64, usize)> {
+        let c = &self.config;
+        let (tokens, starts) = self.held_out_stream();
+        let windows = lm_windows(tokens, starts, c.context);
+        if self.rows.is_some()
+            || self.pairs.is_some()
+            || self.masked.is_some()
+            || windows.is_empty()
+        {
+            return Ok((self.evaluate_async().await?, 0));
+        }
+        let model = self.model().valid();
+        let device = self.device.clone().without_autodiff();
+        let mut total = 0.0;
+        let mut pacer = Pacer::default();
+        for chunk in windows.chunks(c.batch_size.max(1)) {
+            let batch = lm_batch_at(tokens, chunk, c.context);
+            let (inputs, targets) = batch_tensors(&batch, &device);
+            let loss = lm_loss(model.forward(inputs), targets);
+            total += readback::scalar_async(loss, "the held-out loss").await? * chunk.len() as f64;
+            pacer.breathe().await;
+        }
+        Ok((total / windows.len() as f64, windows.len()))
     }
 
     /// Text sampled from the model, starting at the configured prompt.
