@@ -139,8 +139,12 @@ impl std::fmt::Display for Family {
 /// GPT-2 sizes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Gpt2Preset {
-    /// 4 blocks x 128, 4 heads ([`Gpt2Config::tiny`]).
+    /// 4 blocks x 64, 4 heads ([`Gpt2Config::nano`]): the default.
     #[default]
+    #[value(name = "nano")]
+    #[serde(rename = "nano")]
+    Nano,
+    /// 4 blocks x 128, 4 heads ([`Gpt2Config::tiny`]).
     #[value(name = "tiny")]
     #[serde(rename = "tiny")]
     Tiny,
@@ -158,6 +162,7 @@ impl Gpt2Preset {
     /// The model shape this preset names.
     pub fn config(self) -> Gpt2Config {
         match self {
+            Self::Nano => Gpt2Config::nano(),
             Self::Tiny => Gpt2Config::tiny(),
             Self::Small => Gpt2Config::small(),
             Self::Gpt2_124m => Gpt2Config::gpt2_124m(),
@@ -1094,9 +1099,9 @@ mod tests {
     }
 
     #[test]
-    fn the_tiny_preset_is_the_tiny_config() {
+    fn the_default_preset_is_the_nano_config() {
         let c = ModelRecipe::default().model_config(65, 64);
-        let t = Gpt2Config::tiny();
+        let t = Gpt2Config::nano();
         assert_eq!(
             (c.n_layer, c.n_head, c.n_embd),
             (t.n_layer, t.n_head, t.n_embd)

@@ -107,7 +107,7 @@ impl std::fmt::Display for Windows {
 #[serde(default)]
 pub struct TrainConfig {
     /// Optimizer steps to run.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 9000)]
     pub steps: u64,
     /// Sequences per micro-batch.
     #[arg(long, default_value_t = 8)]
@@ -154,13 +154,13 @@ pub struct TrainConfig {
     #[serde(default = "Windows::anywhere")]
     pub windows: Windows,
     /// Evaluate on the held-out split every N steps (0 = never).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 250)]
     pub eval_every: u64,
     /// Batches per evaluation.
     #[arg(long, default_value_t = 8)]
     pub eval_batches: usize,
     /// Sample text every N steps (0 = never).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 500)]
     pub sample_every: u64,
     /// Tokens per sample.
     #[arg(long, default_value_t = 48)]
@@ -169,7 +169,7 @@ pub struct TrainConfig {
     #[arg(long, default_value = "")]
     pub sample_prompt: String,
     /// Write a checkpoint every N steps (0 = only at the end; always at the end).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
     /// Checkpoints to keep (older ones are deleted).
     #[arg(long, default_value_t = 2)]
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn defaults_survive_a_json_round_trip_and_fill_missing_keys() {
         let d = TrainConfig::default();
-        assert_eq!(d.steps, 1800);
+        assert_eq!(d.steps, 9000);
         let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
         let partial: TrainConfig = serde_json::from_str(r#"{"steps": 7}"#).unwrap();
