@@ -57,7 +57,7 @@ pub struct OptimizerArgs {
     /// First-moment decay (adamw 0.9, lion 0.9); AdaFactor's momentum on the update (0).
     #[arg(long)]
     pub beta1: Option<f64>,
-    /// Second-moment decay (adamw 0.95; lion 0.99, its momentum decay).
+    /// Second-moment decay (adamw 0.999; lion 0.99, its momentum decay).
     #[arg(long)]
     pub beta2: Option<f64>,
     /// AdamW's epsilon (1e-8).

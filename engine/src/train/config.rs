@@ -110,17 +110,17 @@ pub struct TrainConfig {
     #[arg(long, default_value_t = 9000)]
     pub steps: u64,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Tokens per training sequence.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     pub context: usize,
     /// Micro-batches per optimizer step (gradient accumulation: exactly the update of one
     /// batch of batch-size x accumulate sequences).
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1.5e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Final learning rate as a fraction of the peak.
     #[arg(long, default_value_t = 0.1)]
@@ -262,6 +262,7 @@ mod tests {
     fn defaults_survive_a_json_round_trip_and_fill_missing_keys() {
         let d = TrainConfig::default();
         assert_eq!(d.steps, 9000);
+        assert_eq!((d.batch_size, d.context, d.lr), (4, 128, 3e-3));
         let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
         let partial: TrainConfig = serde_json::from_str(r#"{"steps": 7}"#).unwrap();
