@@ -3,6 +3,7 @@
 use cinder::{bench, cli, encode, generate, train};
 
 use anyhow::Result;
+use cinder_engine::device::on_workers;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, ValueEnum};
 
@@ -68,7 +69,8 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Data(data) => match data.command {
             cli::DataCommand::Fetch { corpus, force } => fetch(corpus, &args.cache_dir, force),
         },
-        cli::Command::Train(train) => train::run(*train, &args.cache_dir),
+        // On one of the pool's threads, as `bench train` below: see `on_workers`.
+        cli::Command::Train(train) => on_workers(|| train::run(*train, &args.cache_dir)),
         cli::Command::Generate(generate) => generate::run(generate, &args.cache_dir),
         cli::Command::Chat(chat) => generate::chat(chat, &args.cache_dir),
         cli::Command::Embed(embed) => encode::embed(embed, &args.cache_dir),
@@ -77,7 +79,7 @@ fn run(args: cli::Cli) -> Result<()> {
         cli::Command::Fetch(fetch) => fetch_model(fetch.what, &args.cache_dir, fetch.force),
         cli::Command::Gui(gui) => cinder::gui::run(gui, &args.cache_dir),
         cli::Command::Bench(bench) => match bench.command {
-            cli::BenchCommand::Train(b) => bench::train(b),
+            cli::BenchCommand::Train(b) => on_workers(|| bench::train(b)),
             cli::BenchCommand::Decode(b) => bench::decode(b, &args.cache_dir),
             cli::BenchCommand::Memory(b) => cinder::bench_memory::run(b, &args.cache_dir),
             cli::BenchCommand::Poem(b) => cinder::bench_poem::run(b, &args.cache_dir),

@@ -460,17 +460,6 @@ impl QuantMatrix {
     }
 }
 
-/// Runs `f` on one of the threads the products split their rows across (rayon's pool), so the
-/// products `f` starts hand work to the other threads by work stealing rather than waking the
-/// pool and sleeping until it finishes, two context switches per product. In the browser,
-/// `f()`.
-pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    #[cfg(not(target_family = "wasm"))]
-    return rayon::scope(|_| f());
-    #[cfg(target_family = "wasm")]
-    f()
-}
-
 /// The precision a product reads its inputs at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Inputs {

@@ -10,7 +10,8 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use cinder_engine::burn;
-use cinder_engine::quant::{Inputs, QuantMatrix, on_workers};
+use cinder_engine::device::on_workers;
+use cinder_engine::quant::{Inputs, QuantMatrix};
 use cinder_engine::shaders::decode::{
     AttentionShape, add_assign, attend, rms_norm, rotate, silu_mul,
 };
