@@ -79,8 +79,8 @@ impl Gpt2Config {
             .with_eos_token_id(Some(50256))
     }
 
-    /// The `nano` preset, `cinder train`'s default: 4 blocks of width 64 with 4 heads, context
-    /// 64, a character vocabulary. On the Tang poems' 8,599 characters the embedding and the
+    /// The `nano` preset, `cinder train`'s default: 4 blocks of width 64 with 4 heads, 64
+    /// positions (a run's `--context` replaces them), a character vocabulary. On the Tang poems' 8,599 characters the embedding and the
     /// head it is tied to are most of the work, so this width reaches a lower held-out loss in
     /// a given time on two CPU cores than `tiny` does.
     pub fn nano() -> Self {

@@ -68,8 +68,10 @@ pub fn lm_batch_rows(
 /// The starts of `starts` whose whole window of `context + 1` tokens lies inside `tokens`
 /// (starts too late for one sort last).
 fn whole_windows<'a>(tokens: &[u32], starts: &'a [usize], context: usize) -> &'a [usize] {
-    let last = tokens.len().saturating_sub(context + 1);
-    &starts[..starts.partition_point(|&s| s <= last && tokens.len() > context)]
+    let Some(last) = tokens.len().checked_sub(context + 1) else {
+        return &[];
+    };
+    &starts[..starts.partition_point(|&s| s <= last)]
 }
 
 /// Every window a pass over the whole of `tokens` reads, in order: each of `starts` with a
