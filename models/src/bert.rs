@@ -33,7 +33,7 @@ use cinder_engine::weights::{
     NamedTensors, check_config_sizes, folder_weights, load_parameters, transpose_2d,
 };
 
-use crate::blocks::{gelu_exact, gelu_tanh};
+use crate::blocks::{gelu_exact, gelu_tanh, linear};
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
 type EngineResult<T> = cinder_engine::Result<T>;
@@ -283,9 +283,9 @@ impl Layer {
         let [b, t, c] = x.dims();
         let (h, d) = (self.n_head, c / self.n_head);
         let heads = |y: Tensor<3>| y.reshape([b, t, h, d]).swap_dims(1, 2); // [B, H, T, D]
-        let q = heads(self.query.forward(x.clone()));
-        let k = heads(self.key.forward(x.clone()));
-        let v = heads(self.value.forward(x.clone()));
+        let q = heads(linear(&self.query, x.clone()));
+        let k = heads(linear(&self.key, x.clone()));
+        let v = heads(linear(&self.value, x.clone()));
         let dropout = &self.attention_dropout;
         let y = if dropout.prob > 0.0 && dropout.training.is_enabled() && q.device().is_autodiff() {
             // Attention dropout needs the probabilities, so spell the attention out.
@@ -298,10 +298,10 @@ impl Layer {
             attention(q, k, v, hidden, None, AttentionModuleOptions::default())
         }; // [B, H, T, D]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
-        let y = self.dropout.forward(self.attention_output.forward(y));
+        let y = self.dropout.forward(linear(&self.attention_output, y));
         let x = self.attention_norm.forward(x + y);
-        let y = activation(self.intermediate.forward(x.clone()), self.tanh);
-        let y = self.dropout.forward(self.output.forward(y));
+        let y = activation(linear(&self.intermediate, x.clone()), self.tanh);
+        let y = self.dropout.forward(linear(&self.output, y));
         self.output_norm.forward(x + y)
     }
 }
@@ -397,7 +397,7 @@ impl Bert {
         let head = self.mlm.as_ref()?;
         let x = head
             .norm
-            .forward(activation(head.transform.forward(x), head.tanh));
+            .forward(activation(linear(&head.transform, x), head.tanh));
         let logits = crate::blocks::tied_logits(x, &self.embeddings.word_embeddings);
         Some(logits + head.bias.val().unsqueeze::<3>())
     }

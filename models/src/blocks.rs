@@ -4,7 +4,7 @@
 //!
 //! B=batch, H=heads, T=time (new positions), S=past+time, D=head size, C=channels, V=vocab
 
-use burn::nn::{Dropout, Embedding, LayerNorm};
+use burn::nn::{Dropout, Embedding, LayerNorm, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -212,12 +212,20 @@ pub fn extend_cache(cache: &mut LayerCache, k: Tensor<4>, v: Tensor<4>) -> (Tens
 /// - x: `[B, T, C]`, the embedding's weight: `[V, C]`
 /// - output: `[B, T, V]`
 pub fn tied_logits(x: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
-    let [b, t, c] = x.dims();
-    let weight = embedding.weight.val();
-    let vocab = weight.dims()[0];
-    x.reshape([b * t, c])
-        .matmul(weight.transpose())
-        .reshape([b, t, vocab])
+    cinder_engine::shaders::linear::linear_transposed(x, embedding.weight.val())
+}
+
+/// A Burn [`Linear`] layer's `x W + b`: Cinder's fused kernel on the CPU backend in f32
+/// ([`linear`](cinder_engine::shaders::linear::linear)), Burn's own `linear` elsewhere.
+///
+/// # Shapes
+/// - x: `[..., I]` -> `[..., O]`
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    cinder_engine::shaders::linear::linear(
+        x,
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
+    )
 }
 
 /// The decoding side every family built on [`KvCache`] writes the same way, through the

@@ -23,7 +23,7 @@ use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, l
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
-    gelu_tanh, layer_norm, tied_logits,
+    gelu_tanh, layer_norm, linear, tied_logits,
 };
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -225,7 +225,7 @@ impl Attention {
         let h = self.n_head;
         let d = c / h;
         let heads = |y: Tensor<3>| y.reshape([b, t, h, d]).swap_dims(1, 2); // [B, H, T, D]
-        let qkv = self.c_attn.forward(x);
+        let qkv = linear(&self.c_attn, x);
         let mut parts = qkv.chunk(3, 2).into_iter();
         let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
             unreachable!("chunk(3) yields three parts")
@@ -236,7 +236,7 @@ impl Attention {
         }
         let y = causal_attention_with_dropout(q, k, v, &self.attn_dropout); // [B, H, T, D]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        self.resid_dropout.forward(linear(&self.c_proj, y))
     }
 }
 
@@ -253,13 +253,13 @@ impl Mlp {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let hidden = self.c_fc.forward(x);
+        let hidden = linear(&self.c_fc, x);
         let hidden = if self.tanh {
             gelu_tanh(hidden)
         } else {
             gelu_exact(hidden)
         };
-        self.dropout.forward(self.c_proj.forward(hidden))
+        self.dropout.forward(linear(&self.c_proj, hidden))
     }
 }
 

@@ -34,7 +34,7 @@ use cinder_engine::weights::{NamedTensors, check_config_sizes, folder_weights, l
 
 use crate::blocks::{
     KvCache, LayerCache, causal_attention_with_dropout, decoder_methods, extend_cache, gelu_exact,
-    gelu_tanh, layer_norm, tied_logits,
+    gelu_tanh, layer_norm, linear, tied_logits,
 };
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
@@ -230,10 +230,10 @@ impl Layer {
         let [b, t, c] = x.dims();
         let (h, d) = (self.n_head, c / self.n_head);
         let heads = |y: Tensor<3>| y.reshape([b, t, h, d]).swap_dims(1, 2); // [B, H, T, D]
-        let q = heads(self.query_layer.forward(x.clone()));
+        let q = heads(linear(&self.query_layer, x.clone()));
         let (mut k, mut v) = (
-            heads(self.key_layer.forward(x.clone())),
-            heads(self.value_layer.forward(x)),
+            heads(linear(&self.key_layer, x.clone())),
+            heads(linear(&self.value_layer, x)),
         );
         if let Some(cache) = cache {
             (k, v) = extend_cache(cache, k, v);
@@ -241,22 +241,25 @@ impl Layer {
         let y = causal_attention_with_dropout(q, k, v, &self.attention_dropout); // [B, H, T, D]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
         self.attention_output_dropout
-            .forward(self.context_projection_layer.forward(y))
+            .forward(linear(&self.context_projection_layer, y))
     }
 
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>, cache: Option<&mut LayerCache>) -> Tensor<3> {
         let x = x.clone() + self.attention(x, cache);
-        let hidden = self
-            .intermediate
-            .forward(layer_norm(&self.mlp_ln0, self.epsilon, x.clone()));
+        let hidden = linear(
+            &self.intermediate,
+            layer_norm(&self.mlp_ln0, self.epsilon, x.clone()),
+        );
         let hidden = if self.tanh {
             gelu_tanh(hidden)
         } else {
             gelu_exact(hidden)
         };
-        let ffn = self.mlp_output_dropout.forward(self.output.forward(hidden));
+        let ffn = self
+            .mlp_output_dropout
+            .forward(linear(&self.output, hidden));
         // The residual skips mlp_ln0: it is the block's input after attention.
         layer_norm(&self.mlp_ln1, self.epsilon, x + ffn)
     }

@@ -208,7 +208,7 @@ impl PoetryVae {
         for layer in &self.decoder {
             y = layer.forward(y);
         }
-        self.output.forward(y.swap_dims(1, 2))
+        crate::blocks::linear(&self.output, y.swap_dims(1, 2))
     }
 
     /// The likeliest (temperature 0) or sampled characters for each latent vector; `seed`

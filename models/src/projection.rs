@@ -64,7 +64,7 @@ impl Projection {
     /// - x: `[B, T, I]` -> `[B, T, O]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.weights {
-            Weights::Dense(linear) => linear.forward(x),
+            Weights::Dense(linear) => crate::blocks::linear(linear, x),
             Weights::Host(matrix) => host_matmul(matrix, x),
         }
     }

@@ -41,7 +41,9 @@ use cinder_engine::weights::{
     NamedTensors, check_config_sizes, folder_weights, load_parameters, transpose_2d,
 };
 
-use crate::blocks::{KvCache, LayerCache, causal_mask, extend_cache, gelu_exact, gelu_tanh};
+use crate::blocks::{
+    KvCache, LayerCache, causal_mask, extend_cache, gelu_exact, gelu_tanh, linear,
+};
 
 /// The engine's result (not imported as `Result`: the `Config` derive expects the std one).
 type EngineResult<T> = cinder_engine::Result<T>;
@@ -406,7 +408,7 @@ impl Attention {
     /// `[B, L, C]` -> `[B, H, L, D]` through `proj`.
     fn heads(&self, proj: &Linear, x: Tensor<3>) -> Tensor<4> {
         let [b, l, _] = x.dims();
-        let y = proj.forward(x);
+        let y = linear(proj, x);
         let d = y.dims()[2] / self.n_heads;
         y.reshape([b, l, self.n_heads, d]).swap_dims(1, 2)
     }
@@ -445,7 +447,7 @@ impl Attention {
         let probs = self.dropout.forward(softmax(scores, 3));
         let y = probs.matmul(values); // [B, H, T, D]
         let hd = y.dims()[1] * y.dims()[3];
-        self.o.forward(y.swap_dims(1, 2).reshape([b, t, hd]))
+        linear(&self.o, y.swap_dims(1, 2).reshape([b, t, hd]))
     }
 }
 
@@ -465,11 +467,11 @@ impl FeedForward {
     /// # Shapes
     /// - x: `[B, T, C]` -> `[B, T, C]`
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut hidden = self.act.apply(self.wi.forward(x.clone()));
+        let mut hidden = self.act.apply(linear(&self.wi, x.clone()));
         if let Some(gate) = &self.wi_1 {
-            hidden = hidden * gate.forward(x);
+            hidden = hidden * linear(gate, x);
         }
-        self.wo.forward(self.dropout.forward(hidden))
+        linear(&self.wo, self.dropout.forward(hidden))
     }
 }
 
@@ -695,7 +697,7 @@ impl T5 {
             x
         };
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => linear(head, x),
             None => crate::blocks::tied_logits(x, &self.shared),
         }
     }

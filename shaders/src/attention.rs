@@ -153,7 +153,7 @@ mod kernel {
 
     use super::BLOCK;
     use crate::cross_entropy::exp_simd;
-    use crate::flex::each;
+    use crate::flex::{each, product};
 
     /// A `[B, H, T, D]` f32 tensor's values and where element `(b, h, t, d)` lies in them.
     struct View {
@@ -396,81 +396,6 @@ mod kernel {
             tensor(dk, [b, h, t, d]),
             tensor(dv, [b, h, t, d]),
         )
-    }
-
-    /// `dst = beta lhs rhs` (plus `dst` when `accumulate`) for `lhs` `[m, k]` and `rhs`
-    /// `[k, n]`, each given as (values, start, column stride, row stride); `dst` is `[m, n]`
-    /// with (row stride, column stride) `dst_strides`.
-    ///
-    /// # Panics
-    /// If an index the product reads or writes lies outside its slice.
-    fn product(
-        dst: &mut [f32],
-        dst_strides: (usize, usize),
-        accumulate: bool,
-        lhs: (&[f32], usize, usize, usize),
-        rhs: (&[f32], usize, usize, usize),
-        (m, n, k): (usize, usize, usize),
-        beta: f32,
-    ) {
-        if m == 0 || n == 0 || k == 0 {
-            return;
-        }
-        let last = |start: usize, cs: usize, rs: usize, rows: usize, cols: usize| {
-            start + (rows - 1) * rs + (cols - 1) * cs
-        };
-        let (lv, ls, lcs, lrs) = lhs;
-        let (rv, rs, rcs, rrs) = rhs;
-        let (drs, dcs) = dst_strides;
-        assert!(
-            last(0, dcs, drs, m, n) < dst.len()
-                && last(ls, lcs, lrs, m, k) < lv.len()
-                && last(rs, rcs, rrs, k, n) < rv.len(),
-            "attention: a [{m}, {k}] x [{k}, {n}] product reaches outside its buffers"
-        );
-        #[cfg(not(target_family = "wasm"))]
-        #[allow(unsafe_code)]
-        // SAFETY: the assertion above checks that the last (and so every) index of each
-        // operand, from its start through its strides, lies inside its slice; `dst` is a
-        // mutable borrow, so it overlaps neither input.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                dcs as isize,
-                drs as isize,
-                accumulate,
-                lv.as_ptr().add(ls),
-                lcs as isize,
-                lrs as isize,
-                rv.as_ptr().add(rs),
-                rcs as isize,
-                rrs as isize,
-                1.0,
-                beta,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        // The browser has no `gemm` (and never takes this kernel: see `fused_applies`).
-        #[cfg(target_family = "wasm")]
-        for i in 0..m {
-            for j in 0..n {
-                let dot: f32 = (0..k)
-                    .map(|l| lv[ls + i * lrs + l * lcs] * rv[rs + l * rrs + j * rcs])
-                    .sum();
-                let o = &mut dst[i * drs + j * dcs];
-                *o = if accumulate {
-                    *o + beta * dot
-                } else {
-                    beta * dot
-                };
-            }
-        }
     }
 
     /// Each row `r` of a block of scores (`n` wide; query `first + r` sees keys

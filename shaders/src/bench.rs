@@ -141,8 +141,9 @@ pub fn threads() -> usize {
 }
 
 /// The training step's other fused kernels against their references at the `small` workload's
-/// shapes (batch 8 x 256 tokens, width 384, 6 heads): causal attention, GELU, SwiGLU's gating
-/// and LayerNorm forward and backward under autodiff (the gradients read back), and one AdamW update of a
+/// shapes (batch 8 x 256 tokens, width 384, 6 heads): causal attention, GELU, SwiGLU's gating,
+/// a feed-forward layer's first product with its bias, the default run's tied head and
+/// LayerNorm forward and backward under autodiff (the gradients read back), and one AdamW update of a
 /// feed-forward weight. The fused kernels run only on the CPU backend; elsewhere both columns
 /// are the reference.
 pub fn training_kernels(reps: usize, device: &Device) -> Vec<Timing> {
@@ -233,6 +234,50 @@ pub fn training_kernels(reps: usize, device: &Device) -> Vec<Timing> {
 
     let c = 384;
     let x = random(vec![rows * c], &ad).reshape([rows, c]);
+    let w = random(vec![c * width], &ad).reshape([c, width]);
+    let bias = random(vec![width], &ad);
+    time(
+        "linear layer (with bias) forward + backward",
+        format!("[{rows}, {c}] x [{c}, {width}]"),
+        crate::linear::fused_applies(&x, &w, Some(&bias), false),
+        &|fused| {
+            let (x, w, bias) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                bias.clone().require_grad(),
+            );
+            let y = if fused {
+                crate::linear::linear(x.clone(), w.clone(), Some(bias.clone()))
+            } else {
+                crate::linear::reference(x.clone(), w.clone(), Some(bias.clone()))
+            };
+            let grads = y.sum().backward();
+            read(x.grad(&grads).map(|g| g.reshape([rows * c])));
+            read(w.grad(&grads).map(|g| g.reshape([c * width])));
+            read(bias.grad(&grads));
+        },
+    );
+
+    // The default run's tied head: 4 x 128 positions of width 64 against 8,599 characters.
+    let (head_rows, head_c, vocab) = (512, 64, 8599);
+    let h = random(vec![head_rows * head_c], &ad).reshape([head_rows, head_c]);
+    let e = random(vec![vocab * head_c], &ad).reshape([vocab, head_c]);
+    time(
+        "tied head x Eᵀ forward + backward",
+        format!("[{head_rows}, {head_c}] x [{vocab}, {head_c}]ᵀ"),
+        crate::linear::fused_applies(&h, &e, None, true),
+        &|fused| {
+            let (h, e) = (h.clone().require_grad(), e.clone().require_grad());
+            let y = if fused {
+                crate::linear::linear_transposed(h.clone(), e.clone())
+            } else {
+                crate::linear::reference(h.clone(), e.clone().transpose(), None)
+            };
+            let grads = y.sum().backward();
+            read(h.grad(&grads).map(|g| g.reshape([head_rows * head_c])));
+            read(e.grad(&grads).map(|g| g.reshape([vocab * head_c])));
+        },
+    );
     let (gamma, beta) = (random(vec![c], &ad), random(vec![c], &ad));
     time(
         "LayerNorm forward + backward",

@@ -15,6 +15,9 @@
 //! - [`decode`]: a transformer layer's operations other than its matrix products (RMSNorm,
 //!   rotary embeddings, attention over a key/value cache, SwiGLU) on plain slices, for the
 //!   decoders' host path on the CPU.
+//! - [`linear`]: a linear layer `x W + b` and an output head tied to an embedding `x Eᵀ`,
+//!   forward and backward, each product written once by gemm into the tensor's own buffer
+//!   (burn-flex, f32).
 //! - [`norm`]: LayerNorm over the last axis, one pass forward and one backward across the
 //!   cores (burn-flex, f32).
 //! - [`optim`]: AdamW's update of a parameter and its moments in one pass, in place
@@ -29,6 +32,7 @@ pub mod bench;
 pub mod cross_entropy;
 pub mod decode;
 mod flex;
+pub mod linear;
 pub mod norm;
 pub mod optim;
 
