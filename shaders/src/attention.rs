@@ -222,6 +222,27 @@ mod kernel {
         [shape[0], shape[1], shape[2], shape[3]]
     }
 
+    /// `s = scale Q[r0..r1] K[0..r1]ᵀ` for the block of query rows `r0..r1` (`s` holds
+    /// `r1 - r0` rows of `r1` scores).
+    fn block_scores(
+        s: &mut [f32],
+        (q, qm): (&View, Matrix),
+        (k, km): (&View, Matrix),
+        (r0, r1): (usize, usize),
+        d: usize,
+        scale: f32,
+    ) {
+        product(
+            s,
+            (r1, 1),
+            false,
+            (q.values(), qm.start + r0 * qm.row, qm.col, qm.row),
+            (k.values(), km.start, km.row, km.col),
+            (r1 - r0, r1, d),
+            scale,
+        );
+    }
+
     fn tensor(values: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, dims.to_vec()))
     }
@@ -258,16 +279,7 @@ mod kernel {
                     let r1 = (r0 + BLOCK).min(t);
                     let (rows, n) = (r1 - r0, r1);
                     let s = &mut scores[..rows * n];
-                    // S = scale Q[r0..r1] K[0..r1]ᵀ
-                    product(
-                        s,
-                        (n, 1),
-                        false,
-                        (q.values(), qm.start + r0 * qm.row, qm.col, qm.row),
-                        (k.values(), km.start, km.row, km.col),
-                        (rows, n, d),
-                        scale,
-                    );
+                    block_scores(s, (&q, qm), (&k, km), (r0, r1), d, scale);
                     pulp::Arch::new().dispatch(Softmax {
                         s: &mut *s,
                         n,
@@ -332,15 +344,7 @@ mod kernel {
                     let (rows, n) = (r1 - r0, r1);
                     let (p, ds) = (&mut p[..rows * n], &mut ds[..rows * n]);
                     // P = exp(scale Q Kᵀ - lse), recomputed.
-                    product(
-                        p,
-                        (n, 1),
-                        false,
-                        (q.values(), qm.start + r0 * qm.row, qm.col, qm.row),
-                        (k.values(), km.start, km.row, km.col),
-                        (rows, n, d),
-                        scale,
-                    );
+                    block_scores(p, (&q, qm), (&k, km), (r0, r1), d, scale);
                     // dP = dO Vᵀ
                     product(
                         ds,
