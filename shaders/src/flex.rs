@@ -34,7 +34,7 @@ pub(crate) fn each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
 
 /// One operand of a [`product`]: its values, where the matrix starts in them, and its column and
 /// row strides.
-pub(crate) type Operand<'a> = (&'a [f32], usize, usize, usize);
+pub type Operand<'a> = (&'a [f32], usize, usize, usize);
 
 /// Whether a product of this many multiply-adds is worth splitting across the cores (below it
 /// the hand-off costs more than it saves).
@@ -55,7 +55,7 @@ fn inside(len: usize, start: usize, cs: usize, rs: usize, rows: usize, cols: usi
 ///
 /// # Panics
 /// If an index the product reads or writes lies outside its slice.
-pub(crate) fn product(
+pub fn product(
     dst: &mut [f32],
     dst_strides: (usize, usize),
     accumulate: bool,

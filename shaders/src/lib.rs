@@ -32,6 +32,7 @@ pub mod bench;
 pub mod cross_entropy;
 pub mod decode;
 mod flex;
+pub use flex::{Operand, product};
 pub mod linear;
 pub mod norm;
 pub mod optim;

@@ -42,33 +42,14 @@ pub(super) fn dots(
         expanded = w;
         &expanded
     };
-    let (n, t_i, k_i) = (rows.len(), t as isize, k as isize);
-    #[allow(unsafe_code)]
-    // SAFETY: `out` is `[n, t]` row-major (row stride t, column stride 1), `w` is `[n, k]`
-    // (stride k, 1), and the right-hand side `xᵀ` is `[k, t]` read from `x` = `[t, k]` (row
-    // stride 1, column stride k): every index the product reads or writes is inside its
-    // slice, as checked above; `out` does not overlap the inputs.
-    unsafe {
-        gemm::gemm(
-            n,
-            t,
-            k,
-            out.as_mut_ptr(),
-            1,
-            t_i,
-            false,
-            w.as_ptr(),
-            1,
-            k_i,
-            x.as_ptr(),
-            k_i,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    // out [n, t] = w [n, k] · xᵀ [k, t], xᵀ read from x = [t, k] through its strides.
+    cinder_shaders::product(
+        out,
+        (t, 1),
+        false,
+        (w, 0, 1, k),
+        (x, 0, k, 1),
+        (rows.len(), t, k),
+        1.0,
+    );
 }
