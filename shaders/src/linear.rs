@@ -16,7 +16,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
@@ -132,19 +132,12 @@ impl<C: CheckpointStrategy> LinearOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let (x, x_guard) = x.into_parts();
         let (weight, weight_guard) = weight.into_parts();
-        let weight = Weight::new(weight, transposed);
-        match LinearBackward
-            .prepare::<C>([x_guard, weight_guard])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let x = contiguous(x);
-                let y = forward(&x, &weight, None);
-                prep.finish(Saved { x, weight }, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(&contiguous(x), &weight, None)),
-        }
+        tracked::<C, 2>(
+            [x_guard, weight_guard],
+            x,
+            Weight::new(weight, transposed),
+            None,
+        )
     }
 
     fn linear_rows_bias(
@@ -155,19 +148,34 @@ impl<C: CheckpointStrategy> LinearOps for Autodiff<Flex, C> {
         let (x, x_guard) = x.into_parts();
         let (weight, weight_guard) = weight.into_parts();
         let (bias, bias_guard) = bias.into_parts();
-        let weight = Weight::new(weight, false);
-        match LinearBackward
-            .prepare::<C>([x_guard, weight_guard, bias_guard])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let x = contiguous(x);
-                let y = forward(&x, &weight, Some(&bias));
-                prep.finish(Saved { x, weight }, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(&contiguous(x), &weight, Some(&bias))),
+        let guards = [x_guard, weight_guard, bias_guard];
+        tracked::<C, 3>(guards, x, Weight::new(weight, false), Some(&bias))
+    }
+}
+
+/// The forward pass under autodiff, keeping the input and the weight for the backward pass
+/// when a gradient is wanted; `guards` are the input's, the weight's and (with a bias) the
+/// bias's.
+fn tracked<C: CheckpointStrategy, const N: usize>(
+    guards: [NodeGuard; N],
+    x: FlexTensor,
+    weight: Weight,
+    bias: Option<&FlexTensor>,
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    LinearBackward: Backward<Flex, N, State = Saved>,
+{
+    match LinearBackward
+        .prepare::<C>(guards)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let x = contiguous(x);
+            let y = forward(&x, &weight, bias);
+            prep.finish(Saved { x, weight }, y)
         }
+        OpsKind::UnTracked(prep) => prep.finish(forward(&contiguous(x), &weight, bias)),
     }
 }
 
