@@ -6,14 +6,20 @@ use anyhow::{Context, Result, bail};
 use cinder_engine::burn::tensor::Device;
 use cinder_engine::device::Selected;
 use cinder_engine::generate::{GenerateConfig, GenerateStats, generate_async};
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::optim::{AdamWConfig, OptimizerConfig};
 use cinder_engine::rng;
 use cinder_engine::sampling::SamplingConfig;
 use cinder_engine::train::TrainConfig;
+use cinder_engine::train::Trainer;
 use cinder_models::auto::LoadedModel;
+use cinder_models::gpt2::Gpt2;
+use cinder_models::llama::Llama;
+use cinder_models::recipe::{Family, ModelRecipe};
 use cinder_models::with_decoder;
 use web_time::Instant;
 
+use crate::bench_memory::random_data_trainer;
 use crate::cli::Workload;
 
 /// `cinder bench train`: training tokens per second on random data.
@@ -119,21 +125,16 @@ pub async fn train_async(
     selected: &Selected,
     say: &mut dyn FnMut(String),
 ) -> Result<f64> {
-    let (preset, batch, context) = workload.shape();
-    let mut config = preset.config();
-    if let Some(vocab) = workload.vocab() {
-        config.vocab_size = vocab;
-    }
+    let (family, preset, batch, context) = workload.shape();
+    let recipe = ModelRecipe {
+        family,
+        preset,
+        ..ModelRecipe::default()
+    };
+    let vocab = workload.vocab().unwrap_or(preset.config().vocab_size);
     let device = selected.device.clone().autodiff();
-    say(format!(
-        "bench train {workload}: gpt2 {} layers x {} wide, {} heads, vocab {}, batch {batch} x {context}, AdamW, on {}",
-        config.n_layer, config.n_embd, config.n_head, config.vocab_size, selected.description
-    ));
-    device.seed(0);
-    let model = config.init(&device);
-    let total = warmup + steps;
     let train = TrainConfig {
-        steps: total,
+        steps: warmup + steps,
         batch_size: batch,
         context,
         lr: 3e-4,
@@ -141,12 +142,65 @@ pub async fn train_async(
         optimizer: OptimizerConfig::AdamW(AdamWConfig::default()),
         ..TrainConfig::default()
     };
-    let mut trainer = crate::bench_memory::random_data_trainer(model, train, 1_000_000, &device)?;
+    device.seed(0);
+    let (shape, model) = match family {
+        Family::Llama => {
+            let c = recipe.llama_config(vocab, context);
+            let shape = format!(
+                "llama {} layers x {} wide, {} heads ({} for keys and values), SwiGLU {} wide",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.kv_heads(),
+                c.intermediate_size
+            );
+            (shape, Timed::Llama(c.init(&device)))
+        }
+        _ => {
+            let c = recipe.model_config(vocab, context);
+            let shape = format!(
+                "gpt2 {} layers x {} wide, {} heads",
+                c.n_layer, c.n_embd, c.n_head
+            );
+            (shape, Timed::Gpt2(c.init(&device)))
+        }
+    };
+    say(format!(
+        "bench train {workload}: {shape}, vocab {vocab}, batch {batch} x {context}, AdamW, on {}",
+        selected.description
+    ));
+    let seconds = match model {
+        Timed::Gpt2(m) => {
+            let trainer = random_data_trainer(m, train, 1_000_000, &device)?;
+            timed_steps(trainer, warmup, &device, say).await?
+        }
+        Timed::Llama(m) => {
+            let trainer = random_data_trainer(m, train, 1_000_000, &device)?;
+            timed_steps(trainer, warmup, &device, say).await?
+        }
+    };
+    Ok((batch * context) as f64 * steps as f64 / f64::max(seconds, 1e-9))
+}
+
+/// A `cinder bench train` model.
+enum Timed {
+    Gpt2(Gpt2),
+    Llama(Llama),
+}
+
+/// Runs `trainer` to its last step, saying one line per step; returns the seconds of the steps
+/// after the first `warmup`.
+async fn timed_steps<M: LanguageModel>(
+    mut trainer: Trainer<M>,
+    warmup: u64,
+    device: &Device,
+    say: &mut dyn FnMut(String),
+) -> Result<f64> {
     let mut timed = 0.0;
-    for i in 0..total {
+    for i in 0..trainer.config().steps {
         let t0 = Instant::now();
         let r = trainer.step_async().await?;
-        wait_for(&device);
+        wait_for(device);
         let dt = t0.elapsed().as_secs_f64();
         let phase = if i < warmup { "warmup" } else { "timed" };
         if i >= warmup {
@@ -159,7 +213,7 @@ pub async fn train_async(
             dt * 1e3
         ));
     }
-    Ok((batch * context) as f64 * steps as f64 / f64::max(timed, 1e-9))
+    Ok(timed)
 }
 
 /// Waits for the device's queued work (natively; in a page the step's awaited loss already

@@ -14,13 +14,14 @@ use cinder_engine::burn::module::Module;
 use cinder_engine::burn::tensor::Device;
 use cinder_engine::data::{Corpus, CorpusSource};
 use cinder_engine::device::{Selected, memory_usage, process_memory, select};
+use cinder_engine::lm::LanguageModel;
 use cinder_engine::optim::{
     AdaFactorConfig, AdamWConfig, HeunConfig, LionConfig, OptimizerConfig, SgdConfig,
 };
 use cinder_engine::rng;
 use cinder_engine::tokenizer::Tokenizer;
 use cinder_engine::train::{Recompute, TrainConfig, Trainer};
-use cinder_models::gpt2::{Gpt2, Gpt2Config};
+use cinder_models::gpt2::Gpt2Config;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{BenchMemoryArgs, MemoryProbeArgs, ProbeModelArgs};
@@ -45,13 +46,13 @@ fn model_config(m: &ProbeModelArgs) -> Result<Gpt2Config> {
 
 /// A trainer for `model` on `n` random tokens, with no evaluation, samples or checkpoints
 /// (a benchmark measures steps only; the tokenizer is a placeholder samples would need).
-pub(crate) fn random_data_trainer(
-    model: Gpt2,
+pub(crate) fn random_data_trainer<M: LanguageModel>(
+    model: M,
     train: TrainConfig,
     n: u64,
     device: &Device,
-) -> Result<Trainer<Gpt2>> {
-    let vocab = model.config().vocab_size as u64;
+) -> Result<Trainer<M>> {
+    let vocab = model.vocab_size() as u64;
     let tokens = (0..n).map(|i| rng::below(1, 2, i, vocab) as u32).collect();
     let train = TrainConfig {
         eval_every: 0,

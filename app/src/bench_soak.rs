@@ -106,7 +106,7 @@ const UNREPORTED: &str =
 /// `cinder bench soak`.
 pub fn soak(args: BenchSoakArgs) -> Result<()> {
     let selected: Selected = cinder_engine::device::select(args.device)?;
-    let (preset, batch, context) = Workload::Tiny.shape();
+    let (_, preset, batch, context) = Workload::Tiny.shape();
     let config = preset.config();
     let device = selected.device.clone().autodiff();
     eprintln!(

@@ -605,30 +605,35 @@ pub struct BenchPoemArgs {
 /// `cinder bench train` workloads: the model of a size preset, AdamW, on random tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
-    /// The `tiny` preset (4 x 128, vocabulary 65), batch 12 x 64 tokens.
+    /// The `tiny` GPT-2 (4 x 128, vocabulary 65), batch 12 x 64 tokens.
     #[default]
     Tiny,
-    /// The `small` preset (6 x 384, vocabulary 8192), batch 8 x 256 tokens.
+    /// The `small` GPT-2 (6 x 384, vocabulary 8192), batch 8 x 256 tokens.
     Small,
     /// The `tiny` GPT-2 with the Tang poems' 8,599 characters (the default `cinder train`'s
     /// vocabulary), batch 16 x 64 tokens: the vocabulary dominates the step.
     Tang,
+    /// The default `cinder train` model: the `nano` LLaMA (4 x 64, SwiGLU 192 wide, tied head)
+    /// with the Tang poems' 8,599 characters, batch 4 x 128 tokens.
+    #[value(name = "tang-llama")]
+    TangLlama,
 }
 
 impl Workload {
-    /// The preset, and the batch (sequences, tokens per sequence).
-    pub fn shape(self) -> (Gpt2Preset, usize, usize) {
+    /// The model family, the size preset, and the batch (sequences, tokens per sequence).
+    pub fn shape(self) -> (Family, Gpt2Preset, usize, usize) {
         match self {
-            Self::Tiny => (Gpt2Preset::Tiny, 12, 64),
-            Self::Small => (Gpt2Preset::Small, 8, 256),
-            Self::Tang => (Gpt2Preset::Tiny, 16, 64),
+            Self::Tiny => (Family::Gpt2, Gpt2Preset::Tiny, 12, 64),
+            Self::Small => (Family::Gpt2, Gpt2Preset::Small, 8, 256),
+            Self::Tang => (Family::Gpt2, Gpt2Preset::Tiny, 16, 64),
+            Self::TangLlama => (Family::Llama, Gpt2Preset::Nano, 4, 128),
         }
     }
 
     /// The vocabulary, where it differs from the preset's.
     pub fn vocab(self) -> Option<usize> {
         match self {
-            Self::Tang => Some(8599),
+            Self::Tang | Self::TangLlama => Some(8599),
             Self::Tiny | Self::Small => None,
         }
     }

@@ -1088,3 +1088,46 @@ fn a_short_soak_keeps_memory_flat() {
         "{stdout}\n{stderr}"
     );
 }
+
+/// `cinder bench train` builds each workload's model (the default run's LLaMA for `tang-llama`),
+/// times the steps after the warmup and prints `<workload> <tokens/s>` as its last line; the
+/// random tokens' loss starts near ln(vocabulary).
+#[test]
+fn bench_train_times_a_gpt2_and_the_default_runs_llama() {
+    let cwd = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (workload, model, vocab) in [
+        ("tiny", "gpt2 4 layers x 128 wide, 4 heads", 65f64),
+        (
+            "tang-llama",
+            "llama 4 layers x 64 wide, 4 heads (4 for keys and values), SwiGLU 192 wide",
+            8599.0,
+        ),
+    ] {
+        #[rustfmt::skip]
+        let out = cinder(
+            &["bench", "train", "--workload", workload, "--steps", "2", "--warmup", "1", "--device", "cpu"],
+            cwd,
+        );
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(model), "{workload}: {stderr}");
+        assert_eq!(stderr.matches("(warmup)").count(), 1, "{stderr}");
+        assert_eq!(stderr.matches("(timed)").count(), 2, "{stderr}");
+        let first_loss: f64 = stderr
+            .split("loss ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+            .expect("a step's loss");
+        assert!(
+            (first_loss - vocab.ln()).abs() < 0.5,
+            "{workload}: first loss {first_loss} against ln {vocab}"
+        );
+        let last = stdout.trim_end();
+        let tps: f64 = last
+            .strip_prefix(&format!("{workload} "))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("last line {last:?}"));
+        assert!(tps > 0.0, "{last}");
+    }
+}
