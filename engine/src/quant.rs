@@ -363,9 +363,10 @@ impl QuantMatrix {
     }
 
     /// `x · mᵀ` for each matrix `m` of `matrices`, which share their inputs (K): `x` is
-    /// row-major `[T, K]`, result `i` is `[T, N_i]`. The output rows of all the matrices are
-    /// split across threads together, so a layer's products that read the same input (query,
-    /// key and value; gate and up) cost one parallel region.
+    /// row-major `[T, K]`, result `i` is `[T, N_i]`. For a few input rows (decoding) the output
+    /// rows of all the matrices are split across threads together, so a layer's products that
+    /// read the same input (query, key and value; gate and up) cost one parallel region; from
+    /// 16 rows (a prompt) natively, each matrix is one product across the cores.
     ///
     /// # Panics
     /// If the matrices' inputs differ or `x` does not hold `t` rows of them.
@@ -391,6 +392,11 @@ impl QuantMatrix {
             "matmul_many: {} input values for {t} rows of {k}, matrices {matrices:?}",
             x.len()
         );
+        // A prompt's rows: one product per matrix, across the cores, already `[T, N]`.
+        #[cfg(not(target_family = "wasm"))]
+        if t >= dense::MIN_ROWS {
+            return matrices.iter().map(|m| dense::product(m, x, t)).collect();
+        }
         let rounded = (inputs == Inputs::Q8 && matrices.iter().any(|m| m.kind.integer()))
             .then(|| int::Q8Rows::quantize(x));
         let x_sums: Vec<f32> = if matrices
@@ -409,11 +415,6 @@ impl QuantMatrix {
         let work = |(which, start, part): (usize, usize, &mut [f32])| {
             let matrix = matrices[which];
             let rows = start..start + part.len() / t;
-            #[cfg(not(target_family = "wasm"))]
-            if t >= dense::MIN_ROWS {
-                dense::dots(matrix, x, t, rows, part);
-                return;
-            }
             if let Some(rounded) = rounded.as_ref().filter(|_| matrix.kind.integer()) {
                 int::dots(matrix, rounded, t, rows, part);
                 return;
@@ -704,6 +705,23 @@ mod tests {
                         assert_eq!(a, all[0][r * n + c]);
                     }
                 }
+            }
+        }
+        // A matrix of more rows than one slab of expanded weights: each slab's outputs land in
+        // their own columns.
+        let (n, k, t) = (dense::SLAB_ROWS + 70, 64, dense::MIN_ROWS);
+        let w = matrix(n, k);
+        let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.91).cos()).collect();
+        let q = QuantMatrix::quantize(BlockKind::Q4, &w, n, k).unwrap();
+        let all = q.matmul(&x, t);
+        for r in 0..t {
+            let one = q.matmul(&x[r * k..(r + 1) * k], 1);
+            for c in 0..n {
+                let (a, b) = (all[r * n + c], one[c]);
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "[{r}, {c}]: {a} vs {b}"
+                );
             }
         }
     }

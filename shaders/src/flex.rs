@@ -117,11 +117,7 @@ pub fn product(
 ///
 /// # Panics
 /// If an index the product reads lies outside its slice.
-pub(crate) fn new_product(
-    lhs: Operand,
-    rhs: Operand,
-    (m, n, k): (usize, usize, usize),
-) -> Vec<f32> {
+pub fn new_product(lhs: Operand, rhs: Operand, (m, n, k): (usize, usize, usize)) -> Vec<f32> {
     let len = m.saturating_mul(n);
     if k == 0 || len == 0 {
         return vec![0.0; len];

@@ -32,7 +32,7 @@ pub mod bench;
 pub mod cross_entropy;
 pub mod decode;
 mod flex;
-pub use flex::{Operand, product};
+pub use flex::{Operand, new_product, product};
 pub mod linear;
 pub mod norm;
 pub mod optim;

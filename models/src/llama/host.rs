@@ -220,9 +220,12 @@ mod tests {
             let mut tensors = model.clone();
             tensors.host = None;
             let (mut host_cache, mut tensor_cache) = (model.new_cache(), tensors.new_cache());
-            // A prompt of two sequences, then single tokens, with the beams reordered once.
+            // A prompt of two sequences, long enough for the prompt's products (16 rows and
+            // more, natively), then single tokens, with the beams reordered once.
+            let first: [i64; 17] = [3, 17, 42, 8, 90, 11, 2, 64, 33, 19, 7, 80, 5, 45, 26, 71, 9];
+            let second: [i64; 17] = std::array::from_fn(|i| 5 + 4 * i as i64);
             let steps: [&[&[i64]]; 4] = [
-                &[&[3, 17, 42, 8, 90], &[5, 6, 7, 8, 9]],
+                &[&first, &second],
                 &[&[1], &[2]],
                 &[&[55], &[60]],
                 &[&[4], &[4]],
@@ -241,7 +244,7 @@ mod tests {
                 eprintln!("{dtype:?} {inputs:?} step {i}: {diff}");
                 assert!(diff < bound, "{dtype:?} {inputs:?} step {i}: {diff}");
             }
-            assert_eq!(Llama::cache_len(&host_cache), 8);
+            assert_eq!(Llama::cache_len(&host_cache), 20);
             // Only the last position's logits: the same values as the full pass's last row.
             let (mut full, mut last) = (model.new_cache(), model.new_cache());
             let prompt: &[&[i64]] = &[&[9, 8, 7, 6]];
