@@ -610,11 +610,11 @@ pub enum Workload {
     Tiny,
     /// The `small` GPT-2 (6 x 384, vocabulary 8192), batch 8 x 256 tokens.
     Small,
-    /// The `tiny` GPT-2 with the Tang poems' 8,599 characters (the default `cinder train`'s
-    /// vocabulary), batch 16 x 64 tokens: the vocabulary dominates the step.
+    /// The `tiny` GPT-2 with a vocabulary of 8,599 (the Tang poems' characters, as in the
+    /// default `cinder train`), batch 16 x 64 tokens: the vocabulary dominates the step.
     Tang,
     /// The default `cinder train` model: the `nano` LLaMA (4 x 64, SwiGLU 192 wide, tied head)
-    /// with the Tang poems' 8,599 characters, batch 4 x 128 tokens.
+    /// with a vocabulary of 8,599 (the Tang poems' characters), batch 4 x 128 tokens.
     #[value(name = "tang-llama")]
     TangLlama,
 }

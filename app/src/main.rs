@@ -117,7 +117,7 @@ fn fetch(corpus: cli::FetchCorpus, cache_dir: &std::path::Path, force: bool) -> 
     match corpus {
         cli::FetchCorpus::Tang => {
             let dir = cache_dir.join("tang");
-            if !force && dir.join("summary.json").is_file() {
+            if !force && cinder_engine::data::fetch::tang_is_current(cache_dir) {
                 println!(
                     "the Tang corpus is already in {} (pass --force to fetch again)",
                     dir.display()

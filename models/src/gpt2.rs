@@ -80,9 +80,9 @@ impl Gpt2Config {
     }
 
     /// The `nano` preset, `cinder train`'s default: 4 blocks of width 64 with 4 heads, 64
-    /// positions (a run's `--context` replaces them), a character vocabulary. On the Tang poems' 8,599 characters the embedding and the
-    /// head it is tied to are most of the work, so this width reaches a lower held-out loss in
-    /// a given time on two CPU cores than `tiny` does.
+    /// positions (a run's `--context` replaces them), a character vocabulary. On the Tang poems'
+    /// 8,598 characters the embedding and the head it is tied to are most of the work, so this
+    /// width reaches a lower held-out loss in a given time on two CPU cores than `tiny` does.
     pub fn nano() -> Self {
         Self::new(65, 64, 64, 4, 4)
     }

@@ -217,10 +217,26 @@ pub fn clean_poem(paragraphs: &[&str]) -> Option<String> {
     if !out.chars().all(|c| is_cjk(c) || allowed_punct.contains(c)) {
         return None;
     }
-    if !out.ends_with(['。', '？', '！']) || !out.chars().any(is_cjk) {
+    // The package repeats marks (`。。`, `？。`, mostly at a poem's end): a run of marks keeps
+    // one, the first that ends a sentence if any does.
+    let ends = ['。', '？', '！'];
+    let mut collapsed = String::with_capacity(out.len());
+    for c in out.chars() {
+        let last = collapsed.chars().next_back();
+        match last {
+            Some(last) if allowed_punct.contains(last) && allowed_punct.contains(c) => {
+                if !ends.contains(&last) && ends.contains(&c) {
+                    collapsed.pop();
+                    collapsed.push(c);
+                }
+            }
+            _ => collapsed.push(c),
+        }
+    }
+    if !collapsed.ends_with(ends) || !collapsed.chars().any(is_cjk) {
         return None;
     }
-    Some(out)
+    Some(collapsed)
 }
 
 #[cfg(test)]
@@ -249,6 +265,15 @@ mod tests {
         );
         assert_eq!(clean_poem(&[]), None);
         assert_eq!(clean_poem(&["abc，def。"]), None);
+        // Repeated marks keep one, the sentence's end where there is one.
+        assert_eq!(
+            clean_poem(&[
+                "白日依山盡，，黃河入海流？。",
+                "欲窮千里目，。更上一層樓。。。"
+            ])
+            .as_deref(),
+            Some("白日依山盡，黃河入海流？欲窮千里目。更上一層樓。")
+        );
     }
 
     #[test]

