@@ -3,6 +3,7 @@
 //! (`?bench=train`, `?bench=decode`); the commands wait for them.
 
 use anyhow::{Context, Result, bail};
+use cinder_engine::burn::module::Module;
 use cinder_engine::burn::tensor::Device;
 use cinder_engine::device::Selected;
 use cinder_engine::generate::{GenerateConfig, GenerateStats, generate_async};
@@ -143,7 +144,9 @@ pub async fn train_async(
         ..TrainConfig::default()
     };
     device.seed(0);
-    let (shape, model) = match family {
+    // Weights the products use: (layers, width) and every weight but GPT-2's learned positions,
+    // which are added, not multiplied (the tied head counts once, as the head).
+    let (shape, model, layers, width, weights) = match family {
         Family::Llama => {
             let c = recipe.llama_config(vocab, context);
             let shape = format!(
@@ -154,7 +157,10 @@ pub async fn train_async(
                 c.kv_heads(),
                 c.intermediate_size
             );
-            (shape, Timed::Llama(c.init(&device)))
+            let model = c.init(&device);
+            let weights = model.num_params();
+            let (layers, width) = (c.num_hidden_layers, c.hidden_size);
+            (shape, Timed::Llama(model), layers, width, weights)
         }
         _ => {
             let c = recipe.model_config(vocab, context);
@@ -162,7 +168,9 @@ pub async fn train_async(
                 "gpt2 {} layers x {} wide, {} heads",
                 c.n_layer, c.n_embd, c.n_head
             );
-            (shape, Timed::Gpt2(c.init(&device)))
+            let model = c.init(&device);
+            let weights = model.num_params() - c.n_positions * c.n_embd;
+            (shape, Timed::Gpt2(model), c.n_layer, c.n_embd, weights)
         }
     };
     say(format!(
@@ -179,7 +187,23 @@ pub async fn train_async(
             timed_steps(trainer, warmup, &device, say).await?
         }
     };
-    Ok((batch * context) as f64 * steps as f64 / f64::max(seconds, 1e-9))
+    let tokens_per_second = (batch * context) as f64 * steps as f64 / f64::max(seconds, 1e-9);
+    let flops = flops_per_token(weights, layers, context, width);
+    say(format!(
+        "bench train {workload}: {tokens_per_second:.1} tokens/s, {:.1} GFLOP/s ({:.2} MFLOP per \
+         token: 6N + 12LTd, N = {weights} weights, L = {layers}, T = {context}, d = {width}; \
+         divide by the device's peak for the model FLOP utilisation)",
+        tokens_per_second * flops / 1e9,
+        flops / 1e6
+    ));
+    Ok(tokens_per_second)
+}
+
+/// A training step's floating-point operations per token of a decoder with `weights` weights in
+/// its products, `layers` blocks of width `width` over `context` positions: 6N for the products
+/// (forward, and the backward's two) and 12LTd for attention's scores and weighted sums.
+fn flops_per_token(weights: usize, layers: usize, context: usize, width: usize) -> f64 {
+    6.0 * weights as f64 + 12.0 * (layers * context * width) as f64
 }
 
 /// A `cinder bench train` model.

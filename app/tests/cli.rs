@@ -1113,6 +1113,7 @@ fn bench_train_times_a_gpt2_and_the_default_runs_llama() {
         assert!(stderr.contains(model), "{workload}: {stderr}");
         assert_eq!(stderr.matches("(warmup)").count(), 1, "{stderr}");
         assert_eq!(stderr.matches("(timed)").count(), 2, "{stderr}");
+        assert!(stderr.contains(" GFLOP/s ("), "{stderr}");
         let first_loss: f64 = stderr
             .split("loss ")
             .nth(1)
