@@ -311,13 +311,18 @@ impl QuantMatrix {
 
     /// The matrix as row-major f32 values.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        let mut block = [0f32; QK];
-        for b in 0..self.d.len() {
-            self.unpack(b, &mut block);
-            out.extend_from_slice(&block);
-        }
+        let mut out = vec![0f32; self.d.len() * QK];
+        self.unpack_blocks(0, &mut out);
         out
+    }
+
+    /// Blocks `first..` (as many as `out` holds whole blocks) into `out`, one after another.
+    fn unpack_blocks(&self, first: usize, out: &mut [f32]) {
+        let mut block = [0f32; QK];
+        for (b, values) in (first..).zip(out.chunks_exact_mut(QK)) {
+            self.unpack(b, &mut block);
+            values.copy_from_slice(&block);
+        }
     }
 
     /// Block `b`'s 32 values: its levels, scaled, plus its minimum (Q4).

@@ -43,14 +43,9 @@ pub(super) fn product(m: &QuantMatrix, x: &[f32], t: usize) -> Vec<f32> {
     for start in (0..n).step_by(SLAB_ROWS) {
         let rows = SLAB_ROWS.min(n - start);
         let w = &mut w[..rows * k];
-        w.par_chunks_mut(64 * k).enumerate().for_each(|(c, part)| {
-            let first = (start + c * 64) * blocks;
-            let mut block = [0f32; QK];
-            for (i, values) in part.chunks_exact_mut(QK).enumerate() {
-                m.unpack(first + i, &mut block);
-                values.copy_from_slice(&block);
-            }
-        });
+        w.par_chunks_mut(64 * k)
+            .enumerate()
+            .for_each(|(c, part)| m.unpack_blocks((start + c * 64) * blocks, part));
         let product = cinder_shaders::new_product((&*w, 0, 1, k), rhs, (rows, t, k));
         transpose_into(&product, t, &mut out, start);
     }
