@@ -58,12 +58,12 @@ pub fn kernels(args: crate::cli::BenchKernelsArgs) -> Result<()> {
         .chain(quantized_products(args.reps as usize))
     {
         let fused = if t.fused_ran {
-            format!("fused {:.2} ms", t.fused_ms)
+            format!("fused {:.3} ms", t.fused_ms)
         } else {
             "no fused kernel on this device".to_string()
         };
         println!(
-            "{} {}: reference {:.2} ms, {fused}, speed-up {:.2}x",
+            "{} {}: reference {:.3} ms, {fused}, speed-up {:.2}x",
             t.name,
             t.shape,
             t.reference_ms,
@@ -74,21 +74,26 @@ pub fn kernels(args: crate::cli::BenchKernelsArgs) -> Result<()> {
 }
 
 /// The host kernel's block-quantized products at SmolLM2-135M's feed-forward shape (`[1536,
-/// 576]`, one input row as in decoding and 64 as in a prompt's pass): f32 inputs (the reference)
-/// against inputs rounded to 8 bits and multiplied in integers, best of `reps`.
+/// 576]`, one input row as in decoding and 64 as in a prompt's pass) and its 8-bit output head
+/// (`[49152, 576]`, one row): f32 inputs (the reference) against inputs rounded to 8 bits and
+/// multiplied in integers, best of `reps`.
 #[cfg(not(target_family = "wasm"))]
 fn quantized_products(reps: usize) -> Vec<cinder_engine::shaders::bench::Timing> {
     use cinder_engine::quant::{BlockKind, Inputs, QuantMatrix};
-    let (n, k) = (1536, 576);
-    let values: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
-        .collect();
+    let k = 576;
     let mut out = Vec::new();
-    for kind in [BlockKind::Q4, BlockKind::Q8] {
+    for (kind, n, rows) in [
+        (BlockKind::Q4, 1536, &[1, 64][..]),
+        (BlockKind::Q8, 1536, &[1, 64]),
+        (BlockKind::Q8, 49152, &[1]),
+    ] {
+        let values: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
+            .collect();
         let Ok(matrix) = QuantMatrix::quantize(kind, &values, n, k) else {
             continue;
         };
-        for t in [1, 64] {
+        for &t in rows {
             let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let best = |inputs: Inputs| {
                 (0..reps.max(1) * 10)

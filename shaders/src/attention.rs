@@ -152,7 +152,7 @@ mod kernel {
     use burn::tensor::TensorData;
 
     use super::BLOCK;
-    use crate::cross_entropy::exp_simd;
+    use crate::cross_entropy::{exp_shifted, exp_simd};
     use crate::flex::{each, product};
 
     /// A `[B, H, T, D]` f32 tensor's values and where element `(b, h, t, d)` lies in them.
@@ -496,23 +496,5 @@ mod kernel {
         }
         tail.iter()
             .fold(s.reduce_max_f32s(acc), |m, &x| if x > m { x } else { m })
-    }
-
-    /// Each value becomes `exp(x - shift)`; returns their sum.
-    #[inline(always)]
-    fn exp_shifted<S: pulp::Simd>(s: S, row: &mut [f32], shift: f32) -> f32 {
-        let shift_v = s.splat_f32s(shift);
-        let mut acc = s.splat_f32s(0.0);
-        let (head, tail) = S::as_mut_simd_f32s(row);
-        for x in head {
-            *x = exp_simd(s, s.sub_f32s(*x, shift_v));
-            acc = s.add_f32s(acc, *x);
-        }
-        let mut sum = s.reduce_sum_f32s(acc);
-        for x in tail {
-            *x = crate::cross_entropy::exp(*x - shift);
-            sum += *x;
-        }
-        sum
     }
 }

@@ -412,6 +412,24 @@ pub fn exp_simd<S: pulp::Simd>(s: S, x: S::f32s) -> S::f32s {
     s.mul_f32s(y, scale)
 }
 
+/// Each value of `row` becomes `exp(x - shift)`; returns their sum.
+#[inline(always)]
+pub fn exp_shifted<S: pulp::Simd>(s: S, row: &mut [f32], shift: f32) -> f32 {
+    let shift_v = s.splat_f32s(shift);
+    let mut acc = s.splat_f32s(0.0);
+    let (head, tail) = S::as_mut_simd_f32s(row);
+    for x in head {
+        *x = exp_simd(s, s.sub_f32s(*x, shift_v));
+        acc = s.add_f32s(acc, *x);
+    }
+    let mut sum = s.reduce_sum_f32s(acc);
+    for x in tail {
+        *x = exp(*x - shift);
+        sum += *x;
+    }
+    sum
+}
+
 /// `e^x` for f32, vectorisable: `x = n ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 split in two
 /// parts so `r` is exact), `e^r` by a degree-6 polynomial, `2^n` built in the exponent bits.
 /// Inputs are clamped to [-87, 88] (results below 1.7e-38 are not needed here: they vanish

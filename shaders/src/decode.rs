@@ -97,7 +97,7 @@ impl pulp::WithSimd for GroupAttention<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
         let Self {
             q,
             keys,
@@ -121,12 +121,7 @@ impl pulp::WithSimd for GroupAttention<'_> {
         let mut inv = vec![0f32; heads];
         for (row, inv) in scores.chunks_exact_mut(seen).zip(&mut inv) {
             let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f32;
-            for score in row.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
-            }
-            *inv = 1.0 / sum;
+            *inv = 1.0 / crate::cross_entropy::exp_shifted(simd, row, max);
         }
         out.fill(0.0);
         for j in 0..seen {
@@ -157,10 +152,42 @@ pub struct AttentionShape {
     pub d: usize,
 }
 
-/// SwiGLU's gate: `gate = silu(gate) * up`, in place, `silu(x) = x / (1 + exp(-x))`.
+/// SwiGLU's gate: `gate = silu(gate) * up`, in place, `silu(x) = x / (1 + exp(-x))`, with
+/// the vectorised `exp`.
+///
+/// # Panics
+/// If `gate` and `up` differ in length.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "silu_mul: gate and up differ in length"
+    );
+    pulp::Arch::new().dispatch(SiluMul { gate, up });
+}
+
+/// [`silu_mul`]'s loop, compiled for the CPU's widest vector unit.
+struct SiluMul<'a> {
+    gate: &'a mut [f32],
+    up: &'a [f32],
+}
+
+impl pulp::WithSimd for SiluMul<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        use crate::cross_entropy::{exp, exp_simd};
+        let (gate, gate_tail) = S::as_mut_simd_f32s(self.gate);
+        let (up, up_tail) = S::as_simd_f32s(self.up);
+        let one = s.splat_f32s(1.0);
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let e = exp_simd(s, s.neg_f32s(*g));
+            *g = s.mul_f32s(s.div_f32s(*g, s.add_f32s(one, e)), u);
+        }
+        for (g, &u) in gate_tail.iter_mut().zip(up_tail) {
+            *g = *g / (1.0 + exp(-*g)) * u;
+        }
     }
 }
 
@@ -206,6 +233,24 @@ mod tests {
         // Heads 0 and 1 read key/value head 0, heads 2 and 3 head 1.
         let expected = [0.0, 0.5, 1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 1.5, 2.0, 2.5];
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn silu_mul_follows_the_library_exp() {
+        // 37 values: whole vectors and a tail on every width; inputs from -99 (where the
+        // library's exp(-x) overflows to infinity and ours stops at e^88, both giving ~0) to
+        // 99.
+        let gate0: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 5.5).collect();
+        let up: Vec<f32> = (0..37).map(|i| 1.0 + (i as f32 * 0.3).sin()).collect();
+        let mut gate = gate0.clone();
+        silu_mul(&mut gate, &up);
+        for ((&got, &g), &u) in gate.iter().zip(&gate0).zip(&up) {
+            let want = g / (1.0 + (-g).exp()) * u;
+            assert!(
+                (got - want).abs() <= 8.0 * f32::EPSILON * want.abs() + 1e-30,
+                "silu({g}) * {u}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]
