@@ -53,12 +53,21 @@ pub(super) fn product(m: &QuantMatrix, x: &[f32], t: usize) -> Vec<f32> {
 }
 
 /// Writes the row-major `[rows, t]` `src` into columns `start..start + rows` of the row-major
-/// `[t, n]` `dst`.
+/// `[t, n]` `dst`, across the cores: a task fills 8 rows of `dst`, reading 8 consecutive values
+/// of each row of `src` and writing each of its 8 rows in order (a value at a time down the
+/// whole of `dst` was 9% of an f32 prompt's profile, on one core).
 fn transpose_into(src: &[f32], t: usize, dst: &mut [f32], start: usize) {
+    const TILE: usize = 8;
     let n = dst.len() / t;
-    for (i, row) in src.chunks_exact(t).enumerate() {
-        for (r, &v) in row.iter().enumerate() {
-            dst[r * n + start + i] = v;
-        }
-    }
+    dst.par_chunks_mut(TILE * n)
+        .enumerate()
+        .for_each(|(c, rows_out)| {
+            let first = c * TILE;
+            let width = rows_out.len() / n;
+            for (i, row) in src.chunks_exact(t).enumerate() {
+                for (j, &v) in row[first..first + width].iter().enumerate() {
+                    rows_out[j * n + start + i] = v;
+                }
+            }
+        });
 }
