@@ -141,6 +141,32 @@ fn portable(m: &QuantMatrix, x: &Q8Rows, t: usize, rows: std::ops::Range<usize>,
     }
 }
 
+/// Calls `$group::<R, Q4>(m, x, t, first, rows, out)` for the input rows in groups of up to
+/// four (`first` = 0, 4, 8, ...; `R` the group's size, `Q4` whether `m` is Q4): the vector
+/// kernels' shared dispatch. Unsafe to expand: it calls `$group`, whose requirements are the
+/// caller's.
+#[cfg(target_arch = "x86_64")]
+macro_rules! in_groups_of_four {
+    ($group:ident, $m:expr, $x:expr, $t:expr, $rows:expr, $out:expr) => {{
+        let (m, x, t, rows, out) = ($m, $x, $t, $rows, $out);
+        let q4 = m.kind == BlockKind::Q4;
+        let mut first = 0;
+        while first < t {
+            match (q4, (t - first).min(4)) {
+                (true, 4) => $group::<4, true>(m, x, t, first, rows.clone(), out),
+                (true, 3) => $group::<3, true>(m, x, t, first, rows.clone(), out),
+                (true, 2) => $group::<2, true>(m, x, t, first, rows.clone(), out),
+                (true, _) => $group::<1, true>(m, x, t, first, rows.clone(), out),
+                (false, 4) => $group::<4, false>(m, x, t, first, rows.clone(), out),
+                (false, 3) => $group::<3, false>(m, x, t, first, rows.clone(), out),
+                (false, 2) => $group::<2, false>(m, x, t, first, rows.clone(), out),
+                (false, _) => $group::<1, false>(m, x, t, first, rows.clone(), out),
+            }
+            first += 4;
+        }
+    }};
+}
+
 // The kernel reads its blocks through raw pointers after one size check per call: written with
 // safe fixed-size arrays (pulp's casts), its loop kept a copy through the stack per block and
 // bound checks, and SmolLM2 decoded some 20% slower and prefilled a third slower.
@@ -163,25 +189,8 @@ mod avx2 {
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let q4 = m.kind == BlockKind::Q4;
-        let mut first = 0;
-        while first < t {
-            let r = (t - first).min(4);
-            // SAFETY: as this function's.
-            unsafe {
-                match (q4, r) {
-                    (true, 4) => group_dots::<4, true>(m, x, t, first, rows.clone(), out),
-                    (true, 3) => group_dots::<3, true>(m, x, t, first, rows.clone(), out),
-                    (true, 2) => group_dots::<2, true>(m, x, t, first, rows.clone(), out),
-                    (true, _) => group_dots::<1, true>(m, x, t, first, rows.clone(), out),
-                    (false, 4) => group_dots::<4, false>(m, x, t, first, rows.clone(), out),
-                    (false, 3) => group_dots::<3, false>(m, x, t, first, rows.clone(), out),
-                    (false, 2) => group_dots::<2, false>(m, x, t, first, rows.clone(), out),
-                    (false, _) => group_dots::<1, false>(m, x, t, first, rows.clone(), out),
-                }
-            }
-            first += 4;
-        }
+        // SAFETY: as this function's.
+        unsafe { in_groups_of_four!(group_dots, m, x, t, rows, out) };
     }
 
     /// Weight rows `rows` of `m` (Q4 when `Q4`, else Q8) dotted with input rows
@@ -317,25 +326,8 @@ mod avx512 {
         rows: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let q4 = m.kind == BlockKind::Q4;
-        let mut first = 0;
-        while first < t {
-            let r = (t - first).min(4);
-            // SAFETY: as this function's.
-            unsafe {
-                match (q4, r) {
-                    (true, 4) => group_dots::<4, true>(m, x, t, first, rows.clone(), out),
-                    (true, 3) => group_dots::<3, true>(m, x, t, first, rows.clone(), out),
-                    (true, 2) => group_dots::<2, true>(m, x, t, first, rows.clone(), out),
-                    (true, _) => group_dots::<1, true>(m, x, t, first, rows.clone(), out),
-                    (false, 4) => group_dots::<4, false>(m, x, t, first, rows.clone(), out),
-                    (false, 3) => group_dots::<3, false>(m, x, t, first, rows.clone(), out),
-                    (false, 2) => group_dots::<2, false>(m, x, t, first, rows.clone(), out),
-                    (false, _) => group_dots::<1, false>(m, x, t, first, rows.clone(), out),
-                }
-            }
-            first += 4;
-        }
+        // SAFETY: as this function's.
+        unsafe { in_groups_of_four!(group_dots, m, x, t, rows, out) };
     }
 
     /// As the AVX2 kernel's `group_dots`, a pair of blocks at a time: lanes 0-7 of a product
