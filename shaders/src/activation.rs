@@ -251,6 +251,19 @@ fn sigmoid_f32(x: f32) -> f32 {
     1.0 / (1.0 + crate::cross_entropy::exp(-x))
 }
 
+/// SwiGLU's output `g sigmoid(g) u` on a vector of lanes: the training kernel's and the
+/// decoding path's one definition.
+#[inline(always)]
+pub(crate) fn swiglu_simd<S: pulp::Simd>(s: S, g: S::f32s, u: S::f32s) -> S::f32s {
+    s.mul_f32s(s.mul_f32s(g, sigmoid_simd(s, g)), u)
+}
+
+/// [`swiglu_simd`] on one value, for the lanes past the last full vector.
+#[inline(always)]
+pub(crate) fn swiglu_f32(g: f32, u: f32) -> f32 {
+    g * sigmoid_f32(g) * u
+}
+
 struct SwigluForward<'a> {
     g: &'a [f32],
     u: &'a [f32],
@@ -266,10 +279,10 @@ impl pulp::WithSimd for SwigluForward<'_> {
         let (uh, ut) = S::as_simd_f32s(self.u);
         let (yh, yt) = S::as_mut_simd_f32s(self.y);
         for ((&g, &u), y) in gh.iter().zip(uh).zip(yh) {
-            *y = s.mul_f32s(s.mul_f32s(g, sigmoid_simd(s, g)), u);
+            *y = swiglu_simd(s, g, u);
         }
         for ((&g, &u), y) in gt.iter().zip(ut).zip(yt) {
-            *y = g * sigmoid_f32(g) * u;
+            *y = swiglu_f32(g, u);
         }
     }
 }

@@ -153,7 +153,7 @@ pub struct AttentionShape {
 }
 
 /// SwiGLU's gate: `gate = silu(gate) * up`, in place, `silu(x) = x / (1 + exp(-x))`, with
-/// the vectorised `exp`.
+/// the training kernel's lane function (the vectorised `exp`).
 ///
 /// # Panics
 /// If `gate` and `up` differ in length.
@@ -177,16 +177,14 @@ impl pulp::WithSimd for SiluMul<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, s: S) {
-        use crate::cross_entropy::{exp, exp_simd};
+        use crate::activation::{swiglu_f32, swiglu_simd};
         let (gate, gate_tail) = S::as_mut_simd_f32s(self.gate);
         let (up, up_tail) = S::as_simd_f32s(self.up);
-        let one = s.splat_f32s(1.0);
         for (g, &u) in gate.iter_mut().zip(up) {
-            let e = exp_simd(s, s.neg_f32s(*g));
-            *g = s.mul_f32s(s.div_f32s(*g, s.add_f32s(one, e)), u);
+            *g = swiglu_simd(s, *g, u);
         }
         for (g, &u) in gate_tail.iter_mut().zip(up_tail) {
-            *g = *g / (1.0 + exp(-*g)) * u;
+            *g = swiglu_f32(*g, u);
         }
     }
 }
