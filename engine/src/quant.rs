@@ -443,13 +443,7 @@ impl QuantMatrix {
                     .map(move |(c, part)| (which, c * CHUNK, part))
             })
             .collect();
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            tasks.into_par_iter().for_each(work);
-        }
-        #[cfg(target_family = "wasm")]
-        tasks.into_iter().for_each(work);
+        cinder_shaders::team::for_each(tasks, work);
         if t > 1 {
             for out in &mut outs {
                 let n = out.len() / t;
@@ -464,6 +458,16 @@ impl QuantMatrix {
         }
         outs
     }
+}
+
+/// Whether a product of `t` input rows takes the block kernels one output row at a time (short
+/// parallel operations, best run by a [`team`](cinder_shaders::team)) rather than the path that
+/// expands the weights and splits its own work across rayon's pool (natively, from 16 rows).
+pub fn row_kernels(t: usize) -> bool {
+    #[cfg(not(target_family = "wasm"))]
+    return t < dense::MIN_ROWS;
+    #[cfg(target_family = "wasm")]
+    true
 }
 
 /// The precision a product reads its inputs at.

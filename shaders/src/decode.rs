@@ -70,13 +70,7 @@ pub fn attend(q: &[f32], keys: &[f32], values: &[f32], shape: AttentionShape, ou
             out,
         });
     };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(group * d).enumerate().for_each(one);
-    }
-    #[cfg(target_family = "wasm")]
-    out.chunks_mut(group * d).enumerate().for_each(one);
+    crate::team::for_each(out.chunks_mut(group * d).enumerate().collect(), one);
 }
 
 /// The query heads of one row that share a key/value head (`q` and `out` hold them side by

@@ -22,6 +22,8 @@
 //!   cores (burn-flex, f32).
 //! - [`optim`]: AdamW's update of a parameter and its moments in one pass, in place
 //!   (burn-flex, f32).
+//! - [`team`]: a fork-join team of spinning threads for the many short parallel operations of
+//!   decoding a token on the CPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +38,7 @@ pub use flex::{Operand, new_product, product};
 pub mod linear;
 pub mod norm;
 pub mod optim;
+pub mod team;
 
 static FUSED: AtomicBool = AtomicBool::new(true);
 

@@ -11,10 +11,11 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use cinder_engine::burn;
 use cinder_engine::device::on_workers;
-use cinder_engine::quant::{Inputs, QuantMatrix};
+use cinder_engine::quant::{Inputs, QuantMatrix, row_kernels};
 use cinder_engine::shaders::decode::{
     AttentionShape, add_assign, attend, rms_norm, rotate, silu_mul,
 };
+use cinder_engine::shaders::team::with_team;
 use cinder_engine::{Result, readback};
 
 use super::Llama;
@@ -113,10 +114,12 @@ impl Llama {
             .collect();
         let head = self.lm_head.as_ref()?.host_matrix()?;
         let inv_freq = &self.inv_freq[..];
-        // The whole pass runs on a product thread: each product then hands half its rows to
-        // the other threads by work stealing, where from this thread every one of the ~120
-        // products per token would wake the pool and sleep until it finished.
-        let logits = on_workers(|| -> Option<Vec<f32>> {
+        // A token at a time, the ~150 short parallel operations of a pass share their tasks
+        // with a team of spinning threads, which are ready for each when it starts. A prompt's
+        // products split their own work across rayon's pool, so that pass runs on a thread of
+        // the pool, which hands them to the others by work stealing (from this thread, each
+        // would wake the pool and sleep until it finished).
+        let pass = || -> Option<Vec<f32>> {
             let mut h = vec![0f32; rows * c];
             let mut y = vec![0f32; rows * row_q];
             for (l, projections) in layers.iter().enumerate() {
@@ -164,7 +167,12 @@ impl Llama {
             let mut normed = vec![0f32; last.len()];
             rms_norm(&last, &norms.last, norms.eps, &mut normed);
             QuantMatrix::matmul_many_with(&[head], &normed, b * out_t, norms.inputs).pop()
-        })?;
+        };
+        let logits = if row_kernels(rows) {
+            with_team(pass)
+        } else {
+            on_workers(pass)
+        }?;
         cache.advance(t);
         let vocab = head.rows();
         Some(Tensor::from_data(
