@@ -50,14 +50,18 @@ pub fn with_team<R>(f: impl FnOnce() -> R) -> R {
         if helpers == 0 || CURRENT.with_borrow(Option::is_some) {
             return f();
         }
-        let team = Arc::new(Team {
-            helpers,
-            ..Team::default()
-        });
+        let team = Arc::new(Team::default());
         std::thread::scope(|scope| {
-            for _ in 0..helpers {
-                scope.spawn(|| team.help());
-            }
+            // A thread the system refuses leaves fewer helpers (none: `f` runs alone).
+            let spawned = (0..helpers)
+                .filter(|_| {
+                    std::thread::Builder::new()
+                        .name("cinder-team".into())
+                        .spawn_scoped(scope, || team.help())
+                        .is_ok()
+                })
+                .count();
+            team.helpers.store(spawned, Ordering::Relaxed);
             // Stops the helpers however `f` ends, so the scope can join them.
             struct Stop<'a>(&'a Team);
             impl Drop for Stop<'_> {
@@ -94,7 +98,7 @@ struct Job {
 #[derive(Default)]
 struct Team {
     /// Threads besides the poster.
-    helpers: usize,
+    helpers: AtomicUsize,
     /// Bumped (Release) after `job` is written; helpers start when they see it change.
     generation: AtomicUsize,
     job: Mutex<Option<Job>>,
@@ -128,7 +132,7 @@ impl Team {
         self.next.store(0, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
-        let helpers = self.helpers;
+        let helpers = self.helpers.load(Ordering::Relaxed);
         // This thread works too; a panic here still waits for the helpers before unwinding.
         struct Wait<'a>(&'a Team, usize);
         impl Drop for Wait<'_> {
