@@ -84,15 +84,11 @@ thread_local! {
     static CURRENT: RefCell<Option<Arc<Team>>> = const { RefCell::new(None) };
 }
 
-/// One posted job: `count` tasks, the next unclaimed one at `next`, run by calling `run`.
+/// One posted job: the poster's closure, which takes tasks from the job's queue until it is
+/// empty, with its lifetime erased: valid until every helper has counted itself in
+/// `Team::done`, which the poster waits for.
 #[cfg(not(target_family = "wasm"))]
-#[derive(Clone, Copy)]
-struct Job {
-    /// The poster's closure with its lifetime erased: valid until every helper has counted
-    /// itself in `Team::done`, which the poster waits for.
-    run: &'static (dyn Fn(usize) + Sync),
-    count: usize,
-}
+type Job = &'static (dyn Fn() + Sync);
 
 #[cfg(not(target_family = "wasm"))]
 #[derive(Default)]
@@ -102,7 +98,6 @@ struct Team {
     /// Bumped (Release) after `job` is written; helpers start when they see it change.
     generation: AtomicUsize,
     job: Mutex<Option<Job>>,
-    next: AtomicUsize,
     /// Helpers finished with the current job.
     done: AtomicUsize,
     /// A task panicked on a helper.
@@ -113,23 +108,22 @@ struct Team {
 #[cfg(not(target_family = "wasm"))]
 impl Team {
     fn run<T: Send>(&self, tasks: Vec<T>, task: &(impl Fn(T) + Sync)) {
-        let count = tasks.len();
-        // Each index is claimed by one thread (`next.fetch_add`): its lock is never contended.
-        let slots: Vec<Mutex<Option<T>>> = tasks.into_iter().map(|t| Mutex::new(Some(t))).collect();
-        let run = |i: usize| {
-            let t = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(t) = t {
+        // One queue that every thread takes the next task from, so a late helper costs nothing.
+        let queue = Mutex::new(tasks.into_iter());
+        let work = || {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(t) = next else { return };
                 task(t);
             }
         };
-        let run: &(dyn Fn(usize) + Sync) = &run;
-        // SAFETY: only the lifetime changes. The helpers call `run` only between seeing this
+        let work: &(dyn Fn() + Sync) = &work;
+        // SAFETY: only the lifetime changes. The helpers call `work` only between seeing this
         // job's generation and counting themselves in `done`, and this function neither
-        // returns nor unwinds past `run` before they all have (`Wait` below).
+        // returns nor unwinds past `work` before they all have (`Wait` below).
         #[allow(unsafe_code)]
-        let run: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(run) };
-        *self.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job { run, count });
-        self.next.store(0, Ordering::Relaxed);
+        let work: Job = unsafe { std::mem::transmute(work) };
+        *self.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(work);
         self.done.store(0, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
         let helpers = self.helpers.load(Ordering::Relaxed);
@@ -145,7 +139,7 @@ impl Team {
         }
         {
             let _wait = Wait(self, helpers);
-            claim(&self.next, count, run);
+            work();
         }
         if self.panicked.swap(false, Ordering::Relaxed) {
             panic!("a task of a decoding team panicked on a helper thread");
@@ -171,8 +165,8 @@ impl Team {
             seen = generation;
             let job = *self.job.lock().unwrap_or_else(|e| e.into_inner());
             let work = std::panic::AssertUnwindSafe(|| {
-                if let Some(job) = job {
-                    claim(&self.next, job.count, job.run);
+                if let Some(work) = job {
+                    work();
                 }
             });
             if std::panic::catch_unwind(work).is_err() {
@@ -180,18 +174,6 @@ impl Team {
             }
             self.done.fetch_add(1, Ordering::Release);
         }
-    }
-}
-
-/// Calls `f` on indices `0..count` claimed one at a time from `next`.
-#[cfg(not(target_family = "wasm"))]
-fn claim(next: &AtomicUsize, count: usize, f: impl Fn(usize)) {
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= count {
-            return;
-        }
-        f(i);
     }
 }
 
